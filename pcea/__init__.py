@@ -1,0 +1,23 @@
+"""pcea: point-cloud classification with External Attention in a PCT-style network.
+
+The public API; everything here is importable as ``pcea.<name>``.
+"""
+
+from pcea.errors import PceaError, PceaFileError
+from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
+from pcea.model import ModelConfig, PCTClassifier, build_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExternalAttention",
+    "ModelConfig",
+    "OffsetAttention",
+    "OffsetBlock",
+    "PCTClassifier",
+    "PceaError",
+    "PceaFileError",
+    "SelfAttention",
+    "__version__",
+    "build_model",
+]

@@ -1,0 +1,108 @@
+"""The ``pcea`` command line: argparse over the library's functions.
+
+Each subcommand has an ``_add_<name>`` function that declares its arguments
+and a ``_cmd_<name>`` function that runs it. A :class:`pcea.PceaError` (a
+user's mistake: a bad file, a bad option) is printed as one line and exits
+with status 1; argparse's usage errors exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+from pcea.errors import PceaError
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, device, and a model's size and stages")
+    p.add_argument("--model", help="also describe this model preset (pcea, pct, pct-sa)")
+    p.add_argument("--num-classes", type=int, default=40)
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    import pcea
+
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+    elif torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = "cpu"
+    print(f"pcea     {pcea.__version__}")
+    print(f"python   {platform.python_version()}")
+    print(f"torch    {torch.__version__}")
+    print(f"numpy    {np.__version__}")
+    print(f"device   {device}")
+    print(f"threads  {torch.get_num_threads()}")
+    if args.model:
+        try:
+            model = pcea.build_model(args.model, num_classes=args.num_classes)
+        except ValueError as err:
+            raise PceaError(str(err)) from None
+        print()
+        print(describe_model(model, args.model))
+    return 0
+
+
+def describe_model(model, name: str) -> str:
+    """A parameter count and one line per stage, for ``pcea info --model``."""
+    c = model.config
+
+    def count(module) -> str:
+        return f"{sum(p.numel() for p in module.parameters()):,}"
+
+    attention = {"external": f"external attention, S={c.memory}, heads={c.heads}",
+                 "offset": "offset attention", "self": f"self-attention, heads={c.heads}"}
+    dim = c.stage_dims[1]
+    pooled = c.fuse_dim * (2 if c.pool == "max+mean" else 1)
+    rows = [
+        ("embedding", f"(B, N, {c.in_channels}) -> LBR x2 -> (B, N, {c.embed_dim})", model.embedding),
+        ("stage1", f"FPS {c.centers[0]}, kNN {c.neighbors[0]}, MLP, max -> "
+                   f"(B, {c.centers[0]}, {c.stage_dims[0]})", model.stage1),
+        ("stage2", f"FPS {c.centers[1]}, kNN {c.neighbors[1]}, MLP, max -> "
+                   f"(B, {c.centers[1]}, {dim})", model.stage2),
+        ("pre_attention", f"LBR x2 -> (B, {c.centers[1]}, {dim})", model.pre_attention),
+        ("blocks", f"{c.num_layers} x [x + LBR(x - attn(x))], {attention[c.attention]}",
+         model.blocks),
+        ("fuse", f"concat {dim * (c.num_layers + 1)} -> LBR -> {c.fuse_dim}, {c.pool} pool -> "
+                 f"(B, {pooled})", model.fuse),
+        ("head", f"{pooled} -> {c.head_dims[0]} -> {c.head_dims[1]} -> {c.num_classes}, "
+                 f"dropout {c.dropout}", model.head),
+    ]
+    lines = [f"model    {name}: {count(model)} parameters, {c.num_points} points, "
+             f"{c.in_channels} input channels"]
+    lines += [f"  {stage:<14}{count(module):>11}  {text}" for stage, text, module in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcea",
+        description="Point-cloud classification with External Attention (PCT-style, ModelNet40).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PceaError as err:
+        print(f"pcea: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pcea: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
