@@ -212,6 +212,8 @@ class PCTClassifier(nn.Module):
                 f"a cloud of N={points.shape[1]} points is too small for the first stage's "
                 f"{c.centers[0]} centres"
             )
+        if self.training and points.shape[0] < 2:
+            raise ValueError("training mode needs at least 2 clouds per batch (BatchNorm in the head)")
         xyz = points[..., :3].contiguous()  # (B, N, 3)
         x = self.embedding(points)  # (B, N, 64)
         xyz, x = self.stage1(xyz, x)  # (B, 512, 3), (B, 512, 128)
