@@ -1,0 +1,1 @@
+"""Training, evaluation and checkpoints: the loop around the model (no model code here)."""

@@ -1,0 +1,278 @@
+"""Checkpoint files: atomic writes, a SHA-256 over the payload, loading that never runs code.
+
+A pcea checkpoint file is a short text header followed by the payload, which is
+``torch.save`` of a dict of plain types and tensors::
+
+    PCEA-CHECKPOINT/1 <sha256 of payload, hex> <payload length in bytes>\\n
+    <payload bytes>
+
+The header lets :func:`load_checkpoint` tell a truncated file (fewer bytes than
+announced) from an altered one (a different hash) before unpickling anything,
+and the payload is then read with ``torch.load(weights_only=True)``, whose
+restricted unpickler refuses any object that is not a tensor or a plain
+container, so a file crafted to run code on load is rejected without running it.
+
+Payload keys (the contract with ``pcea.load_model`` and ``pcea eval``):
+"format" ("pcea-checkpoint/1"), "model" (state_dict), "model_name",
+"model_config" (dict), "class_names" (list[str]), "train_config" (dict),
+"epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "metrics"
+(dict), "protocol" (str).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pcea.errors import PceaFileError
+
+__all__ = [
+    "FORMAT",
+    "MAGIC",
+    "PREVIOUS_SUFFIX",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "load_latest",
+    "previous_path",
+    "save_checkpoint",
+]
+
+FORMAT = "pcea-checkpoint/1"
+MAGIC = b"PCEA-CHECKPOINT/1"
+PREVIOUS_SUFFIX = ".prev.pt"
+_MAX_HEADER = 128  # magic + space + 64 hex digits + space + length + newline fits easily
+
+_PLAIN = (type(None), bool, int, float, str, bytes, torch.Tensor)
+
+
+def _check_plain(obj, where: str = "payload") -> None:
+    """Raise TypeError if ``obj`` holds anything the weights-only unpickler would refuse.
+
+    Catching this at save time means a bug in pcea cannot write a checkpoint
+    that only fails much later, when somebody tries to load it.
+    """
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str | int | float | bool | type(None)):
+                raise TypeError(f"{where}: key {key!r} of type {type(key).__name__} is not plain")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where}: {type(obj).__name__} is not a plain type or a tensor")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is always either the old or the new file.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk,
+    and the temporary file is renamed over ``path`` (atomic on POSIX and Windows).
+
+    Args:
+        path: destination file.
+        data: the complete new contents.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable; not possible (nor needed) on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the previous version of a checkpoint is kept: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(path.stem + PREVIOUS_SUFFIX)
+
+
+def _keep_previous(path: Path) -> None:
+    """Make ``previous_path(path)`` a complete copy of the current ``path``, atomically.
+
+    A hard link costs nothing; where links are not supported the file is copied.
+    Either way it goes through a temporary name, so a kill at any moment leaves
+    a complete ``last.pt`` and a complete (or the older) ``last.prev.pt``.
+    """
+    if not path.is_file():
+        return
+    prev = previous_path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{prev.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, prev)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict, *, keep_previous: bool = False) -> Path:
+    """Serialise ``payload`` with its SHA-256 and write it atomically.
+
+    Args:
+        path: destination, e.g. ``runs/NAME/last.pt``.
+        payload: dict of plain types and tensors (see the module docstring for the
+            keys); "format" is filled in if missing.
+        keep_previous: first keep the current file as ``<stem>.prev.pt`` so that
+            ``--resume`` has a fallback if the new file is ever found damaged.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: the payload holds something that would not load with
+            ``weights_only=True`` (a bug in the caller, not a user mistake).
+        PceaFileError: the file cannot be written (read-only directory, disk full).
+    """
+    path = Path(path)
+    payload = {"format": FORMAT, **payload}
+    _check_plain(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    digest = hashlib.sha256(body).hexdigest()
+    header = MAGIC + b" " + digest.encode("ascii") + b" " + str(len(body)).encode("ascii") + b"\n"
+    try:
+        if keep_previous:
+            _keep_previous(path)
+        atomic_write_bytes(path, header + body)
+    except OSError as err:
+        raise PceaFileError(path, f"cannot write the checkpoint: {err.strerror or err}") from None
+    return path
+
+
+def _read_verified(path: Path) -> bytes:
+    """The payload bytes of a checkpoint file after checking its length and SHA-256."""
+    try:
+        with open(path, "rb") as f:
+            header = f.readline(_MAX_HEADER)
+            body = f.read()
+    except IsADirectoryError:
+        raise PceaFileError(path, "is a directory, expected a checkpoint file") from None
+    except FileNotFoundError:
+        raise PceaFileError(path, "no such checkpoint file") from None
+    except OSError as err:
+        raise PceaFileError(path, f"cannot read the checkpoint: {err.strerror or err}") from None
+    parts = header.rstrip(b"\n").split(b" ")
+    if len(parts) != 3 or parts[0] != MAGIC or not header.endswith(b"\n"):
+        if not header:
+            raise PceaFileError(path, "empty file, not a pcea checkpoint")
+        raise PceaFileError(
+            path, f"not a pcea checkpoint (no '{MAGIC.decode()}' header); only checkpoints "
+            "written by pcea are loaded"
+        )
+    expected_hash, length = parts[1].decode("ascii", "replace"), parts[2]
+    if not length.isdigit() or len(expected_hash) != 64:
+        raise PceaFileError(path, "damaged checkpoint header")
+    if len(body) < int(length):
+        raise PceaFileError(path, f"truncated checkpoint: {len(body)} of {int(length)} payload bytes")
+    if len(body) > int(length):
+        extra = len(body) - int(length)
+        raise PceaFileError(path, f"altered checkpoint: {extra} bytes more than its header says")
+    if hashlib.sha256(body).hexdigest() != expected_hash:
+        raise PceaFileError(path, "altered or corrupted checkpoint: its SHA-256 does not match the header")
+    return body
+
+
+def _refused_global(message: str) -> str:
+    """The line of torch's weights-only error that names the refused object, if any.
+
+    The rest of that message suggests retrying with ``weights_only=False``, which
+    is exactly what must not be done with an untrusted file, so it is not shown.
+    """
+    for line in message.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return f" ({line.strip()[:200]})"
+    return ""
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`, safely.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors go; the CPU by default.
+
+    Returns:
+        The payload dict (see the module docstring for its keys).
+
+    Raises:
+        PceaFileError: missing, truncated, altered, not a pcea checkpoint, or
+            holding objects other than tensors and plain types (a file crafted to
+            run code on load is refused here, before any of its code runs).
+    """
+    path = Path(path)
+    body = _read_verified(path)
+    try:
+        payload = torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise PceaFileError(
+            path, "refused: the checkpoint holds objects other than tensors and plain types, "
+            f"which could run code when loaded{_refused_global(str(err))}"
+        ) from None
+    except Exception as err:  # any failure of the reader means a bad file here
+        raise PceaFileError(path, f"unreadable checkpoint payload ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise PceaFileError(path, f"unsupported checkpoint format {found!r}, expected {FORMAT!r}")
+    return payload
+
+
+def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+                ) -> tuple[Path, dict, list[str]]:
+    """Load ``path``, or its ``.prev.pt`` fallback when ``path`` is damaged or missing.
+
+    Args:
+        path: usually ``runs/NAME/last.pt``.
+        map_location: where tensors go.
+
+    Returns:
+        (the file actually loaded, its payload, one message per file that was
+        skipped, for the caller to show).
+
+    Raises:
+        PceaFileError: neither file loads; the message names both problems.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    for candidate in (path, previous_path(path)):
+        try:
+            return candidate, load_checkpoint(candidate, map_location=map_location), problems
+        except PceaFileError as err:
+            problems.append(str(err))
+    raise PceaFileError(path, "no usable checkpoint to resume from: " + "; ".join(problems))

@@ -1,0 +1,164 @@
+"""Checkpoint files: round trip, atomicity, damage detection, and refusal of code-running pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pcea.engine.checkpoint import (
+    FORMAT,
+    MAGIC,
+    load_checkpoint,
+    load_latest,
+    previous_path,
+    save_checkpoint,
+)
+from pcea.errors import PceaFileError
+
+
+def _payload(seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "model": {"linear.weight": torch.randn(4, 3, generator=gen), "linear.bias": torch.zeros(4)},
+        "model_name": "pcea",
+        "model_config": {"num_classes": 4, "centers": [64, 32]},
+        "class_names": ["a", "b", "c", "d"],
+        "epoch": seed,
+        "rng": {"torch": torch.get_rng_state(), "python": (3, (1, 2, 3), None)},
+        "metrics": {"val_oa": 0.5},
+    }
+
+
+def _wrap(body: bytes) -> bytes:
+    """A correctly framed file around arbitrary payload bytes (what an attacker can write)."""
+    digest = hashlib.sha256(body).hexdigest().encode()
+    return MAGIC + b" " + digest + b" " + str(len(body)).encode() + b"\n" + body
+
+
+def test_round_trip_keeps_every_value(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", _payload(3))
+    loaded = load_checkpoint(path)
+    assert loaded["format"] == FORMAT
+    assert loaded["epoch"] == 3
+    assert loaded["class_names"] == ["a", "b", "c", "d"]
+    assert torch.equal(loaded["model"]["linear.weight"], _payload(3)["model"]["linear.weight"])
+    assert torch.equal(loaded["rng"]["torch"], _payload(3)["rng"]["torch"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_keep_previous_holds_the_earlier_version(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _payload(1), keep_previous=True)
+    assert not previous_path(path).exists()
+    save_checkpoint(path, _payload(2), keep_previous=True)
+    assert previous_path(path).name == "last.prev.pt"
+    assert load_checkpoint(path)["epoch"] == 2
+    assert load_checkpoint(previous_path(path))["epoch"] == 1
+
+
+def test_non_plain_payload_is_refused_at_save_time(tmp_path):
+    with pytest.raises(TypeError, match=r"payload\['rng'\]\['numpy'\]: ndarray"):
+        save_checkpoint(tmp_path / "x.pt", {"rng": {"numpy": np.zeros(3)}})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_truncated_file_is_detected_at_every_length(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", _payload())
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for cut in [0, 5, len(MAGIC) + 3, *rng.integers(len(MAGIC) + 90, len(data), size=8), len(data) - 1]:
+        damaged = tmp_path / f"cut{cut}.pt"
+        damaged.write_bytes(data[:cut])
+        with pytest.raises(PceaFileError, match=f"cut{cut}.pt: (empty file|truncated|not a pcea|damaged)"):
+            load_checkpoint(damaged)
+
+
+def test_any_altered_byte_is_detected(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", _payload())
+    data = bytearray(path.read_bytes())
+    header_len = data.index(b"\n") + 1
+    rng = np.random.default_rng(1)
+    for pos in rng.integers(header_len, len(data), size=12):
+        altered = bytearray(data)
+        altered[pos] ^= 0x01
+        damaged = tmp_path / "altered.pt"
+        damaged.write_bytes(bytes(altered))
+        with pytest.raises(PceaFileError, match="SHA-256 does not match"):
+            load_checkpoint(damaged)
+    appended = tmp_path / "appended.pt"
+    appended.write_bytes(bytes(data) + b"x")
+    with pytest.raises(PceaFileError, match="bytes more than its header"):
+        load_checkpoint(appended)
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command that creates a file."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_a_checkpoint_crafted_to_run_code_is_refused_and_the_code_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "model": {}, "epoch": _RunsCode(str(marker))}, buffer)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(_wrap(buffer.getvalue()))  # valid header and hash: only the unpickler can stop it
+    with pytest.raises(PceaFileError, match=r"evil.pt: refused: .*GLOBAL posix.system"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+    # A bare pickle without the pcea header is refused before it is unpickled at all.
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(_RunsCode(str(marker))))
+    with pytest.raises(PceaFileError, match="raw.pt: not a pcea checkpoint"):
+        load_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_wrong_format_and_missing_files(tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"format": "something-else/9"}, buffer)
+    other = tmp_path / "other.pt"
+    other.write_bytes(_wrap(buffer.getvalue()))
+    with pytest.raises(PceaFileError, match="unsupported checkpoint format 'something-else/9'"):
+        load_checkpoint(other)
+    with pytest.raises(PceaFileError, match="no such checkpoint file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(PceaFileError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_load_latest_falls_back_to_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _payload(1), keep_previous=True)
+    save_checkpoint(path, _payload(2), keep_previous=True)
+    used, payload, problems = load_latest(path)
+    assert (used, payload["epoch"], problems) == (path, 2, [])
+
+    path.write_bytes(path.read_bytes()[:-10])
+    used, payload, problems = load_latest(path)
+    assert used == previous_path(path)
+    assert payload["epoch"] == 1
+    assert len(problems) == 1 and "truncated" in problems[0]
+
+    previous_path(path).write_bytes(b"")
+    with pytest.raises(PceaFileError, match="no usable checkpoint.*truncated.*empty file"):
+        load_latest(path)
+
+
+def test_unwritable_destination_gives_a_file_error(tmp_path):
+    # A path below a regular file cannot be created, even by root (unlike a chmod'ed directory).
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    with pytest.raises(PceaFileError, match="blocker/last.pt: cannot write the checkpoint"):
+        save_checkpoint(blocker / "last.pt", _payload())
