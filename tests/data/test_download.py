@@ -1,0 +1,350 @@
+"""Downloads against a real HTTP server on 127.0.0.1: resume, checksums, HTML, hostile archives."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import socket
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcea.cli import main
+from pcea.data.download import (
+    CHECKSUMS_FILE,
+    FORMATS,
+    MARKER,
+    UnreachableError,
+    archive_spec,
+    download_file,
+    fetch_modelnet40,
+    safe_extract,
+    verify_archive,
+)
+from pcea.errors import PceaError, PceaFileError
+
+ARCHIVE = "modelnet40_ply_hdf5_2048.zip"
+INNER = "modelnet40_ply_hdf5_2048"
+
+
+def make_zip(members: dict[str, bytes], *, symlinks: tuple[str, ...] = ()) -> bytes:
+    """A zip archive held in memory; names in ``symlinks`` are stored as symbolic links."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if name in symlinks:
+                info.external_attr = (0o120777 << 16)
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def layout_zip() -> bytes:
+    """An archive shaped like modelnet40_ply_hdf5_2048.zip; the random payload makes it incompressible."""
+    rng = np.random.default_rng(0)
+    return make_zip({
+        f"{INNER}/shape_names.txt": b"airplane\nbathtub\n",
+        f"{INNER}/train_files.txt": f"data/{INNER}/ply_data_train0.h5\n".encode(),
+        f"{INNER}/ply_data_train0.h5": rng.bytes(200_000),
+    })
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        server: Server = self.server  # type: ignore[assignment]
+        server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if server.html:
+            page = b"<!DOCTYPE html><html><body>Mirror moved. Please log in.</body></html>"
+            self._send(200, page, {"Content-Type": "text/html; charset=utf-8"})
+            return
+        body = server.files.get(self.path)
+        if body is None:
+            self._send(404, b"not found", {"Content-Type": "text/plain"})
+            return
+        start = 0
+        requested = self.headers.get("Range")
+        status, headers = 200, {"Content-Type": "application/zip"}
+        if requested and not server.ignore_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", requested).group(1))
+            if start >= len(body):
+                self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
+                return
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+        payload = body[start:]
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if server.drops:
+            # Promise the whole body, send part of it, then drop the connection.
+            cut = server.drops.pop(0)
+            self.wfile.write(payload[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(payload)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files: dict[str, bytes] = {}
+        self.requests: list[dict] = []
+        self.html = False
+        self.ignore_range = False
+        self.drops: list[int] = []  # byte counts after which the next responses are cut
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def archive(server) -> bytes:
+    data = layout_zip()
+    server.files[f"/{ARCHIVE}"] = data
+    return data
+
+
+def write_checksums(path: Path, url: str, sha256: str | None) -> Path:
+    table = {"modelnet40": {"h5": {"file": ARCHIVE, "urls": [url], "sha256": sha256, "size": None,
+                                   "extracts_to": INNER}}}
+    path.write_text(json.dumps(table))
+    return path
+
+
+def fetch(tmp_path: Path, server: Server, data: bytes, *, sha256: str | None = "auto", **kwargs) -> Path:
+    digest = hashlib.sha256(data).hexdigest() if sha256 == "auto" else sha256
+    checksums = write_checksums(tmp_path / "checksums.json", server.url(f"/{ARCHIVE}"), digest)
+    kwargs = {"backoff": 0.0, "timeout": 5.0, "progress": False, "retries": 0, **kwargs}
+    return fetch_modelnet40("h5", tmp_path / "root", checksums=checksums, **kwargs)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{ARCHIVE}"
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_download_verifies_and_extracts(tmp_path, server, archive):
+    target = fetch(tmp_path, server, archive)
+    assert target == tmp_path / "root" / INNER
+    assert (target / "shape_names.txt").read_bytes() == b"airplane\nbathtub\n"
+    assert len((target / "ply_data_train0.h5").read_bytes()) == 200_000
+    marker = json.loads((target / MARKER).read_text())
+    assert marker["sha256"] == hashlib.sha256(archive).hexdigest() and marker["verified"] is True
+    assert leftovers(tmp_path / "root") == [INNER]  # the zip was removed, no temp dirs remain
+    assert len(server.requests) == 1 and server.requests[0]["range"] is None
+
+
+def test_second_call_makes_no_request(tmp_path, server, archive, capsys):
+    fetch(tmp_path, server, archive)
+    server.files.clear()  # a second download would now fail
+    target = fetch(tmp_path, server, archive)
+    assert (target / MARKER).is_file()
+    assert len(server.requests) == 1
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_resume_after_interrupted_transfer(tmp_path, server, archive):
+    server.drops = [70_000]
+    with pytest.raises(PceaError, match="interrupted.*run the same command again to resume"):
+        fetch(tmp_path, server, archive)
+    part = tmp_path / "root" / f"{ARCHIVE}.part"
+    kept = part.stat().st_size
+    assert 0 < kept <= 70_000
+    target = fetch(tmp_path, server, archive)
+    assert server.requests[1]["range"] == f"bytes={kept}-"
+    assert json.loads((target / MARKER).read_text())["verified"] is True  # the joined file matched
+    assert not part.exists()
+
+
+def test_retries_resume_within_one_call(tmp_path, server, archive):
+    server.drops = [50_000, 50_000]
+    target = fetch(tmp_path, server, archive, retries=2)
+    assert [r["range"] is not None for r in server.requests] == [False, True, True]
+    assert server.requests[2]["range"] == "bytes=100000-"
+    assert (target / "ply_data_train0.h5").is_file()
+
+
+def test_server_ignoring_range_restarts_from_zero(tmp_path, server, archive):
+    server.drops = [60_000]
+    server.ignore_range = True
+    target = fetch(tmp_path, server, archive, retries=1)
+    # The second answer was a 200 with the whole file: appending it would break the checksum.
+    assert server.requests[1]["range"] is not None
+    assert (target / MARKER).is_file()
+
+
+def test_complete_part_file_answered_416(tmp_path, server, archive):
+    dest = tmp_path / ARCHIVE
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(archive)
+    download_file(server.url(f"/{ARCHIVE}"), dest, progress=False, retries=0)
+    assert dest.read_bytes() == archive
+    assert server.requests[0]["range"] == f"bytes={len(archive)}-"
+
+
+def test_checksum_mismatch_deletes_the_file(tmp_path, server, archive):
+    with pytest.raises(PceaFileError, match=r"SHA-256 mismatch \(expected 0{64}, got [0-9a-f]{64}\); "
+                                            r"the file was deleted"):
+        fetch(tmp_path, server, archive, sha256="0" * 64)
+    assert leftovers(tmp_path / "root") == []
+
+
+def test_html_page_instead_of_zip(tmp_path, server, archive):
+    server.html = True
+    with pytest.raises(PceaError, match="the mirror returned an HTML page, not a zip") as err:
+        fetch(tmp_path, server, archive)
+    assert "\n" not in str(err.value)
+    assert leftovers(tmp_path / "root") == []
+
+
+def test_html_already_on_disk_is_reported(tmp_path):
+    page = tmp_path / ARCHIVE
+    page.write_bytes(b"\n  <html><head><title>404</title></head></html>")
+    with pytest.raises(PceaFileError, match="HTML page, not a zip; SHA-256 mismatch.*deleted"):
+        verify_archive(page, "1" * 64, delete_on_failure=True)
+    assert not page.exists()
+
+
+def test_oversized_download_is_refused(tmp_path, server, archive):
+    with pytest.raises(PceaError, match="more than the 1000 B allowed"):
+        fetch(tmp_path, server, archive, max_download_bytes=1000)
+    assert leftovers(tmp_path / "root") == []
+
+
+def test_offline_gives_one_line_with_where_to_put_the_files(tmp_path, capsys):
+    root = tmp_path / "root"
+    url = closed_port_url()
+    code = main(["download", "modelnet40", "--root", str(root), "--url", url])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.count("\n") == 0 and err.startswith(f"pcea: error: could not reach {url} (")
+    assert f"Download {ARCHIVE} by hand and put it in {root}/" in err
+    assert f"{root / INNER}/ exists" in err
+    assert leftovers(root) == []
+
+
+def test_http_error_is_reported_with_the_url(tmp_path, server):
+    with pytest.raises(UnreachableError, match=r"could not reach http://127.0.0.1:\d+/missing.zip "
+                                                r"\(HTTP 404 Not Found\)"):
+        download_file(server.url("/missing.zip"), tmp_path / "x.zip", progress=False)
+
+
+def test_archive_placed_by_hand_is_used_without_a_request(tmp_path, archive):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ARCHIVE).write_bytes(archive)
+    checksums = write_checksums(tmp_path / "checksums.json", closed_port_url(),
+                                hashlib.sha256(archive).hexdigest())
+    target = fetch_modelnet40("h5", root, checksums=checksums, progress=False)
+    assert (target / "shape_names.txt").is_file()
+
+
+def test_unknown_checksum_warns_with_the_computed_hash(tmp_path, server, archive, capsys):
+    target = fetch(tmp_path, server, archive, sha256=None)
+    digest = hashlib.sha256(archive).hexdigest()
+    err = capsys.readouterr().err
+    assert "was NOT verified" in err and f"--sha256 {digest}" in err
+    assert json.loads((target / MARKER).read_text())["verified"] is False
+
+
+def test_cli_download_with_url_and_sha256(tmp_path, server, archive, capsys):
+    root = tmp_path / "root"
+    digest = hashlib.sha256(archive).hexdigest()
+    argv = ["download", "modelnet40", "--root", str(root), "--url", server.url(f"/{ARCHIVE}"),
+            "--sha256", digest.upper()]
+    assert main(argv) == 0
+    assert (root / INNER / MARKER).is_file()
+    assert main(argv) == 0 and len(server.requests) == 1
+    assert main([*argv[:-1], "abc"]) == 1
+    assert "--sha256 must be 64 hexadecimal digits" in capsys.readouterr().err
+
+
+# Hostile archives: each must be refused with nothing written outside, or half-written inside, root.
+HOSTILE = {
+    "zip-slip": (make_zip({f"{INNER}/a.txt": b"a", f"{INNER}/../../evil.txt": b"x"}), {},
+                 r"points outside the target \('\.\.'\)"),
+    "absolute": (make_zip({f"{INNER}/a.txt": b"a", "/tmp/pcea-evil.txt": b"x"}), {}, "absolute path"),
+    "windows-drive": (make_zip({"C:/evil.txt": b"x"}), {}, "absolute path"),
+    "symlink": (make_zip({f"{INNER}/a.txt": b"a", f"{INNER}/link": b"../../../etc"},
+                         symlinks=(f"{INNER}/link",)), {}, "symbolic link"),
+    "too-many-members": (make_zip({f"{INNER}/{i}.txt": b"" for i in range(50)}), {"max_members": 20},
+                         "has 50 members, more than the 20 allowed"),
+    "bomb": (make_zip({f"{INNER}/zeros.bin": bytes(5_000_000)}), {"max_extract_bytes": 1_000_000},
+             r"would expand to 4\.8 MiB, more than the 976\.6 KiB allowed"),
+    "duplicate": (make_zip({f"{INNER}/a.txt": b"a", f"{INNER}/a.txt/b": b"b"}), {}, "clashes"),
+    "no-layout-dir": (make_zip({"something_else/a.txt": b"a"}), {},
+                      f"does not contain the directory {INNER}/"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_archive_is_refused_and_leaves_nothing(tmp_path, server, case):
+    data, limits, message = HOSTILE[case]
+    server.files[f"/{ARCHIVE}"] = data
+    with pytest.raises(PceaFileError, match=message):
+        fetch(tmp_path, server, data, keep_archive=True, **limits)
+    assert leftovers(tmp_path / "root") == [ARCHIVE]  # only the verified download itself
+    assert leftovers(tmp_path) == ["checksums.json", "root"]
+    assert not Path("/tmp/pcea-evil.txt").exists()
+
+
+def test_corrupt_member_leaves_no_partial_extraction(tmp_path):
+    data = bytearray(make_zip({"d/a.bin": bytes(range(256)) * 400, "d/b.txt": b"b"}))
+    start = data.index(b"d/a.bin") + len("d/a.bin")
+    data[start + 100:start + 200] = bytes(100)  # damage the compressed stream of the first member
+    archive = tmp_path / "bad.zip"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(PceaFileError, match="corrupt or unsupported member"):
+        safe_extract(archive, tmp_path / "out")
+    assert leftovers(tmp_path) == ["bad.zip"]
+
+
+def test_shipped_checksums_are_honest():
+    """Every entry parses; a SHA-256 is either absent (null) or a real 64-hex digest."""
+    table = json.loads(CHECKSUMS_FILE.read_text())
+    for fmt in FORMATS:
+        spec = archive_spec("modelnet40", fmt)
+        assert spec.urls and all(u.startswith(("http://", "https://")) for u in spec.urls)
+        assert spec.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
+        assert table["modelnet40"][fmt]["extracts_to"] == spec.extracts_to
