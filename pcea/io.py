@@ -177,7 +177,9 @@ def sample_surface(mesh, n: int, seed: int | np.random.Generator = 0, *,
     cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # (F, 3)
     double_area = np.sqrt((cross**2).sum(axis=1))              # (F,)
     total = double_area.sum()
-    if not np.isfinite(total) or total <= 0:
+    if not np.isfinite(total):
+        raise PceaFileError(where, "mesh surface area overflows (coordinates too large)")
+    if total <= 0:
         raise PceaFileError(where, "mesh has zero surface area (all faces degenerate)")
     chosen = rng.choice(len(faces), size=n, p=double_area / total)  # (n,)
     r1 = np.sqrt(rng.random((n, 1)))
@@ -441,6 +443,8 @@ def _read_ply_header(path: Path, max_points: int) -> dict:
                         header["properties"].append((words[2], _PLY_TYPES[words[1]]))
                 count = header["counts"][element]
                 row_bytes += count * (size if header["format"] != "ascii" else 2)
+        except PceaFileError:
+            raise
         except (IndexError, KeyError, ValueError):
             raise PceaFileError(path, f"malformed PLY header line {line[:60]!r}") from None
     if header["format"] not in ("ascii", "binary_little_endian", "binary_big_endian"):

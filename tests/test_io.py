@@ -1,0 +1,356 @@
+"""pcea.io: every extension, the messy variants real datasets contain, and every error."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+import trimesh
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pcea.errors import PceaFileError
+from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, PceaWarning, load_mesh, load_points, sample_surface
+
+TETRA_VERTICES = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+TETRA_FACES = [(0, 2, 1), (0, 1, 3), (0, 3, 2), (1, 2, 3)]
+
+
+def write(path, text: str, newline: str = "\n"):
+    path.write_bytes(text.replace("\n", newline).encode())
+    return path
+
+
+def tetra_off(newline="\n", glued=False) -> str:
+    first = "OFF4 4 0\n" if glued else "OFF\n# a comment\n4 4 0\n"
+    body = "".join(f"{x} {y} {z}\n" for x, y, z in TETRA_VERTICES)
+    body += "".join(f"3 {a} {b} {c}\n" for a, b, c in TETRA_FACES)
+    return (first + body).replace("\n", newline)
+
+
+def random_cloud(n=50, seed=0, columns=3):
+    return np.random.default_rng(seed).normal(size=(n, columns))
+
+
+def assert_normalised(points, num_points, channels):
+    assert points.shape == (num_points, channels)
+    assert points.dtype == np.float32
+    radius = np.linalg.norm(points[:, :3], axis=1)
+    assert radius.max() == pytest.approx(1.0, abs=1e-5)
+    # for meshes and clouds alike the centroid is the origin up to sampling noise
+    assert np.abs(points[:, :3].mean(axis=0)).max() < 1e-5
+
+
+# --- meshes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+@pytest.mark.parametrize("glued", [False, True])
+def test_off_variants_read_the_same_surface(tmp_path, newline, glued):
+    path = tmp_path / "m.off"
+    path.write_bytes(tetra_off(newline, glued).encode())
+    points = load_points(path, 256, normals=True)
+    assert_normalised(points, 256, 6)
+    reference = tmp_path / "ref.off"
+    reference.write_text(tetra_off())
+    np.testing.assert_array_equal(points, load_points(reference, 256, normals=True))
+
+
+def test_off_polygons_and_colours_are_triangulated(tmp_path):
+    # a unit square as one quad with a colour after the indices, plus coloured vertices
+    text = "OFF\n4 1 0\n0 0 0 255 0 0\n1 0 0 255 0 0\n1 1 0 0 255 0\n0 1 0 0 0 255\n4 0 1 2 3 10 20 30\n"
+    mesh = load_mesh(write(tmp_path / "quad.off", text))
+    assert mesh.faces.shape == (2, 3)
+    assert mesh.area == pytest.approx(1.0)
+
+
+def test_ply_mesh_with_extra_vertex_properties(tmp_path):
+    header = ("ply\nformat ascii 1.0\ncomment made by hand\nelement vertex 4\nproperty float x\n"
+              "property float y\nproperty float z\nproperty uchar red\nproperty uchar green\n"
+              "property uchar blue\nproperty float confidence\nelement face 4\n"
+              "property list uchar int vertex_indices\nend_header\n")
+    body = "".join(f"{x} {y} {z} 10 20 30 0.5\n" for x, y, z in TETRA_VERTICES)
+    body += "".join(f"3 {a} {b} {c}\n" for a, b, c in TETRA_FACES)
+    points = load_points(write(tmp_path / "m.ply", header + body, "\r\n"), 128, normals=True)
+    assert_normalised(points, 128, 6)
+    np.testing.assert_allclose(np.linalg.norm(points[:, 3:], axis=1), 1.0, atol=1e-5)
+
+
+def test_binary_ply_mesh_and_glb_and_binary_stl(tmp_path):
+    box = trimesh.creation.box(extents=(1, 2, 3))
+    for suffix in (".ply", ".glb", ".stl"):
+        path = tmp_path / f"box{suffix}"
+        box.export(path)
+        assert_normalised(load_points(path, 200, normals=True), 200, 6)
+        mesh = load_mesh(path)
+        assert mesh.area == pytest.approx(22.0), suffix
+        # every sampled point lies on a face of the box: one coordinate is at its extreme
+        points, _ = sample_surface(mesh, 200, seed=0)
+        on_face = np.isclose(np.abs(points), [0.5, 1.0, 1.5], atol=1e-5).any(axis=1)
+        assert on_face.all(), suffix
+
+
+@pytest.mark.parametrize("mtl", ["none", "missing_image"])
+def test_obj_with_texture_coordinates_and_missing_material(tmp_path, mtl):
+    if mtl == "missing_image":
+        write(tmp_path / "mat.mtl", "newmtl skin\nKd 1 1 1\nmap_Kd no_such_image.png\n")
+    text = "mtllib mat.mtl\n" + "".join(f"v {x} {y} {z}\n" for x, y, z in TETRA_VERTICES)
+    text += "vt 0 0\nvt 1 0\nvt 0 1\nvn 0 0 1\nusemtl skin\n"
+    text += "".join(f"f {a + 1}/1/1 {b + 1}/2/1 {c + 1}/3/1\n" for a, b, c in TETRA_FACES)
+    mesh = load_mesh(write(tmp_path / "m.obj", text))
+    assert mesh.faces.shape == (4, 3)
+    assert_normalised(load_points(tmp_path / "m.obj", 64), 64, 3)
+
+
+def test_ascii_stl_in_e_notation(tmp_path):
+    text = "solid s\n"
+    for a, b, c in TETRA_FACES:
+        text += "  facet normal 0.0E+00 0.0E+00 0.0E+00\n    outer loop\n"
+        for index in (a, b, c):
+            text += "      vertex " + " ".join(f"{value:.6E}" for value in TETRA_VERTICES[index]) + "\n"
+        text += "    endloop\n  endfacet\n"
+    text += "endsolid s\n"
+    mesh = load_mesh(write(tmp_path / "m.stl", text, "\r\n"))
+    assert mesh.area == pytest.approx(1.5 + np.sqrt(3) / 2)
+
+
+def test_sampling_is_seeded_and_area_weighted(tmp_path):
+    path = write(tmp_path / "m.off", tetra_off())
+    first = load_points(path, 300, seed=7, normals=True)
+    np.testing.assert_array_equal(first, load_points(path, 300, seed=7, normals=True))
+    assert not np.array_equal(first, load_points(path, 300, seed=8, normals=True))
+    # two triangles in the plane z=0 with areas 1 and 3: 3/4 of the points land in the big one
+    mesh = trimesh.Trimesh(vertices=[(0, 0, 0), (2, 0, 0), (0, 1, 0), (10, 0, 0), (16, 0, 0), (10, 1, 0)],
+                           faces=[(0, 1, 2), (3, 4, 5)], process=False)
+    points, normals = sample_surface(mesh, 20000, seed=0)
+    assert points.shape == normals.shape == (20000, 3)
+    assert (points[:, 0] >= 10).mean() == pytest.approx(0.75, abs=0.02)
+    np.testing.assert_allclose(normals, np.tile([0, 0, 1], (20000, 1)), atol=1e-6)
+    # inside the small triangle: x/2 + y <= 1
+    small = points[points[:, 0] < 10]
+    assert (small[:, 0] / 2 + small[:, 1] <= 1 + 1e-6).all()
+
+
+# --- point files ----------------------------------------------------------------------------
+
+
+def test_every_point_extension(tmp_path):
+    cloud = random_cloud(60, columns=6)
+    files = {
+        ".xyz": "\n".join(" ".join(f"{v:.8f}" for v in row) for row in cloud),
+        ".txt": "x\ty\tz\tnx\tny\tnz\n" + "\n".join("\t".join(f"{v:.8f}" for v in row) for row in cloud),
+        ".pts": f"{len(cloud)}\n" + "\n".join(" ".join(f"{v:.8f}" for v in row) for row in cloud),
+        ".csv": "x,y,z,nx,ny,nz\n" + "\n".join(",".join(f"{v:.8f}" for v in row) for row in cloud),
+    }
+    for suffix, text in files.items():
+        write(tmp_path / f"p{suffix}", text + "\n", "\r\n")
+    np.save(tmp_path / "p.npy", cloud)
+    np.savez(tmp_path / "p.npz", points=cloud[:, :3], normals=cloud[:, 3:])
+    header = ("ply\nformat binary_little_endian 1.0\nelement vertex 60\n"
+              + "".join(f"property float {name}\n" for name in ("x", "y", "z", "nx", "ny", "nz"))
+              + "property uchar alpha\nend_header\n")
+    records = np.zeros(60, dtype=[("xyz", "<f4", 6), ("alpha", "u1")])
+    records["xyz"] = cloud
+    (tmp_path / "p.ply").write_bytes(header.encode() + records.tobytes())
+    expected = normalize(cloud[np.random.default_rng(3).choice(60, 40, replace=False)])
+    for suffix in POINT_EXTENSIONS:
+        points = load_points(tmp_path / f"p{suffix}", 40, seed=3, normals=True)
+        np.testing.assert_allclose(points, expected, atol=1e-5, err_msg=suffix)
+        assert_normalised(load_points(tmp_path / f"p{suffix}", 40, seed=3), 40, 3)
+
+
+def normalize(cloud):
+    from pcea.data.transforms import normalize_unit_sphere
+
+    return normalize_unit_sphere(cloud)
+
+
+@pytest.mark.parametrize("separator", [" ", "\t", ",", ";", ", "])
+def test_point_separators(tmp_path, separator):
+    cloud = random_cloud(20)
+    text = "\n".join(separator.join(f"{v}" for v in row) for row in cloud)
+    points = load_points(write(tmp_path / "p.txt", text), 20, seed=1)
+    expected = normalize(cloud[np.random.default_rng(1).choice(20, 20, replace=False)])
+    np.testing.assert_allclose(points, expected, atol=1e-6)
+
+
+def test_ascii_ply_point_cloud_with_normals(tmp_path):
+    cloud = random_cloud(10, columns=6)
+    header = ("ply\nformat ascii 1.0\nelement vertex 10\nproperty double x\nproperty double y\n"
+              "property double z\nproperty double nx\nproperty double ny\nproperty double nz\n"
+              "element face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    body = "\n".join(" ".join(f"{v:.10f}" for v in row) for row in cloud)
+    points = load_points(write(tmp_path / "p.ply", header + body + "\n"), 10, normals=True)
+    assert sorted(points[:, 3].round(6)) == sorted(cloud[:, 3].astype(np.float32).round(6))
+
+
+def test_fewer_points_than_requested_warns_and_samples_with_replacement(tmp_path):
+    path = tmp_path / "few.npy"
+    np.save(path, random_cloud(5))
+    with pytest.warns(PceaWarning, match="only 5 points, 32 requested"):
+        points = load_points(path, 32)
+    assert points.shape == (32, 3)
+    assert len(np.unique(points, axis=0)) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_points(path, 5)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def raises_naming(path, match):
+    return pytest.raises(PceaFileError, match=f"^{_escape(path)}: .*{match}")
+
+
+def _escape(path):
+    import re
+
+    return re.escape(str(path))
+
+
+def test_missing_directory_unknown_extension_and_empty(tmp_path):
+    with raises_naming(tmp_path / "nope.off", "no such file"):
+        load_points(tmp_path / "nope.off")
+    folder = tmp_path / "dir.off"
+    folder.mkdir()
+    with raises_naming(folder, "is a directory"):
+        load_points(folder)
+    with raises_naming(write(tmp_path / "m.dae", "x"), "unknown extension '.dae'"):
+        load_points(tmp_path / "m.dae")
+    for suffix in MESH_EXTENSIONS + POINT_EXTENSIONS:
+        path = write(tmp_path / f"empty{suffix}", "")
+        with raises_naming(path, "empty"):
+            load_points(path)
+
+
+def test_symlink_loop(tmp_path):
+    loop = tmp_path / "loop.off"
+    os.symlink(loop, loop)
+    with raises_naming(loop, "cannot open"):
+        load_points(loop)
+
+
+def test_file_larger_than_the_limit(tmp_path):
+    path = write(tmp_path / "m.off", tetra_off())
+    with raises_naming(path, "over the limit of 50"):
+        load_points(path, max_bytes=50)
+
+
+@pytest.mark.parametrize("suffix", MESH_EXTENSIONS + POINT_EXTENSIONS)
+def test_garbage_content(tmp_path, suffix):
+    path = tmp_path / f"junk{suffix}"
+    path.write_bytes(b"\x00\x01hello \xff\xfe not a point cloud at all\n" * 3)
+    with raises_naming(path, ""):
+        load_points(path)
+
+
+def test_nan_and_inf_coordinates(tmp_path):
+    off = write(tmp_path / "m.off", tetra_off().replace("1 0 0\n", "nan 0 0\n", 1))
+    with raises_naming(off, "NaN or infinite"):
+        load_points(off)
+    csv = write(tmp_path / "p.csv", "1,2,3\n4,inf,6\n7,8,9\n")
+    with raises_naming(csv, "NaN or infinite"):
+        load_points(csv)
+    npy = tmp_path / "p.npy"
+    np.save(npy, np.array([[0, 0, np.nan]] * 4))
+    with raises_naming(npy, "NaN or infinite"):
+        load_points(npy)
+
+
+def test_empty_mesh_and_zero_area(tmp_path):
+    no_faces = write(tmp_path / "nofaces.off", "OFF\n3 0 0\n0 0 0\n1 0 0\n0 1 0\n")
+    with raises_naming(no_faces, "mesh is empty"):
+        load_points(no_faces)
+    flat = write(tmp_path / "line.off", "OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n")
+    with raises_naming(flat, "zero surface area"):
+        load_points(flat)
+
+
+def test_truncated_and_inconsistent_files(tmp_path):
+    truncated = write(tmp_path / "t.off", "OFF\n4 4 0\n0 0 0\n1 0 0\n")
+    with raises_naming(truncated, "truncated"):
+        load_points(truncated)
+    bad_index = write(tmp_path / "i.off", "OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n")
+    with raises_naming(bad_index, "refers to vertex 7 but there are 3 vertices"):
+        load_points(bad_index)
+    obj = write(tmp_path / "i.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n")
+    with pytest.raises(PceaFileError, match=_escape(obj)):
+        load_points(obj)
+    ragged = write(tmp_path / "r.xyz", "1 2 3\n4 5\n6 7 8\n")
+    with raises_naming(ragged, "row 2 has 2 values"):
+        load_points(ragged)
+    stl = tmp_path / "t.stl"
+    stl.write_bytes(b"\0" * 80 + (1000).to_bytes(4, "little") + b"\0" * 100)
+    with raises_naming(stl, "declares 1,000 triangles"):
+        load_points(stl)
+
+
+def test_header_counts_beyond_the_limit_fail_before_allocating(tmp_path):
+    ply = write(tmp_path / "huge.ply", "ply\nformat binary_little_endian 1.0\nelement vertex 1000000000\n"
+                                       "property float x\nproperty float y\nproperty float z\nend_header\n")
+    with open(ply, "ab") as handle:
+        handle.write(b"\0" * 120)
+    off = write(tmp_path / "huge.off", "OFF\n1000000000 1 0\n0 0 0\n")
+    tracemalloc.start()
+    try:
+        with raises_naming(ply, "declares 1,000,000,000 vertex elements, over the limit"):
+            load_points(ply)
+        with raises_naming(off, "declares 1,000,000,000 vertices"):
+            load_points(off)
+        # under a raised limit the count is still checked against the bytes present
+        with raises_naming(ply, "more than the 120 bytes of data can hold"):
+            load_points(ply, max_points=10**10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 1024**2
+    npy = tmp_path / "big.npy"
+    np.save(npy, np.zeros((100, 3)))
+    with raises_naming(npy, "declares 100 points, over the limit of 50"):
+        load_points(npy, max_points=50)
+
+
+def test_wrong_shapes_and_missing_normals(tmp_path):
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros(12))
+    with raises_naming(flat, r"shape \(12,\)"):
+        load_points(flat)
+    two = tmp_path / "two.csv"
+    write(two, "1,2\n3,4\n")
+    with raises_naming(two, r"shape \(2, 2\)"):
+        load_points(two)
+    xyz = write(tmp_path / "p.xyz", "\n".join("1 2 3" for _ in range(4)))
+    with raises_naming(xyz, "normals requested but the points have 3 columns"):
+        load_points(xyz, normals=True)
+    ply = write(tmp_path / "p.ply", "ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\n"
+                                    "property float y\nproperty float z\nend_header\n1 2 3\n")
+    with raises_naming(ply, "no nx ny nz properties"):
+        load_points(ply, normals=True)
+    strings = tmp_path / "s.npy"
+    np.save(strings, np.array([["a", "b", "c"]]))
+    with raises_naming(strings, "expected numbers"):
+        load_points(strings)
+    several = tmp_path / "several.npz"
+    np.savez(several, a=np.zeros((3, 3)), b=np.zeros((3, 3)))
+    with raises_naming(several, "several arrays"):
+        load_points(several)
+    with raises_naming(ply, "no faces"):
+        load_mesh(ply)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), suffix=st.sampled_from(MESH_EXTENSIONS + POINT_EXTENSIONS),
+       prefix=st.sampled_from([b"", b"OFF\n", b"ply\nformat ascii 1.0\n", b"solid x\n", b"v 0 0 0\n"]))
+def test_random_bytes_only_ever_raise_pcea_file_error(tmp_path, data, suffix, prefix):
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(prefix + data)
+    try:
+        points = load_points(path, 8)
+    except PceaFileError as err:
+        assert str(err).startswith(str(path))
+    else:
+        assert points.shape == (8, 3) and np.isfinite(points).all()
