@@ -1,0 +1,151 @@
+"""The PCT-style classifier: every preset forward and backward, exactness, size, errors."""
+
+import pytest
+import torch
+
+import pcea
+from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier
+from pcea.ops import sample_and_group
+
+TINY = dict(num_points=128, centers=(64, 32), neighbors=(8, 8), embed_dim=16,
+            stage_dims=(32, 64), fuse_dim=128, head_dims=(64, 32), memory=16)
+
+
+def test_pct_preset_has_the_parameter_count_of_the_original_pct():
+    model = pcea.build_model("pct", num_classes=40)
+    assert sum(p.numel() for p in model.parameters()) == 2_876_136
+
+
+def test_external_attention_preset_is_smaller_than_pct():
+    count = {name: sum(p.numel() for p in pcea.build_model(name).parameters()) for name in PRESETS}
+    # Each block's offset-attention core (16,384 + 65,792) becomes two 256x64 memories (32,768).
+    assert count["pct"] - count["pcea"] == 4 * (16_384 + 65_792 - 32_768)
+    assert count["pct-sa"] > count["pct"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("num_points", [512, 1024, 2048])
+def test_presets_forward_in_train_and_eval_mode(name, num_points):
+    torch.manual_seed(0)
+    model = pcea.build_model(name, num_classes=10, num_points=num_points)
+    points = torch.randn(4, num_points, 3)
+    logits = model.train()(points)
+    assert logits.shape == (4, 10) and torch.isfinite(logits).all()
+    model.eval()
+    with torch.no_grad():
+        assert model(points).shape == (4, 10)
+        assert model(points[:1]).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_backward_gives_finite_gradients_for_every_parameter(name):
+    torch.manual_seed(0)
+    model = pcea.build_model(name, num_classes=5, num_points=512)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 512, 3)), torch.tensor([1, 3]))
+    loss.backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, pname
+        assert torch.isfinite(param.grad).all(), pname
+        assert param.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_logits_do_not_depend_on_the_batch(name):
+    """In eval mode a cloud gets the same logits alone or in a batch of 16."""
+    torch.manual_seed(0)
+    model = pcea.build_model(name, num_classes=40, num_points=512).eval()
+    with torch.no_grad():  # non-trivial running statistics, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    points = torch.randn(16, 512, 3)
+    with torch.no_grad():
+        batched = model(points)
+        for i in (0, 7, 15):
+            torch.testing.assert_close(model(points[i : i + 1])[0], batched[i], atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_batch_is_overfitted():
+    torch.manual_seed(0)
+    model = pcea.build_model("pcea", num_classes=4, dropout=0.0, **TINY)
+    points = torch.randn(8, 128, 3)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(200):  # stops as soon as the loss has fallen by 90 %
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(points), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if losses[-1] <= 0.1 * losses[0]:
+            break
+    assert losses[-1] <= 0.1 * losses[0], (losses[0], min(losses), len(losses))
+
+
+def test_state_dict_round_trip_gives_identical_logits():
+    torch.manual_seed(0)
+    model = pcea.build_model("pcea", num_classes=7, **TINY)
+    model.train()(torch.randn(4, 128, 3))  # move the running statistics away from their init
+    clone = PCTClassifier(ModelConfig(**model.config.to_dict()))
+    clone.load_state_dict(model.state_dict())
+    points = torch.randn(3, 128, 3)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(points), clone.eval()(points))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_neighbor_embedding_equals_the_plain_grouped_mlp(training):
+    """The pre-gather rewrite against sample_and_group followed by the MLP on every row."""
+    torch.manual_seed(0)
+    stage = NeighborEmbedding(6, 16, num_centers=20, k=5)
+    with torch.no_grad():
+        stage.lbr1.bn.running_mean.uniform_(-0.5, 0.5)
+    stage.train(training)
+    xyz, feats = torch.randn(3, 50, 3), torch.randn(3, 50, 6)
+    centers, out = stage(xyz, feats)
+    expected_centers, grouped = sample_and_group(xyz, feats, 20, 5)  # (B, M, k, 12)
+    expected = stage.lbr2(stage.lbr1(grouped)).amax(dim=2)  # (B, M, 16)
+    assert torch.equal(centers, expected_centers)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_normals_and_max_mean_pooling():
+    model = pcea.build_model("pcea", num_classes=3, in_channels=6, pool="max+mean", **TINY)
+    assert model.head[0].linear.in_features == 2 * TINY["fuse_dim"]
+    assert model(torch.randn(2, 128, 6)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"\(B, N, 6\).*\(2, 128, 3\)"):
+        model(torch.randn(2, 128, 3))
+
+
+def test_too_few_points_names_both_numbers():
+    model = pcea.build_model("pcea").eval()
+    with pytest.raises(ValueError, match="N=300.*512 centres"):
+        model(torch.randn(1, 300, 3))
+
+
+def test_training_on_one_cloud_is_a_clear_error():
+    model = pcea.build_model("pcea", **TINY)
+    with pytest.raises(ValueError, match="at least 2 clouds"):
+        model(torch.randn(1, 128, 3))
+
+
+def test_predict_returns_probabilities_and_keeps_the_mode():
+    model = pcea.build_model("pcea", num_classes=5, **TINY).train()
+    probs = model.predict(torch.randn(128, 3).numpy())
+    assert probs.shape == (5,)
+    torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+    assert model.predict(torch.randn(3, 128, 3)).shape == (3, 5)
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"name": "pointnet"}, "unknown model 'pointnet'"), ({"memroy": 8}, "unknown model option.*memroy"),
+     ({"attention": "self"}, "preset name"), ({"centers": (512, 600)}, "centers"),
+     ({"neighbors": (32, 600)}, "k=600"), ({"pool": "sum"}, "pool='sum'")],
+)
+def test_build_model_rejects_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pcea.build_model(**kwargs)
