@@ -1,0 +1,465 @@
+"""ModelNet40 (and ModelNet10) in the three layouts users arrive with.
+
+* :class:`ModelNet40H5`: ``modelnet40_ply_hdf5_2048`` (PointNet, DGCNN, PCT).
+* :class:`ModelNet40Mesh`: the Princeton release, ``<class>/{train,test}/<class>_NNNN.off``.
+* :class:`ModelNet40Resampled`: ``modelnet40_normal_resampled`` (PointNet++), one text file per shape.
+
+All three share one interface: an item is ``(points FloatTensor (num_points, C), label int)``
+with C = 3, or 6 with normals; ``.class_names``, ``.labels`` and ``.root``;
+``set_epoch(epoch)``; and the transform of item ``i`` is called with
+``np.random.default_rng((seed, epoch, i))``, so a run is reproducible whatever the
+number of DataLoader workers. ``classes=`` selects a subset (ModelNet10 is
+``classes=MODELNET10_CLASSES``) with labels renumbered 0..K-1 in the dataset's class order.
+
+Each item holds the *first* ``num_points`` points of the stored cloud (the h5 release
+stores 2048 points per shape in random order, the resampled release 10,000 in
+farthest-point order, so the first ones are a fair subsample; PCT trains on the first
+1024 of the h5 points the same way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pcea.data.transforms import normalize_unit_sphere
+from pcea.errors import PceaError, PceaFileError
+
+__all__ = [
+    "MODELNET10_CLASSES",
+    "ModelNet40H5",
+    "ModelNet40Mesh",
+    "ModelNet40Resampled",
+    "open_dataset",
+]
+
+MODELNET10_CLASSES = ("bathtub", "bed", "chair", "desk", "dresser",
+                      "monitor", "night_stand", "sofa", "table", "toilet")
+SPLITS = ("train", "test")
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+class _PointCloudDataset(Dataset):
+    """The shared interface; subclasses fill ``class_names``, ``labels`` and ``_clouds``."""
+
+    root: Path
+    class_names: list[str]
+    labels: np.ndarray       # (n,) int64
+    _clouds: np.ndarray      # (n, num_points, 3 or 6) float32
+
+    def __init__(self, root, split: str, num_points: int, transform: Transform | None,
+                 normals: bool, seed: int):
+        if split not in SPLITS:
+            raise PceaError(f"split={split!r}: expected 'train' or 'test'")
+        if num_points < 1:
+            raise PceaError(f"num_points={num_points}: must be at least 1")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            problem = "not a directory" if self.root.exists() else "no such directory"
+            raise PceaFileError(self.root, problem)
+        self.split = split
+        self.num_points = num_points
+        self.transform = transform
+        self.normals = normals
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random augmentation of every item (call at the start of each epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        points = self._clouds[index]                        # (num_points, C)
+        if self.transform is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            points = self.transform(points.copy(), rng)
+        return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
+                f"shapes={len(self)}, classes={len(self.class_names)}, num_points={self.num_points}, "
+                f"normals={self.normals})")
+
+    def _select(self, all_names: list[str], labels: np.ndarray, classes: Sequence[str] | None) -> np.ndarray:
+        """Set ``class_names``/``labels`` for a class subset; returns the kept item indices."""
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if classes is None:
+            self.class_names, self.labels = list(all_names), labels
+            return np.arange(len(labels))
+        if isinstance(classes, str):
+            raise PceaError(f"classes={classes!r}: expected a list of class names")
+        unknown = sorted(set(classes) - set(all_names))
+        if unknown:
+            raise PceaError(f"{self.root}: unknown classes {', '.join(unknown)}; "
+                            f"this dataset has {', '.join(all_names)}")
+        kept_names = [name for name in all_names if name in set(classes)]  # dataset order
+        remap = np.full(len(all_names), -1, dtype=np.int64)
+        for new, name in enumerate(kept_names):
+            remap[all_names.index(name)] = new
+        keep = np.flatnonzero(remap[labels] >= 0)
+        self.class_names, self.labels = kept_names, remap[labels[keep]]
+        return keep
+
+
+def _read_names(path: Path) -> list[str]:
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise PceaFileError(path, f"cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise PceaFileError(path, "not a text file") from None
+    if not names:
+        raise PceaFileError(path, "file is empty")
+    return names
+
+
+# --- h5 ---------------------------------------------------------------------------------
+
+
+class ModelNet40H5(_PointCloudDataset):
+    """The ``modelnet40_ply_hdf5_2048`` layout.
+
+    ``ply_data_train{0..4}.h5`` / ``ply_data_test{0,1}.h5`` hold ``data`` (n, 2048, 3)
+    float32, ``label`` (n, 1) and optionally ``normal`` (n, 2048, 3);
+    ``shape_names.txt`` names the classes; ``train_files.txt`` / ``test_files.txt``
+    list the h5 files, usually with a directory prefix such as
+    ``data/modelnet40_ply_hdf5_2048/`` that is ignored (each basename is looked up in
+    ``root``; without the list file, ``ply_data_<split>*.h5`` are used).
+
+    The clouds are read into memory once, at construction: all of ModelNet40 at 2048
+    points with normals is about 420 MB, which fits in RAM, reading each item from
+    h5 would cost a file access per item, and open h5py handles do not survive the
+    fork into DataLoader workers well (a plain array does). Only the first
+    ``num_points`` points per shape are kept.
+
+    Args:
+        root: the directory holding the files above.
+        split: "train" or "test".
+        num_points: points per item (at most the stored 2048).
+        transform: called as ``transform(points (num_points, C), rng)``.
+        normals: also return the normals (columns 3:6); needs the ``normal`` dataset.
+        classes: names of a class subset (e.g. ModelNet10), labels renumbered 0..K-1.
+        seed: seed of the per-item augmentation.
+    """
+
+    def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
+                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0):
+        super().__init__(root, split, num_points, transform, normals, seed)
+        import h5py
+
+        names = _read_names(self.root / "shape_names.txt")
+        files = self._files()
+        clouds, labels = [], []
+        for path in files:
+            try:
+                with h5py.File(path, "r") as h5:
+                    cloud, label = self._read(path, h5, len(names))
+            except PceaError:
+                raise
+            except Exception as err:  # h5py raises OSError, KeyError, TypeError on broken files
+                raise PceaFileError(path, f"cannot read as HDF5 ({type(err).__name__}: {err})") from None
+            clouds.append(cloud)
+            labels.append(label)
+        keep = self._select(names, np.concatenate(labels), classes)
+        self._clouds = np.concatenate(clouds)[keep]
+
+    def _files(self) -> list[Path]:
+        listing = self.root / f"{self.split}_files.txt"
+        if listing.is_file():
+            files = [self.root / Path(line.replace("\\", "/")).name for line in _read_names(listing)]
+            missing = [path.name for path in files if not path.is_file()]
+            if missing:
+                raise PceaFileError(listing, f"lists {', '.join(missing)}, not found in {self.root}")
+            return files
+        files = sorted(self.root.glob(f"ply_data_{self.split}*.h5"))
+        if not files:
+            raise PceaFileError(self.root, f"no {listing.name} and no ply_data_{self.split}*.h5 files")
+        return files
+
+    def _read(self, path: Path, h5, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, num_points, C) float32 clouds and (n,) labels of one h5 file, checked."""
+        for key in ("data", "label") + (("normal",) if self.normals else ()):
+            if key not in h5:
+                what = " (normals=True needs it)" if key == "normal" else ""
+                raise PceaFileError(path, f"has no {key!r} dataset{what}; it has {', '.join(h5.keys())}")
+        data, label = h5["data"], h5["label"]
+        if data.ndim != 3 or data.shape[2] != 3:
+            raise PceaFileError(path, f"'data' has shape {data.shape}, expected (n, points, 3)")
+        if data.shape[1] < self.num_points:
+            raise PceaFileError(path, f"stores {data.shape[1]} points per shape, "
+                                      f"num_points={self.num_points} asks for more")
+        labels = np.asarray(label[()]).reshape(-1).astype(np.int64)
+        if len(labels) != data.shape[0]:
+            raise PceaFileError(path, f"{data.shape[0]} shapes but {len(labels)} labels")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise PceaFileError(path, f"label {labels.max()} outside the {num_classes} classes "
+                                      "of shape_names.txt")
+        parts = [np.asarray(data[:, :self.num_points], dtype=np.float32)]
+        if self.normals:
+            normal = h5["normal"]
+            if normal.shape != data.shape:
+                raise PceaFileError(path, f"'normal' has shape {normal.shape}, 'data' {data.shape}")
+            parts.append(np.asarray(normal[:, :self.num_points], dtype=np.float32))
+        clouds = np.concatenate(parts, axis=2)               # (n, num_points, C)
+        if not np.isfinite(clouds).all():
+            raise PceaFileError(path, "contains NaN or infinite values")
+        return clouds, labels
+
+
+# --- Princeton meshes ---------------------------------------------------------------------
+
+
+def mesh_classes(root: Path) -> list[str]:
+    """Sorted class directories of a Princeton layout (those with a train/ or test/ folder)."""
+    return sorted(entry.name for entry in root.iterdir()
+                  if entry.is_dir() and any((entry / split).is_dir() for split in SPLITS))
+
+
+def mesh_files(root: Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
+    """``(path, label)`` of every ``.off`` file of one split, in class then name order."""
+    return [(path, label) for label, name in enumerate(class_names)
+            for path in sorted((root / name / split).glob("*.off"))]
+
+
+def mesh_seed(path: Path, root: Path, seed: int) -> int:
+    """A sampling seed that depends on the shape, not on its position in a list."""
+    return zlib.crc32(f"{seed}/{path.relative_to(root).as_posix()}".encode())
+
+
+class ModelNet40Mesh(_PointCloudDataset):
+    """The Princeton layout ``<root>/<class>/{train,test}/<class>_NNNN.off``.
+
+    Each mesh is sampled once by area (:func:`pcea.io.load_points`, which reads the
+    glued ``OFF490 518 0`` headers of the release), normalised, and kept in memory;
+    its sample seed depends on ``seed`` and the file's name. Sampling all 12,311
+    ModelNet40 meshes takes minutes, on every construction: convert them once with
+    ``pcea prepare modelnet40 --src ModelNet40/ --out DIR`` and train on the h5
+    layout instead. A mesh that cannot be read is skipped with a
+    :class:`pcea.io.PceaWarning` naming it.
+
+    Args: as :class:`ModelNet40H5` (``root`` holds the class directories).
+    """
+
+    def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
+                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0):
+        super().__init__(root, split, num_points, transform, normals, seed)
+        from pcea.io import PceaWarning, load_points
+
+        names = mesh_classes(self.root)
+        if not names:
+            raise PceaFileError(self.root, "no class directories with train/ or test/ folders")
+        files = mesh_files(self.root, split, names)
+        keep = self._select(names, np.array([label for _, label in files], dtype=np.int64), classes)
+        clouds, kept_labels, skipped = [], [], []
+        for index, label in zip(keep, self.labels, strict=True):
+            path, _ = files[index]
+            try:
+                clouds.append(load_points(path, num_points, seed=mesh_seed(path, self.root, seed),
+                                          normals=normals))
+            except PceaError as err:
+                skipped.append(str(err))
+                continue
+            kept_labels.append(label)
+        if skipped:
+            warnings.warn(f"{self.root}: skipped {len(skipped)} unreadable meshes: " + "; ".join(skipped[:5])
+                          + (" ..." if len(skipped) > 5 else ""), PceaWarning, stacklevel=2)
+        self.labels = np.asarray(kept_labels, dtype=np.int64)
+        channels = 6 if normals else 3
+        self._clouds = np.stack(clouds) if clouds else np.zeros((0, num_points, channels), np.float32)
+
+
+# --- resampled text files -----------------------------------------------------------------
+
+
+def resampled_prefix(root: Path) -> str | None:
+    """``modelnet40`` or ``modelnet10``: whose ``*_shape_names.txt`` the directory has."""
+    for prefix in ("modelnet40", "modelnet10"):
+        if (root / f"{prefix}_shape_names.txt").is_file():
+            return prefix
+    return None
+
+
+class ModelNet40Resampled(_PointCloudDataset):
+    """The ``modelnet40_normal_resampled`` layout (PointNet++).
+
+    ``modelnet40_shape_names.txt`` names the classes, ``modelnet40_{train,test}.txt``
+    list shape ids (``airplane_0001``), and ``<class>/<shape id>.txt`` holds one
+    ``x,y,z,nx,ny,nz`` line per point (10,000 per shape). A directory with only the
+    ``modelnet10_*`` lists is read as ModelNet10.
+
+    Parsing thousands of text files is slow, so the first time the first
+    ``num_points`` points of every listed shape are parsed once, normalised to the
+    unit sphere, and saved as one ``.npy`` (written atomically) in ``cache_dir``
+    (default ``<root>/.pcea-cache``); later constructions with the same file list and
+    ``num_points`` load that array in a fraction of a second.
+
+    Args: as :class:`ModelNet40H5`, plus
+        cache_dir: where the parsed array is kept (``None``: ``<root>/.pcea-cache``).
+    """
+
+    def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
+                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0,
+                 *, cache_dir: str | os.PathLike | None = None):
+        super().__init__(root, split, num_points, transform, normals, seed)
+        prefix = resampled_prefix(self.root)
+        if prefix is None:
+            raise PceaFileError(self.root, "no modelnet40_shape_names.txt or modelnet10_shape_names.txt")
+        names = _read_names(self.root / f"{prefix}_shape_names.txt")
+        shape_ids = _read_names(self.root / f"{prefix}_{split}.txt")
+        labels = []
+        for shape_id in shape_ids:
+            class_name = shape_id.rsplit("_", 1)[0]
+            if class_name not in names:
+                raise PceaFileError(self.root / f"{prefix}_{split}.txt", f"shape {shape_id!r} has class "
+                                    f"{class_name!r}, not in {prefix}_shape_names.txt")
+            labels.append(names.index(class_name))
+        keep = self._select(names, np.array(labels, dtype=np.int64), classes)
+        cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".pcea-cache"
+        clouds = self._cached(shape_ids, cache_dir)         # (n_all, num_points, 6)
+        self._clouds = clouds[keep][:, :, : 6 if normals else 3]
+
+    def _cached(self, shape_ids: list[str], cache_dir: Path) -> np.ndarray:
+        key = hashlib.sha256("\n".join([f"v1 {self.num_points}", *shape_ids]).encode()).hexdigest()[:16]
+        cache = cache_dir / f"{self.split}_{self.num_points}_{key}.npy"
+        expected = (len(shape_ids), self.num_points, 6)
+        if cache.is_file():
+            try:
+                clouds = np.load(cache, allow_pickle=False)
+                if clouds.shape == expected and clouds.dtype == np.float32:
+                    return clouds
+            except (OSError, ValueError):
+                pass  # a damaged cache is rebuilt below
+        clouds = np.stack([self._parse(self.root / shape_id.rsplit("_", 1)[0] / f"{shape_id}.txt")
+                           for shape_id in shape_ids])
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=cache_dir, prefix=cache.name, suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as out:
+                    np.save(out, clouds)
+                os.replace(temp, cache)
+            finally:
+                if os.path.exists(temp):
+                    os.unlink(temp)
+        except OSError as err:  # a read-only dataset still loads, just slowly every time
+            from pcea.io import PceaWarning
+
+            warnings.warn(f"{cache_dir}: cannot write the parsed cache ({err.strerror or err}); "
+                          "pass cache_dir= to a writable place", PceaWarning, stacklevel=3)
+        return clouds
+
+    def _parse(self, path: Path) -> np.ndarray:
+        """The first ``num_points`` ``x,y,z,nx,ny,nz`` lines of one shape, normalised."""
+        try:
+            with path.open("rb") as handle:
+                lines = list(islice(handle, self.num_points))
+        except OSError as err:
+            raise PceaFileError(path, f"cannot read ({err.strerror or err})") from None
+        if len(lines) < self.num_points:
+            raise PceaFileError(path, f"has {len(lines)} points, num_points={self.num_points} asks for more")
+        try:
+            cloud = np.array(b" ".join(lines).replace(b",", b" ").split(), dtype=np.float32)
+            cloud = cloud.reshape(self.num_points, 6)
+        except ValueError:
+            raise PceaFileError(path, "expected lines of six numbers x,y,z,nx,ny,nz") from None
+        if not np.isfinite(cloud).all():
+            raise PceaFileError(path, "contains NaN or infinite values")
+        return normalize_unit_sphere(cloud)
+
+
+# --- layout detection ---------------------------------------------------------------------
+
+LAYOUTS = {"h5": ModelNet40H5, "resampled": ModelNet40Resampled, "mesh": ModelNet40Mesh}
+EXPECTED = ("expected one of: the h5 layout (shape_names.txt, train_files.txt, ply_data_train0.h5, ...); "
+            "the resampled layout (modelnet40_shape_names.txt, modelnet40_train.txt, "
+            "<class>/<class>_0001.txt); the mesh layout (<class>/train/<class>_0001.off)")
+
+
+def detect_layout(path: Path) -> str | None:
+    """"h5", "resampled" or "mesh" when ``path`` itself holds that layout, else None."""
+    if not path.is_dir():
+        return None
+    if (path / "shape_names.txt").is_file() and (
+            any(path.glob("*_files.txt")) or any(path.glob("ply_data_*.h5"))):
+        return "h5"
+    if resampled_prefix(path) is not None:
+        return "resampled"
+    try:
+        if any(any((path / name / split).glob("*.off")) for name in mesh_classes(path) for split in SPLITS):
+            return "mesh"
+    except OSError:
+        return None
+    return None
+
+
+def find_layout(path: str | os.PathLike) -> tuple[Path, str]:
+    """The directory and layout a path points at (itself, a child, or a grandchild).
+
+    A parent holding several layouts of one dataset (the synthetic root with
+    ``mesh/ h5/ resampled/``) gives the fastest: h5, then resampled, then mesh.
+
+    Raises:
+        PceaFileError: nothing recognised, or several different datasets.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PceaFileError(path, "no such directory")
+    if not path.is_dir():
+        raise PceaFileError(path, "not a directory; " + EXPECTED)
+    layout = detect_layout(path)
+    if layout is not None:
+        return path, layout
+    children = sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    for depth in (1, 2):
+        groups: dict[Path, list[tuple[Path, str]]] = {}
+        for child in children:
+            candidates = [child] if depth == 1 else sorted(
+                entry for entry in child.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+            for candidate in candidates:
+                found = detect_layout(candidate)
+                if found is not None:
+                    groups.setdefault(path if depth == 1 else child, []).append((candidate, found))
+        if len(groups) > 1:
+            raise PceaFileError(path, "holds several datasets (" + ", ".join(
+                str(group) for group in groups) + "); name one of them")
+        if groups:
+            (found,) = groups.values()
+            found.sort(key=lambda item: list(LAYOUTS).index(item[1]))
+            if len(found) > 1 and found[0][1] == found[1][1]:
+                raise PceaFileError(path, f"holds several {found[0][1]} datasets ("
+                                    + ", ".join(str(item[0]) for item in found) + "); name one of them")
+            return found[0]
+    raise PceaFileError(path, "no ModelNet40 layout found; " + EXPECTED)
+
+
+def open_dataset(path: str | os.PathLike, split: str = "train", **kwargs) -> _PointCloudDataset:
+    """Open the ModelNet40/10 dataset at ``path`` in whichever layout it is.
+
+    Args:
+        path: a directory holding one of the three layouts, or a parent of one
+            (see :func:`find_layout`).
+        split: "train" or "test".
+        **kwargs: ``num_points``, ``transform``, ``normals``, ``classes``, ``seed``.
+
+    Returns:
+        A :class:`ModelNet40H5`, :class:`ModelNet40Resampled` or :class:`ModelNet40Mesh`.
+
+    Raises:
+        PceaError: no layout recognised (the message says what each looks like).
+    """
+    root, layout = find_layout(path)
+    return LAYOUTS[layout](root, split, **kwargs)
