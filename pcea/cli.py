@@ -104,6 +104,59 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier (PCT's ModelNet40 recipe by default)",
+                       description="Train a classifier. Defaults: PCT's ModelNet40 recipe "
+                                   "(configs/pct_modelnet40.yaml); a --config FILE overrides them and "
+                                   "flags override both. Under torchrun it trains with DDP.")
+    p.add_argument("--data", help="dataset directory, or 'synthetic' for pcea-shapes (default)")
+    p.add_argument("--out", help="run directory to create, e.g. runs/NAME")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
+    p.add_argument("--config", metavar="FILE", help="YAML file of settings (see configs/)")
+    p.add_argument("--model", help="pcea (external attention), pct or pct-sa")
+    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option override, e.g. memory=32 or centers=[256,128] (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="clouds per step, over all processes")
+    p.add_argument("--points", type=int, help="points per cloud")
+    p.add_argument("--normals", action=argparse.BooleanOptionalAction, default=None,
+                   help="use normals as 3 extra input channels")
+    p.add_argument("--lr", type=float, help="initial SGD learning rate (cosine-annealed)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", help="comma-separated seeds: one run each in OUT/seed<S>, then mean ± std")
+    p.add_argument("--val-split", type=float, help="fraction of train held out for selection (0.1)")
+    p.add_argument("--select-on", choices=["val", "test", "last"],
+                   help="which epoch best.pt holds: best on val (default), best on test, or last")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast on CUDA")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (falls back to eager)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pcea.engine.config import parse_model_options
+    from pcea.engine.train import run_train_command
+
+    names = ["data", "model", "epochs", "batch_size", "points", "normals", "lr", "seed", "val_split",
+             "select_on", "device", "amp", "compile", "threads", "workers"]
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.model_opt:
+        overrides["model_options"] = parse_model_options(args.model_opt)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise PceaError(f"--seeds {args.seeds!r}: expected integers like 0,1,2") from None
+    return run_train_command(out=args.out, resume=args.resume, force=args.force, config_file=args.config,
+                             overrides=overrides, seeds=seeds)
+
+
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="convert ModelNet40 meshes (Princeton .off layout) to the h5 layout",
                        description="Sample every mesh once (by area, with normals) on all cores into "
@@ -134,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_info(sub)
     _add_prepare(sub)
+    _add_train(sub)
     _add_download(sub)
     return parser
 

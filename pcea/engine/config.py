@@ -1,0 +1,179 @@
+"""The training recipe: one dataclass whose defaults are PCT's, read from YAML and CLI flags.
+
+Precedence, lowest first: the dataclass defaults (PCT's ModelNet40 recipe, also
+written out in ``configs/pct_modelnet40.yaml``), a ``--config FILE``, then the
+command-line flags. The resolved config is stored in the run directory as
+``config.yaml`` and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pcea.errors import PceaError, PceaFileError
+
+__all__ = ["RUNTIME_KEYS", "TrainConfig", "load_config_file", "parse_model_options"]
+
+SelectOn = Literal["val", "test", "last"]
+
+# Options that change how a run executes but not what it computes on the CPU;
+# the only ones that may differ when a run is resumed.
+RUNTIME_KEYS = ("data", "device", "workers", "threads", "compile")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the defaults reproduce PCT's ModelNet40 recipe.
+
+    Attributes:
+        data: dataset directory (any layout ``pcea.data.open_dataset`` knows) or
+            "synthetic" for the generated pcea-shapes stand-in.
+        model: preset name, "pcea" (external attention), "pct" or "pct-sa".
+        model_options: overrides of :class:`pcea.model.ModelConfig` fields.
+        points: points per cloud (also the model's ``num_points``).
+        normals: feed normals as three extra input channels.
+        epochs: training epochs.
+        batch_size: clouds per optimiser step, summed over all ranks.
+        lr: initial learning rate of SGD.
+        min_lr: final learning rate of the per-epoch cosine annealing.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        label_smoothing: cross-entropy label smoothing.
+        augment: "pct" (anisotropic scale + translation, then shuffling) or "none".
+        seed: seeds the split, the shuffling, the augmentation and the weights.
+        val_split: fraction of the training set held out for model selection
+            (stratified); 0 disables validation.
+        select_on: which epoch ``best.pt`` holds: best validation OA ("val"),
+            best test OA ("test", the papers' protocol, for comparison only) or
+            the last epoch ("last").
+        device: "auto" (CUDA, then MPS, then CPU), or a torch device string.
+        amp: bf16 autocast on CUDA.
+        compile: ``torch.compile`` the model, falling back to eager on failure.
+        threads: CPU threads for torch (None leaves torch's default).
+        workers: DataLoader worker processes.
+    """
+
+    data: str = "synthetic"
+    model: str = "pcea"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    points: int = 1024
+    normals: bool = False
+    epochs: int = 250
+    batch_size: int = 32
+    lr: float = 0.01
+    min_lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.2
+    augment: Literal["pct", "none"] = "pct"
+    seed: int = 0
+    val_split: float = 0.1
+    select_on: SelectOn = "val"
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    threads: int | None = None
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        self.model_options = dict(self.model_options or {})
+        checks = [
+            (self.points >= 1, f"points={self.points}: need at least 1"),
+            (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
+            (self.batch_size >= 2, f"batch_size={self.batch_size}: BatchNorm needs at least 2 per step"),
+            (self.lr > 0 and self.min_lr >= 0, f"lr={self.lr}, min_lr={self.min_lr}: must be positive"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing}: need 0 <= x < 1"),
+            (0 <= self.val_split < 1, f"val_split={self.val_split}: need 0 <= x < 1"),
+            (self.select_on in ("val", "test", "last"),
+             f"select_on={self.select_on!r}: expected 'val', 'test' or 'last'"),
+            (self.augment in ("pct", "none"), f"augment={self.augment!r}: expected 'pct' or 'none'"),
+            (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
+            (self.threads is None or self.threads >= 1, f"threads={self.threads}: need 1 or more"),
+            (self.select_on != "val" or self.val_split > 0,
+             "select_on='val' needs val_split > 0; use --select-on last or test"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PceaError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build a config from a mapping, naming ``source`` for any unknown key.
+
+        Raises:
+            PceaError: an unknown key or an invalid value.
+        """
+        known = set(cls.field_names())
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PceaError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise PceaError(f"{source}: {err}") from None
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict of settings (not yet validated).
+
+    Raises:
+        PceaFileError: missing, unreadable, not YAML, or not a mapping; or an
+            unknown key (naming it and the file).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PceaFileError(path, f"cannot read the config: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise PceaFileError(path, "not a text file") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PceaFileError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise PceaFileError(path, f"expected a mapping of settings, got {type(values).__name__}")
+    unknown = sorted(str(k) for k in set(values) - set(TrainConfig.field_names()))
+    if unknown:
+        raise PceaFileError(path, f"unknown setting(s) {', '.join(unknown)}")
+    return values
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """``["memory=32", "centers=[256, 128]"]`` -> ``{"memory": 32, "centers": [256, 128]}``.
+
+    Values are parsed as YAML, so numbers, lists and strings all work.
+
+    Raises:
+        PceaError: an item without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PceaError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. memory=32")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise PceaError(f"--model-opt {item!r}: cannot parse the value") from None
+    return options

@@ -1,0 +1,873 @@
+"""The training loop behind ``pcea train``: data, optimiser, selection, checkpoints, resume.
+
+One run writes into its directory::
+
+    config.yaml     the resolved TrainConfig
+    metrics.jsonl   one JSON line per completed epoch
+    curves.png      loss, accuracies and learning rate per epoch
+    last.pt         the last completed epoch (last.prev.pt: the one before)
+    best.pt         the epoch chosen by ``select_on`` (validation OA by default)
+    results.json    test figures at the end, each labelled with its protocol
+
+Resuming is exact: every epoch's shuffling and augmentation depend only on
+(seed, epoch, sample), and the checkpoint holds the optimiser, scheduler and
+RNG states, so on the CPU an interrupted and resumed run ends with the same
+weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from pcea.engine.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    load_latest,
+    previous_path,
+    save_checkpoint,
+)
+from pcea.engine.config import RUNTIME_KEYS, TrainConfig
+from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buffers
+from pcea.engine.metrics import accuracy_from_counts
+from pcea.errors import PceaError, PceaFileError
+
+__all__ = [
+    "PROTOCOLS",
+    "AugmentedSubset",
+    "Trainer",
+    "prepare_run_dir",
+    "resolve_device",
+    "run_train_command",
+    "split_train_val",
+    "train",
+    "train_seeds",
+]
+
+PROTOCOLS = {"val": "best on val", "test": "best on test", "last": "last epoch"}
+RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "last.prev.pt", "best.pt",
+             "results.json")
+
+
+def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
+    """``"auto"`` -> CUDA (this rank's GPU under torchrun), else MPS, else CPU.
+
+    Raises:
+        PceaError: an unknown device string or one that is not available.
+    """
+    env = env or DistEnv()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        if torch.backends.mps.is_available() and not env.enabled:
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PceaError(f"--device {name!r}: not a device (try auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PceaError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PceaError(f"--device {name}: MPS is not available on this machine")
+    if device.type == "cuda" and env.enabled and device.index is None:
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return device
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False,
+                    needed_bytes: int = 0) -> Path:
+    """Create the run directory and make sure a run can write there, before any training.
+
+    Args:
+        out: the run directory.
+        resume: the directory holds a run to continue.
+        force: start over in a directory that already holds a run.
+        needed_bytes: free space required (a few checkpoints' worth).
+
+    Returns:
+        The directory.
+
+    Raises:
+        PceaError: it already holds a run (without resume/force), it is not
+            writable, or the disk is too full.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PceaFileError(out, "exists and is not a directory")
+    holds_run = any((out / name).exists() for name in ("config.yaml", "last.pt", "last.prev.pt"))
+    if resume and not holds_run:
+        raise PceaFileError(out, "no run to resume here (no config.yaml or last.pt)")
+    if holds_run and not resume and not force:
+        raise PceaFileError(out, f"already holds a run; continue it with --resume {out} "
+                                 "or start over with --force")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PceaFileError(out, f"run directory is not writable: {err.strerror or err}") from None
+    free = shutil.disk_usage(out).free
+    if free < needed_bytes:
+        raise PceaFileError(out, f"only {free / 1e6:.0f} MB free, a run needs about "
+                                 f"{needed_bytes / 1e6:.0f} MB for its checkpoints")
+    if force and not resume:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def split_train_val(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded hold-out of ``val_split`` of the training set for model selection.
+
+    Returns:
+        (train indices, validation indices), each sorted.
+
+    Raises:
+        PceaError: a class is too small to be split.
+    """
+    indices = np.arange(len(labels))
+    if val_split <= 0:
+        return indices, indices[:0]
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train_idx, val_idx = train_test_split(indices, test_size=val_split, stratify=labels,
+                                              random_state=seed)
+    except ValueError as err:
+        raise PceaError(f"cannot hold out a stratified validation split of {val_split}: {err}; "
+                        "use a smaller --val-split or --val-split 0 --select-on last") from None
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+class AugmentedSubset(Dataset):
+    """Some items of a dataset, optionally augmented with a per-(seed, epoch, item) random source.
+
+    The random source of item ``i`` in epoch ``e`` is
+    ``np.random.default_rng((seed, e, i))`` with ``i`` the index in the base
+    dataset, so the augmentation does not depend on the number of DataLoader
+    workers, the order, or whether the run was resumed.
+
+    Args:
+        base: items ``(FloatTensor (N, C), int label)``.
+        indices: which items of ``base`` to use.
+        transform: ``(points (N, C), rng) -> points``, or None.
+        seed: run seed.
+    """
+
+    def __init__(self, base: Dataset, indices: np.ndarray, *, transform=None, seed: int = 0):
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = int(self.indices[i])
+        points, label = self.base[index]
+        if self.transform is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            out = self.transform(np.asarray(points, dtype=np.float32), rng)
+            points = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        return points, int(label)
+
+
+def _rng_state(loader_generator: torch.Generator) -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "loader": loader_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": state["numpy"]["key"].numpy().astype(np.uint32), "pos": state["numpy"]["pos"]},
+        "has_gauss": state["numpy"]["has_gauss"],
+        "gauss": state["numpy"]["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # The shuffling order of an epoch depends on (seed, epoch) only.
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_curves(history: list[dict], path: Path) -> bool:
+    """Plot loss, accuracies and learning rate per epoch to a PNG, atomically.
+
+    Returns:
+        False when matplotlib is not installed (the ``plot`` extra), else True.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return False
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    ax_loss.set_title("loss")
+    for key, label in [("train_acc", "train accuracy"), ("val_oa", "val OA"), ("val_macc", "val mAcc"),
+                       ("test_oa", "test OA"), ("test_macc", "test mAcc")]:
+        values = [row.get(key) for row in history]
+        if any(v is not None and not math.isnan(v) for v in values):
+            ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], label=label)
+    ax_acc.set_title("accuracy (%)")
+    ax_lr.plot(epochs, [row["lr"] for row in history])
+    ax_lr.set_title("learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax_loss.legend()
+    ax_acc.legend()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _format_pct(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second SIGINT aborts."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """One training run. ``Trainer(config, out).run()`` trains and returns the results dict.
+
+    Args:
+        config: the recipe; ignored when resuming (the run's own config is used,
+            with only its runtime options, :data:`pcea.engine.config.RUNTIME_KEYS`,
+            taken from ``overrides``).
+        out: the run directory.
+        resume: continue the run in ``out`` from ``last.pt`` (or ``last.prev.pt``).
+        force: start over in a directory that already holds a run.
+        overrides: with ``resume``, runtime options to change.
+        log: where progress lines go (rank 0 only).
+        stop_after: stop (as if interrupted) after this many completed epochs;
+            used by the resume tests.
+    """
+
+    def __init__(self, config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
+                 force: bool = False, overrides: dict | None = None,
+                 log: Callable[[str], None] = print, stop_after: int | None = None):
+        self.env = DistEnv.from_env()
+        self.out = Path(out)
+        self.resume = resume
+        self.force = force
+        self._log = log
+        self.stop_after = stop_after
+        self.resume_payload: dict | None = None
+        if resume:
+            config = self._load_resume_config(overrides or {})
+        elif config is None:
+            raise PceaError("no config given")
+        self.config = config
+        self.model: nn.Module | None = None
+
+    def log(self, message: str) -> None:
+        if self.env.is_main:
+            self._log(message)
+
+    def _load_resume_config(self, overrides: dict) -> TrainConfig:
+        last = self.out / "last.pt"
+        if not last.exists() and not previous_path(last).exists():
+            raise PceaFileError(self.out, "no run to resume here (no last.pt)")
+        used, payload, problems = load_latest(last)
+        for problem in problems:
+            self.log(f"warning: {problem}")
+        if problems:
+            self.log(f"resuming from the previous checkpoint {used} instead")
+        self.resume_payload = payload
+        values = dict(payload["train_config"])
+        changed = sorted(k for k, v in overrides.items() if k not in RUNTIME_KEYS and v != values.get(k))
+        if changed:
+            raise PceaError(f"--resume continues {self.out} with its own recipe; "
+                            f"cannot change {', '.join(changed)} (only {', '.join(RUNTIME_KEYS)})")
+        values.update({k: v for k, v in overrides.items() if k in RUNTIME_KEYS})
+        return TrainConfig.from_dict(values, source=str(self.out / "config.yaml"))
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _datasets(self):
+        from pcea.data import open_dataset
+
+        config = self.config
+        data = config.data
+        if data == "synthetic":
+            from pcea.data.synth import ensure_synthetic
+
+            if self.env.is_main:
+                data = str(ensure_synthetic())
+            self.env.barrier()
+            data = str(ensure_synthetic())
+        kwargs = {"num_points": config.points, "normals": config.normals, "seed": config.seed}
+        train_base = open_dataset(data, split="train", transform=None, **kwargs)
+        test = open_dataset(data, split="test", transform=None, **kwargs)
+        if list(test.class_names) != list(train_base.class_names):
+            raise PceaError(f"{data}: the train and test splits name different classes")
+        return train_base, test
+
+    def _loader(self, dataset: Dataset, *, train: bool, generator: torch.Generator) -> DataLoader:
+        config, env = self.config, self.env
+        per_rank = config.batch_size // env.world_size
+        if train and env.enabled:
+            sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
+                                         shuffle=True, seed=config.seed, drop_last=True)
+        elif train:
+            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        else:
+            sampler = ShardSampler(len(dataset), env)
+        return DataLoader(
+            dataset, batch_size=per_rank, sampler=sampler, num_workers=config.workers,
+            pin_memory=self.device.type == "cuda", drop_last=train, generator=generator,
+            # Not persistent: each epoch's workers must start from the dataset with the new epoch set.
+            persistent_workers=False,
+        )
+
+    def _build_model(self, num_classes: int) -> nn.Module:
+        from pcea.model import build_model
+
+        config = self.config
+        options = {"num_points": config.points, "in_channels": 6 if config.normals else 3,
+                   **config.model_options}
+        try:
+            return build_model(config.model, num_classes=num_classes, **options)
+        except (ValueError, TypeError) as err:
+            raise PceaError(f"model {config.model!r}: {err}") from None
+
+    def _setup(self) -> None:
+        config, env = self.config, self.env
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device, env)
+        env.init(self.device)
+        if env.enabled and config.batch_size // env.world_size < 2:
+            raise PceaError(f"batch_size={config.batch_size} over {env.world_size} processes leaves "
+                            "fewer than 2 clouds per process (BatchNorm needs 2)")
+        self.amp = config.amp and self.device.type == "cuda"
+        if config.amp and not self.amp:
+            self.log(f"note: --amp (bf16 autocast) only applies on CUDA; running in float32 on "
+                     f"{self.device.type}")
+
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        train_base, test = self._datasets()
+        self.class_names = [str(name) for name in train_base.class_names]
+        self.num_classes = len(self.class_names)
+        train_idx, val_idx = split_train_val(np.asarray(train_base.labels), config.val_split, config.seed)
+        if len(train_idx) < config.batch_size:
+            raise PceaError(f"{config.data}: {len(train_idx)} training clouds, fewer than one batch "
+                            f"of {config.batch_size}; use a smaller --batch-size")
+        transform = None
+        if config.augment == "pct":
+            from pcea.data.transforms import pct_train_transform
+
+            transform = pct_train_transform()
+        self.train_set = AugmentedSubset(train_base, train_idx, transform=transform, seed=config.seed)
+        self.val_set = AugmentedSubset(train_base, val_idx) if len(val_idx) else None
+        self.test_set = AugmentedSubset(test, np.arange(len(test)))
+        self.loader_generator = torch.Generator()
+        self.train_loader = self._loader(self.train_set, train=True, generator=self.loader_generator)
+        self.eval_generator = torch.Generator()
+        self.val_loader = (self._loader(self.val_set, train=False, generator=self.eval_generator)
+                           if self.val_set is not None else None)
+        self.test_loader = self._loader(self.test_set, train=False, generator=self.eval_generator)
+
+        model = self._build_model(self.num_classes)
+        model.class_names = self.class_names
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs,
+                                                                    eta_min=config.min_lr)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.history: list[dict] = []
+        self.best: dict = {"epoch": None, "score": -math.inf}
+        self.start_epoch = 0
+        if self.resume_payload is not None:
+            self._restore(self.resume_payload)
+
+        self.net: nn.Module = self.model
+        if env.enabled:
+            if self.device.type == "cuda":
+                # PCT's accuracy collapses when BatchNorm sees only one GPU's slice of the batch.
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.compiled = False
+        if config.compile:
+            try:
+                self.net = torch.compile(self.net)
+                self.compiled = True
+            except Exception as err:  # compile is an optimisation: any failure means eager mode
+                self._compile_failed(err)
+
+    def _check_disk(self) -> None:
+        """Refuse to start when the disk cannot hold the checkpoints (last, last.prev, best, a temp)."""
+        state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        needed = 4 * (state + params) + 2**20  # weights + SGD momentum, four files at a time
+        free = shutil.disk_usage(self.out).free
+        if free < needed:
+            raise PceaFileError(self.out, f"only {free / 1e6:.1f} MB free, the checkpoints of this run "
+                                          f"need about {needed / 1e6:.1f} MB")
+
+    def _compile_failed(self, err: Exception) -> None:
+        message = f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:160]}); " \
+                  "continuing in eager mode"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        self.log(f"warning: {message}")
+        self.compiled = False
+        self.net = self.net._orig_mod if hasattr(self.net, "_orig_mod") else self.net
+
+    def _restore(self, payload: dict) -> None:
+        if payload["class_names"] != self.class_names:
+            raise PceaError(f"{self.out}: the checkpoint's classes differ from those of {self.config.data}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        _set_rng_state(payload["rng"], self.loader_generator)
+        self.history = list(payload["metrics"]["history"])
+        self.best = dict(payload["metrics"]["best"])
+        self.start_epoch = int(payload["epoch"])
+        best_path = self.out / "best.pt"
+        if self.best["epoch"] is not None and best_path.exists():
+            try:
+                best_epoch = load_checkpoint(best_path)["epoch"]
+            except PceaFileError as err:
+                best_epoch = None
+                self.log(f"warning: {err}")
+            if best_epoch != self.best["epoch"]:
+                # best.pt is newer than the checkpoint we fell back to, or damaged: choose again.
+                self.log(f"note: best.pt does not match epoch {self.best['epoch']}; "
+                         "selecting the best epoch again from here")
+                self.best = {"epoch": None, "score": -math.inf}
+        self.log(f"resuming {self.out} after epoch {self.start_epoch}/{self.config.epochs}")
+
+    # -- one epoch ------------------------------------------------------------
+
+    def _forward(self, points: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if not self.compiled:
+                return self.net(points)
+            try:
+                return self.net(points)
+            except Exception as err:  # compilation happens on the first call
+                self._compile_failed(err)
+                return self.net(points)
+
+    def _train_epoch(self, epoch: int, stop: _StopRequest) -> dict | None:
+        """One pass over the training set; None if a stop was requested mid-epoch."""
+        from tqdm import tqdm
+
+        env = self.env
+        self.train_set.set_epoch(epoch)
+        self.loader_generator.manual_seed(_epoch_seed(self.config.seed, epoch))
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(epoch)
+        self.net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = torch.zeros((), dtype=torch.int64, device=self.device)
+        steps = 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.config.epochs}", leave=False,
+                   disable=not (env.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        try:
+            for step, (points, labels) in enumerate(bar, start=1):
+                points = points.to(self.device, non_blocking=True)  # (B, N, C)
+                labels = labels.to(self.device, non_blocking=True)  # (B,)
+                logits = self._forward(points)  # (B, num_classes)
+                loss = self.criterion(logits.float(), labels)
+                # One all-reduce per step tells every rank about a bad loss or a stop signal,
+                # so that all of them stop at the same step instead of hanging.
+                check = torch.stack([loss.detach().double(),
+                                     torch.tensor(float(stop.signum is not None), dtype=torch.float64,
+                                                  device=self.device)])
+                env.sum_(check)
+                loss_value, stop_flag = check.tolist()
+                if not math.isfinite(loss_value):
+                    raise PceaError(
+                        f"non-finite loss ({loss_value}) at epoch {epoch}, step {step}; training stopped, "
+                        f"{self.out / 'last.pt'} keeps epoch {epoch - 1} (a lower --lr may help)"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                loss_sum += loss.detach().double()
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += labels.numel()
+                steps += 1
+                if env.is_main and bar.disable is False:
+                    bar.set_postfix(loss=f"{loss_value / env.world_size:.3f}")
+                if stop_flag > 0:
+                    return None
+        except RuntimeError:
+            if stop.signum is not None:  # a DataLoader worker died from the same Ctrl-C
+                return None
+            raise
+        finally:
+            bar.close()
+        totals = env.sum_(torch.stack([loss_sum, correct.double(), seen.double(),
+                                       torch.tensor(float(steps), dtype=torch.float64, device=self.device)]))
+        loss_total, correct_total, seen_total, steps_total = totals.tolist()
+        average_batchnorm_buffers(self.model, env)
+        return {"train_loss": loss_total / max(steps_total, 1),
+                "train_acc": correct_total / max(seen_total, 1)}
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> tuple[float, float]:
+        """(OA, mAcc) of the current weights on a loader's split, exact across ranks."""
+        self.net.eval()
+        correct = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
+        total = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
+        for points, labels in loader:
+            labels = labels.to(self.device)
+            predictions = self._forward(points.to(self.device)).argmax(dim=1)  # (B,)
+            total += torch.bincount(labels, minlength=self.num_classes)
+            correct += torch.bincount(labels[predictions == labels], minlength=self.num_classes)
+        self.env.sum_(correct)
+        self.env.sum_(total)
+        return accuracy_from_counts(correct.cpu().numpy(), total.cpu().numpy())
+
+    # -- files ----------------------------------------------------------------
+
+    def _payload(self, epoch: int, protocol: str) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_name": self.config.model,
+            "model_config": self.model.config.to_dict(),
+            "class_names": self.class_names,
+            "train_config": self.config.to_dict(),
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(self.loader_generator),
+            "metrics": {"history": self.history, "best": self.best,
+                        "last": self.history[-1] if self.history else {}},
+            "protocol": protocol,
+        }
+
+    def _write_epoch_files(self, epoch: int, improved: bool) -> None:
+        if not self.env.is_main:
+            return
+        payload = self._payload(epoch, "last epoch")
+        if improved:
+            save_checkpoint(self.out / "best.pt", {**payload, "protocol": PROTOCOLS[self.config.select_on]})
+        save_checkpoint(self.out / "last.pt", payload, keep_previous=True)
+        _write_text(self.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+        # Drawing takes about half a second: refresh the plot at most every 30 s, and at the end.
+        if epoch == self.config.epochs or time.time() - self._curves_written >= 30:
+            self._write_curves()
+
+    def _write_curves(self) -> None:
+        if not self.env.is_main or not self.history:
+            return
+        if not write_curves(self.history, self.out / "curves.png"):
+            self.log("note: matplotlib is not installed, so no curves.png (pip install 'pcea[plot]')")
+        self._curves_written = time.time()
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train, select, evaluate on test once, and write the run directory.
+
+        Returns:
+            The results dict (also written to ``results.json``); with
+            ``"interrupted": True`` when a signal or ``stop_after`` ended it early.
+        """
+        try:
+            return self._run()
+        finally:
+            self.env.close()
+
+    def _run(self) -> dict:
+        config, env = self.config, self.env
+        if env.is_main:
+            prepare_run_dir(self.out, resume=self.resume, force=self.force)
+        env.barrier()
+        self._setup()
+        if env.is_main:
+            self._check_disk()
+        if env.is_main:
+            _write_text(self.out / "config.yaml", config.dump_yaml())
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"run {self.out}: model {config.model} ({n_params:,} parameters), "
+                 f"{len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val / "
+                 f"{len(self.test_set)} test clouds, {self.num_classes} classes, device {self.device}"
+                 + (f" x {env.world_size} processes" if env.enabled else ""))
+        if self.start_epoch == 0 and env.is_main:
+            # An epoch-0 checkpoint, so that a run stopped during its first epoch can be resumed.
+            save_checkpoint(self.out / "last.pt", self._payload(0, "last epoch"), keep_previous=True)
+        started = time.time()
+        self._curves_written = started
+        with _StopRequest() as stop:
+            for epoch in range(self.start_epoch + 1, config.epochs + 1):
+                t0 = time.time()
+                lr = self.optimizer.param_groups[0]["lr"]
+                train_metrics = self._train_epoch(epoch, stop)
+                if train_metrics is None:
+                    return self._interrupted(epoch, stop.signum, finished=False)
+                self.scheduler.step()
+                row = {"epoch": epoch, "lr": lr, **train_metrics}
+                if self.val_loader is not None:
+                    row["val_oa"], row["val_macc"] = self.evaluate(self.val_loader)
+                if config.select_on == "test":
+                    row["test_oa"], row["test_macc"] = self.evaluate(self.test_loader)
+                row["time_s"] = round(time.time() - t0, 3)
+                self.history.append(row)
+                if config.select_on == "last":
+                    score, improved = epoch, epoch == config.epochs  # best.pt is written once, at the end
+                else:
+                    score = row["val_oa"] if config.select_on == "val" else row["test_oa"]
+                    improved = score > self.best["score"]
+                if improved:
+                    self.best = {"epoch": epoch, "score": score}
+                self._write_epoch_files(epoch, improved)
+                self.log(self._epoch_line(row, improved))
+                # A signal that came after the last step's all-reduce: agree on it across ranks.
+                stop_now = env.sum_(torch.tensor([float(stop.signum is not None)], device=self.device))
+                if stop_now.item() > 0 and epoch < config.epochs:
+                    return self._interrupted(epoch, stop.signum, finished=True)
+                if self.stop_after is not None and self.stop_after <= epoch < config.epochs:
+                    return self._interrupted(epoch, None, finished=True)
+        return self._finish(time.time() - started)
+
+    def _epoch_line(self, row: dict, improved: bool) -> str:
+        parts = [f"epoch {row['epoch']:>3}/{self.config.epochs}", f"lr {row['lr']:.5f}",
+                 f"loss {row['train_loss']:.4f}", f"train {_format_pct(row['train_acc'])}"]
+        if "val_oa" in row:
+            parts.append(f"val OA {_format_pct(row['val_oa'])} mAcc {_format_pct(row['val_macc'])}")
+        if "test_oa" in row:
+            parts.append(f"test OA {_format_pct(row['test_oa'])} mAcc {_format_pct(row['test_macc'])}")
+        parts.append(f"{row['time_s']:.1f}s")
+        return "  ".join(parts) + ("  *" if improved and self.config.select_on != "last" else "")
+
+    def _interrupted(self, epoch: int, signum: int | None, *, finished: bool) -> dict:
+        done = epoch if finished else epoch - 1
+        self._write_curves()
+        why = f"stopped by {signal.Signals(signum).name}" if signum else "stopped"
+        when = f"after epoch {epoch}" if finished else f"during epoch {epoch}"
+        self.log(f"{why} {when}; {self.out / 'last.pt'} holds epoch {done}. "
+                 f"Continue with: pcea train --resume {self.out}")
+        return {"interrupted": True, "signal": signal.Signals(signum).name if signum else None,
+                "epochs_completed": done}
+
+    def _finish(self, seconds: float) -> dict:
+        config = self.config
+        results: dict = {"run": str(self.out), "model": config.model, "data": config.data,
+                         "seed": config.seed, "epochs": config.epochs, "select_on": config.select_on,
+                         "num_test": len(self.test_set), "class_names": self.class_names,
+                         "train_seconds_this_session": round(seconds, 1), "test": []}
+        last_oa, last_macc = self.evaluate(self.test_loader)
+        results["test"].append({"protocol": "last epoch", "epoch": config.epochs,
+                                "oa": last_oa, "macc": last_macc})
+        if config.select_on != "last" and self.best["epoch"] is not None:
+            self.env.barrier()
+            best = load_checkpoint(self.out / "best.pt", map_location=self.device)
+            self.model.load_state_dict(best["model"])
+            oa, macc = self.evaluate(self.test_loader)
+            entry = {"protocol": PROTOCOLS[config.select_on], "epoch": best["epoch"], "oa": oa, "macc": macc}
+            row = self.history[best["epoch"] - 1]
+            if "val_oa" in row:
+                entry.update(val_oa=row["val_oa"], val_macc=row["val_macc"])
+            results["test"].append(entry)
+        if self.env.is_main:
+            _write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+            for entry in results["test"]:
+                self.log(f"test ({entry['protocol']}, epoch {entry['epoch']}): "
+                         f"OA {_format_pct(entry['oa'])}  mAcc {_format_pct(entry['macc'])}")
+            self.log(f"wrote {self.out}/results.json, best.pt, last.pt, metrics.jsonl, curves.png")
+        return results
+
+
+def train(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False, force: bool = False,
+          overrides: dict | None = None, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> dict:
+    """Run one training (see :class:`Trainer`); returns the results dict."""
+    return Trainer(config, out, resume=resume, force=force, overrides=overrides, log=log,
+                   stop_after=stop_after).run()
+
+
+def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *, force: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+    """Train one run per seed in ``out/seed<S>`` and summarise each figure as mean ± std and best.
+
+    A seed whose run directory already holds a finished run (results.json) is
+    not trained again, so an interrupted sweep continues where it stopped.
+
+    Returns:
+        {"seeds": [...], "rows": [{"metric", "values", "mean", "std", "best"}]}, also
+        written to ``out/seeds.json``; the table is logged.
+    """
+    out = Path(out)
+    runs = []
+    for seed in seeds:
+        run_dir = out / f"seed{seed}"
+        done = run_dir / "results.json"
+        if done.exists() and not force:
+            log(f"seed {seed}: already finished, reading {done}")
+            runs.append(json.loads(done.read_text()))
+            continue
+        resume = (run_dir / "last.pt").exists() and not force
+        log(f"seed {seed}: {'resuming' if resume else 'training'} {run_dir}")
+        seeded = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
+        result = train(None if resume else seeded, run_dir, resume=resume, force=force, log=log)
+        if result.get("interrupted"):
+            raise PceaError(f"seed {seed} was interrupted; rerun the same command to continue")
+        runs.append(result)
+    summary = summarise_seeds(seeds, runs)
+    if DistEnv.from_env().is_main:
+        _write_text(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
+        log(format_seed_table(summary))
+    return summary
+
+
+def summarise_seeds(seeds: list[int], runs: list[dict]) -> dict:
+    """Mean, sample standard deviation (n - 1) and best of every test figure over seeds."""
+    rows = []
+    for entry_index, entry in enumerate(runs[0]["test"]):
+        for key, name in (("oa", "OA"), ("macc", "mAcc")):
+            values = [run["test"][entry_index][key] for run in runs]
+            rows.append({
+                "metric": f"test {name} ({entry['protocol']})",
+                "values": values,
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "best": float(np.max(values)),
+            })
+    return {"seeds": list(seeds), "rows": rows}
+
+
+def format_seed_table(summary: dict) -> str:
+    seeds = summary["seeds"]
+    header = f"{'metric':<30} {'mean ± std':>17} {'best':>8}  "
+    header += "  ".join(f"{'seed ' + str(s):>8}" for s in seeds)
+    lines = [header, "-" * len(header)]
+    for row in summary["rows"]:
+        mean_std = f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
+        values = "  ".join(f"{100 * v:>8.2f}" for v in row["values"])
+        lines.append(f"{row['metric']:<30} {mean_std:>17} {100 * row['best']:>8.2f}  {values}")
+    lines.append(f"(percent; std over {len(seeds)} seeds with n - 1; 'best' is the best single seed, "
+                 "as papers often report)")
+    return "\n".join(lines)
+
+
+def run_train_command(*, out: str | None, resume: str | None, force: bool, config_file: str | None,
+                      overrides: dict, seeds: list[int] | None, log: Callable[[str], None] = print) -> int:
+    """``pcea train``: merge defaults, the config file and the flags, then train (or resume).
+
+    Args:
+        out: run directory of a new run.
+        resume: run directory to continue (instead of ``out``).
+        force: start over in ``out`` even if it holds a run.
+        config_file: YAML file of settings, applied under the flags.
+        overrides: the settings given as flags (only those actually given).
+        seeds: train one run per seed under ``out/seed<S>`` and summarise them.
+
+    Returns:
+        The exit status: 0 when finished, 130/143 when stopped by SIGINT/SIGTERM.
+    """
+    from pcea.engine.config import load_config_file
+
+    if resume and out and Path(out) != Path(resume):
+        raise PceaError("give either --out for a new run or --resume RUN_DIR, not both")
+    if resume and (seeds or config_file):
+        raise PceaError("--resume takes its settings from the run; drop --config/--seeds "
+                        "(rerun the --seeds command itself to continue a sweep)")
+    if not resume and not out:
+        raise PceaError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if resume:
+        result = train(None, resume, resume=True, overrides=overrides, log=log)
+    else:
+        values = load_config_file(config_file) if config_file else {}
+        values.update(overrides)
+        config = TrainConfig.from_dict(values, source=config_file or "command line")
+        if seeds:
+            train_seeds(config, out, seeds, force=force, log=log)
+            return 0
+        if DistEnv.from_env().is_main:
+            log("config: " + json.dumps(config.to_dict()))
+        result = train(config, out, force=force, log=log)
+    if result.get("interrupted"):
+        return {"SIGINT": 130, "SIGTERM": 143}.get(result.get("signal"), 1)
+    return 0
