@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["normalize_unit_sphere"]
+__all__ = [
+    "AnisotropicScale",
+    "Compose",
+    "Jitter",
+    "NormalizeUnitSphere",
+    "PointDropout",
+    "RotateSO3",
+    "RotateUp",
+    "ScaleTranslate",
+    "Shuffle",
+    "Subsample",
+    "Transform",
+    "Translate",
+    "normalize_unit_sphere",
+    "pct_train_transform",
+    "rotation_about",
+    "vote_transform",
+]
 
 
 def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
@@ -29,3 +48,227 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
     if radius > 0:
         xyz /= radius
     return out
+
+
+class Transform:
+    """A random (or fixed) change of a cloud; subclasses implement :meth:`apply`.
+
+    Calling a transform accepts a numpy array or a torch tensor of shape (N, C), C >= 3,
+    and returns the same type (a tensor keeps its dtype and device). Columns 3:6, when
+    present, are unit normals and are carried along: rotated with the points, mapped by
+    the inverse transpose under a scaling, left alone by translations and jitter. Any
+    further columns are copied unchanged.
+    """
+
+    def __call__(self, points, rng: np.random.Generator | int | None = None):
+        """Apply the transform.
+
+        Args:
+            points: (N, C) numpy array or torch tensor.
+            rng: the source of randomness; an int or None is passed to
+                ``np.random.default_rng``. The same generator state gives the same output.
+
+        Returns:
+            (M, C) of the input's type; M == N except for :class:`Subsample`.
+        """
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        if _is_tensor(points):
+            import torch
+
+            out = self.apply(points.detach().cpu().numpy().astype(np.float32), rng)
+            return torch.as_tensor(out).to(dtype=points.dtype, device=points.device)
+        points = np.asarray(points)
+        if points.ndim != 2 or points.shape[1] < 3:
+            raise ValueError(f"expected an (N, C >= 3) cloud, got shape {points.shape}")
+        return self.apply(np.array(points, dtype=np.float32, copy=True), rng)
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Transform a float32 (N, C) array that the transform may modify in place."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _is_tensor(points) -> bool:
+    return type(points).__module__.startswith("torch")
+
+
+def _has_normals(points: np.ndarray) -> bool:
+    return points.shape[1] >= 6
+
+
+def _linear(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 linear map to the coordinates, and its inverse transpose to the normals."""
+    points[:, :3] = points[:, :3] @ matrix.T
+    if _has_normals(points):
+        normals = points[:, 3:6] @ np.linalg.inv(matrix)  # (M^-T n)^T = n^T M^-1
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        points[:, 3:6] = normals / np.where(length > 0, length, 1.0)
+    return points
+
+
+class Compose(Transform):
+    """Apply transforms in order, all drawing from the same generator."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for transform in self.transforms:
+            points = transform.apply(points, rng)
+        return points
+
+
+class NormalizeUnitSphere(Transform):
+    """Centre the coordinates and scale them into the unit sphere (no randomness)."""
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return normalize_unit_sphere(points)
+
+
+class AnisotropicScale(Transform):
+    """Scale each axis by its own factor drawn uniformly from [low, high]."""
+
+    def __init__(self, low: float = 2 / 3, high: float = 3 / 2):
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
+        self.low, self.high = low, high
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _linear(points, np.diag(rng.uniform(self.low, self.high, size=3)))
+
+
+class Translate(Transform):
+    """Shift the cloud by a vector drawn uniformly from [-shift, shift] per axis."""
+
+    def __init__(self, shift: float = 0.2):
+        self.shift = shift
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        points[:, :3] += rng.uniform(-self.shift, self.shift, size=3)
+        return points
+
+
+class ScaleTranslate(Transform):
+    """PCT's training augmentation: per-axis scale in [low, high], then a shift in [-shift, shift].
+
+    The scale factors are drawn before the shift, as in PCT's ``translate_pointcloud``.
+    """
+
+    def __init__(self, low: float = 2 / 3, high: float = 3 / 2, shift: float = 0.2):
+        self.scale = AnisotropicScale(low, high)
+        self.translate = Translate(shift)
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.translate.apply(self.scale.apply(points, rng), rng)
+
+
+class Jitter(Transform):
+    """Add Gaussian noise of std ``sigma``, clipped to [-clip, clip], to every coordinate."""
+
+    def __init__(self, sigma: float = 0.01, clip: float = 0.05):
+        if sigma < 0 or clip < 0:
+            raise ValueError(f"sigma and clip must be >= 0, got sigma={sigma}, clip={clip}")
+        self.sigma, self.clip = sigma, clip
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noise = np.clip(self.sigma * rng.standard_normal((len(points), 3)), -self.clip, self.clip)
+        points[:, :3] += noise
+        return points
+
+
+def rotation_about(axis: str, angle: float) -> np.ndarray:
+    """The 3x3 right-handed rotation by ``angle`` radians about the x, y or z axis."""
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
+    matrix = np.eye(3)
+    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
+    return matrix
+
+
+class RotateUp(Transform):
+    """Rotate about the up axis by an angle drawn uniformly from [-max_angle, max_angle].
+
+    ModelNet40's h5 release (and pcea-shapes) is y-up.
+    """
+
+    def __init__(self, axis: str = "y", max_angle: float = np.pi):
+        if axis not in ("x", "y", "z"):
+            raise ValueError(f"axis must be 'x', 'y' or 'z', got {axis!r}")
+        self.axis, self.max_angle = axis, max_angle
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _linear(points, rotation_about(self.axis, rng.uniform(-self.max_angle, self.max_angle)))
+
+
+class RotateSO3(Transform):
+    """Rotate by a rotation drawn uniformly from SO(3) (a normalised Gaussian quaternion)."""
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        w, x, y, z = (q := rng.standard_normal(4)) / np.linalg.norm(q)
+        matrix = np.array([
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ])
+        return _linear(points, matrix)
+
+
+class PointDropout(Transform):
+    """PointNet++'s random dropout: drop a random fraction (up to ``max_ratio``) of the points.
+
+    The number of points stays N: dropped rows are replaced by copies of the first row,
+    so batches keep their shape.
+    """
+
+    def __init__(self, max_ratio: float = 0.875):
+        if not 0 <= max_ratio < 1:
+            raise ValueError(f"max_ratio must be in [0, 1), got {max_ratio}")
+        self.max_ratio = max_ratio
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        ratio = rng.random() * self.max_ratio
+        dropped = rng.random(len(points)) <= ratio
+        dropped[0] = False
+        points[dropped] = points[0]
+        return points
+
+
+class Subsample(Transform):
+    """Keep ``num_points`` random points (without replacement; with it if the cloud is smaller)."""
+
+    def __init__(self, num_points: int):
+        if num_points < 1:
+            raise ValueError(f"num_points must be positive, got {num_points}")
+        self.num_points = num_points
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if len(points) == 0:
+            raise ValueError("cannot subsample an empty cloud")
+        replace = len(points) < self.num_points
+        return points[rng.choice(len(points), self.num_points, replace=replace)]
+
+
+class Shuffle(Transform):
+    """Permute the points (the rows), keeping each point's normal with it."""
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return points[rng.permutation(len(points))]
+
+
+def pct_train_transform() -> Compose:
+    """PCT's training augmentation: anisotropic scale in [2/3, 3/2], shift in [-0.2, 0.2], shuffle."""
+    return Compose([ScaleTranslate(), Shuffle()])
+
+
+def vote_transform(low: float = 0.8, high: float = 1.25) -> AnisotropicScale:
+    """The test-time voting transform: a random anisotropic scale, one draw per vote.
+
+    Args:
+        low: smallest per-axis factor.
+        high: largest per-axis factor.
+    """
+    return AnisotropicScale(low, high)
