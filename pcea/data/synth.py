@@ -1,0 +1,587 @@
+"""pcea-shapes: a procedurally generated stand-in for ModelNet40, in its three layouts.
+
+Every shape is a mesh assembled from primitives (boxes, rods, discs, tori, surfaces of
+revolution) with random proportions, part counts, optional parts, a small smooth
+deformation and a random turn about the up axis. Classes share parts on purpose (a
+table, a stool and a bench are all a top on legs; a mug, a vase and a bottle are all
+surfaces of revolution) and overlap in proportions, so that telling them apart needs
+the arrangement of the parts, not just the size or the spread of the points.
+
+Shapes are built z-up (trimesh's primitives are) and turned y-up before they are
+written, because the ModelNet40 h5 release that the PCT family trains on is y-up; all
+three layouts written here share that frame.
+
+Layout written by :func:`generate` (``out/``)::
+
+    pcea-shapes.json                      the generation parameters
+    mesh/<class>/{train,test}/<class>_NNNN.off              Princeton ModelNet40 layout
+    h5/ply_data_{train,test}0.h5, shape_names.txt,
+       {train,test}_files.txt              modelnet40_ply_hdf5_2048 layout, with normals
+    resampled/<class>/<class>_NNNN.txt, modelnet40_shape_names.txt,
+       modelnet40_{train,test}.txt        modelnet40_normal_resampled layout
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import trimesh
+
+from pcea.data.transforms import normalize_unit_sphere
+from pcea.errors import PceaError
+from pcea.io import sample_surface
+
+__all__ = ["CLASS_NAMES", "FORMAT", "generate", "ensure_synthetic", "make_shape"]
+
+FORMAT = "pcea-shapes/1"
+PARAMS_FILE = "pcea-shapes.json"
+TEST_FRACTION = 0.2
+H5_SHAPES_PER_FILE = 2048  # as in the ModelNet40 h5 release
+H5_PREFIX = "data/modelnet40_ply_hdf5_2048/"  # the directory prefix of the release's file lists
+MAX_YAW = np.pi / 4  # turn about the up axis, either way
+
+STRETCH = np.log(1.3)  # per-axis stretch in [1/1.3, 1.3]: proportions overlap across classes
+Mesh = trimesh.Trimesh
+U = np.random.Generator.uniform
+
+
+# --- primitives, all z-up ----------------------------------------------------------------
+
+def _box(size, center) -> Mesh:
+    return trimesh.creation.box(extents=size, transform=trimesh.transformations.translation_matrix(center))
+
+
+def _rod(start, end, radius: float, sections: int = 8) -> Mesh:
+    return trimesh.creation.cylinder(radius=radius, segment=[start, end], sections=sections)
+
+
+def _disc(radius: float, thickness: float, z: float, sections: int = 24) -> Mesh:
+    return _rod([0, 0, z - thickness / 2], [0, 0, z + thickness / 2], radius, sections)
+
+
+def _revolve(profile, sections: int = 24) -> Mesh:
+    """Surface of revolution about z of a (radius, z) profile from axis to axis, normals outward."""
+    mesh = trimesh.creation.revolve(np.asarray(profile, dtype=np.float64), sections=sections)
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def _shell(outer: np.ndarray, thickness: float, sections: int = 24) -> Mesh:
+    """A thin-walled open vessel (mug, bowl, vase) from its outer (radius, z) profile.
+
+    ``outer`` runs from the bottom centre (radius 0) up to the rim; the inner wall is the
+    outer one moved inwards by ``thickness``, so the surface is closed and its normals
+    point out of the material.
+    """
+    inner = outer[::-1].copy()
+    inner[:, 0] = np.maximum(inner[:, 0] - thickness, 0.0)
+    inner[:, 1] = np.maximum(inner[:, 1], outer[0, 1] + thickness)
+    return _revolve(np.concatenate([outer, inner]), sections)
+
+
+def _legs(rng, *, count: int, half_x: float, half_y: float, top: float, radius: float,
+          splay: float = 0.0, ring: bool = False, sections: int = 8) -> list[Mesh]:
+    """Legs from the floor (z=0) to ``top``: at the rectangle's corners, or on an ellipse."""
+    if ring:
+        phase = U(rng, 0, 2 * np.pi)
+        angles = phase + 2 * np.pi * np.arange(count) / count
+        feet = np.stack([half_x * np.cos(angles), half_y * np.sin(angles)], axis=1)
+    else:
+        xs = np.linspace(-half_x, half_x, count // 2)
+        feet = np.array([[x, y] for x in xs for y in (-half_y, half_y)])
+    return [_rod([x * (1 + splay), y * (1 + splay), 0.0], [x, y, top], radius, sections)
+            for x, y in feet]
+
+
+def _leg_sections(rng) -> int:
+    return int(rng.choice([4, 8]))
+
+
+# --- the classes -------------------------------------------------------------------------
+
+def _table(rng) -> list[Mesh]:
+    height, thick = U(rng, 0.55, 0.85), U(rng, 0.025, 0.06)
+    leg_r = U(rng, 0.02, 0.045)
+    under = height - thick
+    if rng.random() < 0.35:  # round top
+        radius = U(rng, 0.35, 0.7)
+        parts = [_disc(radius, thick, height - thick / 2)]
+        if rng.random() < 0.3:  # pedestal
+            parts += [_rod([0, 0, 0], [0, 0, under], U(rng, 0.04, 0.09)),
+                      _disc(U(rng, 0.25, 0.5) * radius * 1.5, 0.03, 0.015)]
+        else:
+            spread = U(rng, 0.55, 0.85) * radius
+            parts += _legs(rng, count=int(rng.integers(3, 6)), half_x=spread, half_y=spread, top=under,
+                           radius=leg_r, splay=U(rng, 0, 0.15), ring=True, sections=_leg_sections(rng))
+        return parts
+    width = U(rng, 0.8, 1.8)
+    depth = U(rng, 0.5, 1.0) * min(width, 1.1)
+    parts = [_box([width, depth, thick], [0, 0, height - thick / 2])]
+    hx, hy = width / 2 - U(rng, 0.04, 0.12), depth / 2 - U(rng, 0.04, 0.1)
+    count = 6 if width > 1.4 and rng.random() < 0.4 else 4
+    parts += _legs(rng, count=count, half_x=hx, half_y=hy, top=under, radius=leg_r,
+                   splay=U(rng, 0, 0.08), sections=_leg_sections(rng))
+    if rng.random() < 0.4:  # apron under the top
+        apron = U(rng, 0.05, 0.12)
+        parts += [_box([2 * hx, 0.02, apron], [0, s * hy, under - apron / 2]) for s in (-1, 1)]
+        parts += [_box([0.02, 2 * hy, apron], [s * hx, 0, under - apron / 2]) for s in (-1, 1)]
+    if rng.random() < 0.25:  # lower shelf
+        parts.append(_box([2 * hx, 2 * hy, 0.02], [0, 0, U(rng, 0.1, 0.3) * height]))
+    return parts
+
+
+def _stool(rng) -> list[Mesh]:
+    height, thick = U(rng, 0.42, 0.85), U(rng, 0.03, 0.07)
+    under = height - thick
+    round_seat = rng.random() < 0.7
+    size = U(rng, 0.15, 0.26)
+    seat = (_disc(size, thick, height - thick / 2) if round_seat
+            else _box([2 * size, 2 * size, thick], [0, 0, height - thick / 2]))
+    parts = [seat]
+    if rng.random() < 0.2:  # bar stool: column, foot ring, base disc
+        parts += [_rod([0, 0, 0], [0, 0, under], U(rng, 0.025, 0.05)),
+                  _disc(U(rng, 0.15, 0.25), 0.025, 0.0125)]
+        if rng.random() < 0.6:
+            parts.append(trimesh.creation.torus(U(rng, 0.12, 0.2), 0.01, 24, 8,
+                                                transform=trimesh.transformations.translation_matrix(
+                                                    [0, 0, U(rng, 0.25, 0.45) * height])))
+        return parts
+    spread = U(rng, 0.6, 0.9) * size
+    splay = U(rng, 0.0, 0.4)
+    count = int(rng.choice([3, 4, 4, 5]))
+    parts += _legs(rng, count=count, half_x=spread, half_y=spread, top=under, radius=U(rng, 0.015, 0.03),
+                   splay=splay, ring=round_seat or count != 4, sections=_leg_sections(rng))
+    if rng.random() < 0.4:  # a ring joining the legs
+        z = U(rng, 0.25, 0.45) * under
+        ring_r = spread * (1 + splay * (1 - z / under))
+        parts.append(trimesh.creation.torus(ring_r, 0.01, 24, 8,
+                                            transform=trimesh.transformations.translation_matrix([0, 0, z])))
+    return parts
+
+
+def _bench(rng) -> list[Mesh]:
+    length, depth = U(rng, 1.0, 2.0), U(rng, 0.3, 0.5)
+    height, thick = U(rng, 0.38, 0.5), U(rng, 0.04, 0.08)
+    under = height - thick
+    parts = [_box([length, depth, thick], [0, 0, height - thick / 2])]
+    hx, hy = length / 2 - U(rng, 0.05, 0.2), depth / 2 - U(rng, 0.03, 0.08)
+    style = rng.random()
+    if style < 0.35:  # two slab legs
+        slab = U(rng, 0.03, 0.06)
+        parts += [_box([slab, 2 * hy + 0.04, under], [s * hx, 0, under / 2]) for s in (-1, 1)]
+    else:
+        count = 6 if style > 0.8 else 4
+        parts += _legs(rng, count=count, half_x=hx, half_y=hy, top=under, radius=U(rng, 0.02, 0.04),
+                       splay=U(rng, 0, 0.1), sections=_leg_sections(rng))
+    if rng.random() < 0.3:  # backrest on two posts
+        back_h = U(rng, 0.25, 0.45)
+        y = -depth / 2 + 0.02
+        parts += [_rod([s * hx, y, height], [s * hx, y, height + back_h], 0.02) for s in (-1, 1)]
+        parts.append(_box([2 * hx + 0.1, 0.03, U(rng, 0.08, 0.2)], [0, y, height + back_h - 0.06]))
+    return parts
+
+
+def _chair(rng) -> list[Mesh]:
+    width, depth = U(rng, 0.4, 0.56), U(rng, 0.4, 0.56)
+    height, thick = U(rng, 0.4, 0.5), U(rng, 0.03, 0.07)
+    under = height - thick
+    parts = [_box([width, depth, thick], [0, 0, height - thick / 2])]
+    hx, hy = width / 2 - 0.03, depth / 2 - 0.03
+    if rng.random() < 0.2:  # office chair: column and five spokes
+        parts.append(_rod([0, 0, 0.08], [0, 0, under], 0.03))
+        for angle in U(rng, 0, 1) + 2 * np.pi * np.arange(5) / 5:
+            parts.append(_rod([0, 0, 0.08], [0.3 * np.cos(angle), 0.3 * np.sin(angle), 0.03], 0.02))
+    else:
+        parts += _legs(rng, count=4, half_x=hx, half_y=hy, top=under, radius=U(rng, 0.015, 0.03),
+                       splay=U(rng, 0, 0.12), sections=_leg_sections(rng))
+    back_h = U(rng, 0.3, 0.6)
+    y = -depth / 2 + 0.02
+    tilt = U(rng, 0, 0.12)
+    style = rng.random()
+    if style < 0.45:  # solid back
+        back = _box([width, 0.03, back_h], [0, 0, back_h / 2])
+        back.apply_transform(trimesh.transformations.rotation_matrix(-tilt, [1, 0, 0]))
+        back.apply_translation([0, y, height])
+        parts.append(back)
+    else:  # two posts, a top rail and 0-4 slats
+        parts += [_rod([s * hx, y, height], [s * hx, y - tilt * back_h, height + back_h], 0.018)
+                  for s in (-1, 1)]
+        parts.append(_box([2 * hx, 0.03, U(rng, 0.05, 0.12)], [0, y - tilt * back_h, height + back_h - 0.05]))
+        for x in np.linspace(-hx, hx, int(rng.integers(0, 5)) + 2)[1:-1]:
+            parts.append(_rod([x, y, height], [x, y - tilt * back_h, height + back_h], 0.012, 4))
+    if rng.random() < 0.3:  # armrests
+        arm_z = height + U(rng, 0.18, 0.28)
+        for s in (-1, 1):
+            parts.append(_box([0.05, depth, 0.03], [s * (width / 2 + 0.02), 0, arm_z]))
+            x = s * (width / 2 + 0.02)
+            parts.append(_rod([x, hy, height], [x, hy, arm_z], 0.015))
+    return parts
+
+
+def _shelf(rng) -> list[Mesh]:
+    height, width, depth = U(rng, 0.8, 2.0), U(rng, 0.5, 1.2), U(rng, 0.25, 0.45)
+    side = U(rng, 0.02, 0.04)
+    base = U(rng, 0.0, 0.12) if rng.random() < 0.5 else 0.0
+    parts = [_box([side, depth, height - base], [s * (width - side) / 2, 0, base + (height - base) / 2])
+             for s in (-1, 1)]
+    boards = int(rng.integers(2, 7))
+    for z in np.linspace(base + 0.01, height - 0.01, boards):
+        z = z + (U(rng, -0.03, 0.03) if 0 < z < height - 0.05 else 0.0)
+        parts.append(_box([width - 2 * side, depth - 0.01, 0.02], [0, 0, z]))
+    if rng.random() < 0.5:  # back panel
+        parts.append(_box([width, 0.01, height - base], [0, -depth / 2, base + (height - base) / 2]))
+    if base > 0:
+        parts += _legs(rng, count=4, half_x=width / 2 - 0.05, half_y=depth / 2 - 0.05, top=base,
+                       radius=0.02, sections=_leg_sections(rng))
+    return parts
+
+
+def _lamp(rng) -> list[Mesh]:
+    height = U(rng, 0.35, 1.7)
+    base_r = U(rng, 0.08, 0.2) * (0.6 + 0.4 * height)
+    parts = [_disc(base_r, 0.03, 0.015, 24) if rng.random() < 0.7
+             else _box([2 * base_r, 2 * base_r, 0.03], [0, 0, 0.015])]
+    shade_h = U(rng, 0.12, 0.3) * (0.5 + 0.5 * height)
+    bottom_r, top_r = shade_h * U(rng, 0.6, 1.3), shade_h * U(rng, 0.25, 0.9)
+    shade = _revolve([[0, 0], [bottom_r, 0], [top_r, shade_h], [0, shade_h]], sections=24)
+    pole_r = U(rng, 0.008, 0.02)
+    if rng.random() < 0.4:  # an arm that reaches out, the shade tilted on its end
+        pole_top = np.array([0, 0, height * U(rng, 0.6, 0.85)])
+        reach = np.array([U(rng, 0.15, 0.45) * height, 0, height * U(rng, -0.05, 0.15)])
+        end = pole_top + reach
+        parts += [_rod([0, 0, 0.03], pole_top, pole_r), _rod(pole_top, end, pole_r)]
+        shade.apply_transform(trimesh.transformations.rotation_matrix(U(rng, 0.3, 1.2), [0, 1, 0]))
+        shade.apply_translation(end - [0, 0, shade_h * 0.8])
+    else:
+        top = height - shade_h
+        parts.append(_rod([0, 0, 0.03], [0, 0, top + shade_h / 2], pole_r))
+        shade.apply_translation([0, 0, top])
+    parts.append(shade)
+    return parts
+
+
+def _mug(rng) -> list[Mesh]:
+    radius, height = U(rng, 0.035, 0.055), U(rng, 0.05, 0.16)
+    taper = U(rng, -0.2, 0.15)
+    zs = np.linspace(0, height, 6)
+    outer = np.concatenate([[[0, 0]], np.stack([radius * (1 + taper * zs / height), zs], axis=1)])
+    parts = [_shell(outer, U(rng, 0.003, 0.007))]
+    # the handle: an arc of rods standing in the xz plane against the side
+    span, wire = U(rng, 0.3, 0.42) * height, U(rng, 0.005, 0.009)
+    x0, z0 = radius * (1 + taper * 0.5) - 0.004, U(rng, 0.45, 0.55) * height
+    t = np.linspace(-np.pi / 2, np.pi / 2, 7)
+    reach = span * U(rng, 0.6, 1.1)
+    arc = np.stack([x0 + reach * np.cos(t), np.zeros_like(t), z0 + span * np.sin(t)], axis=1)
+    parts += [_rod(arc[i], arc[i + 1], wire, 6) for i in range(len(arc) - 1)]
+    return parts
+
+
+def _bottle(rng) -> list[Mesh]:
+    radius = U(rng, 0.03, 0.06)
+    body, shoulder, neck = (radius * U(rng, 2.0, 5.0), radius * U(rng, 0.4, 1.5), radius * U(rng, 0.8, 2.5))
+    neck_r = radius * U(rng, 0.22, 0.45)
+    t = np.linspace(0, np.pi / 2, 5)[1:]
+    shoulder_pts = np.stack([neck_r + (radius - neck_r) * np.cos(t), body + shoulder * np.sin(t)], axis=1)
+    top = body + shoulder + neck
+    cap_r = neck_r * U(rng, 1.0, 1.25)
+    cap_z = top - 0.2 * neck
+    profile = np.concatenate([[[0, 0], [radius, 0], [radius, body]], shoulder_pts,
+                              [[neck_r, cap_z], [cap_r, cap_z], [cap_r, top], [0, top]]])
+    sections = 4 if rng.random() < 0.1 else 24  # a few square bottles
+    return [_revolve(profile, sections)]
+
+
+def _bowl(rng) -> list[Mesh]:
+    radius = U(rng, 0.06, 0.15)
+    depth = radius * U(rng, 0.3, 0.9)
+    foot = U(rng, 0.0, 0.15) * depth if rng.random() < 0.6 else 0.0
+    t = np.linspace(0, np.pi / 2, 8)
+    power = U(rng, 0.7, 1.5)  # flatter or rounder walls
+    outer = np.stack([radius * np.sin(t) ** power, foot + depth * (1 - np.cos(t))], axis=1)
+    outer = np.concatenate([[[0, foot]], outer[1:]])
+    parts = [_shell(outer, U(rng, 0.004, 0.01))]
+    if foot > 0:
+        ring = trimesh.creation.annulus(r_min=radius * 0.3, r_max=radius * 0.4, height=foot, sections=24)
+        ring.apply_translation([0, 0, foot / 2])
+        parts.append(ring)
+    return parts
+
+
+def _vase(rng) -> list[Mesh]:
+    height = U(rng, 0.15, 0.5)
+    knots = U(rng, 0.12, 0.35, size=5) * height
+    knots[-1] *= U(rng, 0.4, 1.0)
+    zs = np.linspace(0, height, 12)
+    radii = np.interp(zs, np.linspace(0, height, 5), knots)
+    outer = np.concatenate([[[0, 0]], np.stack([radii, zs], axis=1)])
+    return [_shell(outer, 0.006, sections=24)]
+
+
+def _airplane(rng) -> list[Mesh]:
+    length = U(rng, 1.0, 1.6)
+    body_r = length * U(rng, 0.04, 0.08)
+    fuselage = trimesh.creation.capsule(height=length - 2 * body_r, radius=body_r, count=[12, 12])
+    fuselage.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
+    parts = [fuselage]
+    span, chord = length * U(rng, 0.7, 1.3), length * U(rng, 0.1, 0.22)
+    sweep, dihedral = U(rng, 0.0, 0.6), U(rng, -0.05, 0.12)
+    wing_x = length * U(rng, -0.12, 0.12)
+    wing_z = body_r * U(rng, -0.7, 0.7)  # low, mid or high wing
+    parts += _wings(span, chord, sweep, dihedral, [wing_x, 0, wing_z], thickness=0.02 * length)
+    tail_x = -length / 2 + chord * 0.4
+    parts += _wings(span * U(rng, 0.25, 0.45), chord * 0.6, sweep, 0.0, [tail_x, 0, 0],
+                    thickness=0.012 * length)
+    fin_h = length * U(rng, 0.1, 0.2)
+    fin = _box([chord * 0.6, 0.012 * length, fin_h], [0, 0, fin_h / 2])
+    fin.vertices[:, 0] -= fin.vertices[:, 2] * sweep
+    fin.apply_translation([tail_x, 0, body_r * 0.5])
+    parts.append(fin)
+    for y in span * np.array([0.15, 0.3])[: int(rng.integers(0, 3))]:  # 0, 2 or 4 engines
+        for s in (-1, 1):
+            x = wing_x + y * sweep
+            parts.append(_rod([x + chord * 0.5, s * y, wing_z - body_r * 0.6],
+                              [x - chord * 0.3, s * y, wing_z - body_r * 0.6], body_r * 0.45, 12))
+    return parts
+
+
+def _wings(span: float, chord: float, sweep: float, dihedral: float, root, *, thickness: float) -> list[Mesh]:
+    """A pair of swept wings with dihedral, meeting at ``root``."""
+    wings = []
+    for side in (-1, 1):
+        wing = _box([chord, span / 2, thickness], [0, side * span / 4, 0])
+        out = np.abs(wing.vertices[:, 1])  # distance from the root along the span
+        wing.vertices[:, 0] -= out * sweep
+        wing.vertices[:, 2] += out * dihedral
+        wing.apply_translation(root)
+        wings.append(wing)
+    return wings
+
+
+def _sofa(rng) -> list[Mesh]:
+    length, depth = U(rng, 1.3, 2.2), U(rng, 0.7, 0.95)
+    seat_h, back_h = U(rng, 0.35, 0.48), U(rng, 0.25, 0.45)
+    legs = U(rng, 0.0, 0.12) if rng.random() < 0.5 else 0.0
+    back_t = U(rng, 0.12, 0.22)
+    parts = [_box([length, depth, seat_h - legs], [0, 0, legs + (seat_h - legs) / 2]),
+             _box([length, back_t, back_h], [0, -depth / 2 + back_t / 2, seat_h + back_h / 2])]
+    if rng.random() < 0.85:  # arms
+        arm_w, arm_h = U(rng, 0.1, 0.22), U(rng, 0.12, 0.3)
+        parts += [_box([arm_w, depth, arm_h], [s * (length - arm_w) / 2, 0, seat_h + arm_h / 2])
+                  for s in (-1, 1)]
+    cushions = int(rng.integers(0, 4))
+    cushion = length / max(cushions, 1)
+    for x in np.linspace(-length / 2, length / 2, cushions + 1)[:-1] + cushion / 2:
+        parts.append(_box([cushion * 0.9, depth * 0.7, 0.08], [x, back_t / 2, seat_h + 0.04]))
+    if legs > 0:
+        parts += _legs(rng, count=4, half_x=length / 2 - 0.08, half_y=depth / 2 - 0.08, top=legs,
+                       radius=0.025, sections=_leg_sections(rng))
+    return parts
+
+
+BUILDERS: dict[str, Callable[[np.random.Generator], list[Mesh]]] = {
+    "table": _table, "chair": _chair, "stool": _stool, "lamp": _lamp, "mug": _mug,
+    "bottle": _bottle, "bowl": _bowl, "airplane": _airplane, "bench": _bench, "shelf": _shelf,
+    "vase": _vase, "sofa": _sofa,
+}
+CLASS_NAMES: tuple[str, ...] = tuple(BUILDERS)
+
+# z-up (trimesh) -> y-up (ModelNet40 h5): (x, y, z) -> (x, z, -y)
+_Z_TO_Y = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])
+
+
+def make_shape(name: str, rng: np.random.Generator) -> Mesh:
+    """One random shape of class ``name``, y-up, in metres.
+
+    Args:
+        name: one of :data:`CLASS_NAMES`.
+        rng: the source of every random choice, so a seed fixes the shape.
+
+    Returns:
+        A triangle mesh whose face normals point outwards.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown shape class {name!r}; choose one of {', '.join(CLASS_NAMES)}")
+    mesh = trimesh.util.concatenate(BUILDERS[name](rng))
+    vertices = mesh.vertices.copy()
+    # a small smooth deformation: per-axis stretch, a taper and a lean with height
+    low, high = vertices[:, 2].min(), vertices[:, 2].max()
+    rel = (vertices[:, 2] - low) / max(high - low, 1e-9)
+    vertices[:, :2] *= 1 + U(rng, -0.12, 0.12) * (rel[:, None] - 0.5)
+    vertices[:, :2] += U(rng, -0.04, 0.04, size=2) * (high - low) * rel[:, None] ** 2
+    vertices *= np.exp(U(rng, -STRETCH, STRETCH, size=3))
+    mesh = trimesh.Trimesh(vertices, mesh.faces, process=False)
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(U(rng, -MAX_YAW, MAX_YAW), [0, 0, 1]))
+    mesh.apply_transform(_Z_TO_Y)
+    return mesh
+
+
+# --- writing the layouts -------------------------------------------------------------------
+
+def _write_off(path: Path, mesh: Mesh) -> None:
+    lines = [f"OFF\n{len(mesh.vertices)} {len(mesh.faces)} 0\n"]
+    lines += [f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in mesh.vertices]
+    lines += [f"3 {a} {b} {c}\n" for a, b, c in mesh.faces]
+    path.write_text("".join(lines))
+
+
+def _shape_name(name: str, number: int) -> str:
+    return f"{name}_{number:04d}"
+
+
+def _split_sizes(per_class: int) -> tuple[int, int]:
+    test = max(1, round(per_class * TEST_FRACTION))
+    return per_class - test, test
+
+
+def _build_one(task: tuple[Path, str, int, int, int, int, str]) -> np.ndarray:
+    """Make shape ``index`` of a class, write its OFF and text files; return its points."""
+    out, name, label, index, seed, points, split = task
+    rng = np.random.default_rng([seed, label, index])
+    mesh = make_shape(name, rng)
+    xyz, normals = sample_surface(mesh, points, rng)
+    cloud = normalize_unit_sphere(np.concatenate([xyz, normals], axis=1))
+    stem = _shape_name(name, index + 1)
+    _write_off(out / "mesh" / name / split / f"{stem}.off", mesh)
+    np.savetxt(out / "resampled" / name / f"{stem}.txt", cloud, fmt="%.6f", delimiter=",")
+    return cloud
+
+
+def _write_h5(out: Path, split: str, clouds: np.ndarray, labels: np.ndarray,
+              rng: np.random.Generator) -> None:
+    order = rng.permutation(len(clouds))
+    clouds, labels = clouds[order], labels[order]
+    names = []
+    for number, start in enumerate(range(0, len(clouds), H5_SHAPES_PER_FILE)):
+        name = f"ply_data_{split}{number}.h5"
+        chunk = slice(start, start + H5_SHAPES_PER_FILE)
+        with h5py.File(out / "h5" / name, "w", track_order=False) as f:
+            f.create_dataset("data", data=clouds[chunk, :, :3], track_times=False)
+            f.create_dataset("label", data=labels[chunk, None].astype(np.uint8), track_times=False)
+            f.create_dataset("normal", data=clouds[chunk, :, 3:], track_times=False)
+        names.append(H5_PREFIX + name)
+    (out / "h5" / f"{split}_files.txt").write_text("".join(f"{n}\n" for n in names))
+
+
+def _params(classes: int, per_class: int, seed: int, points: int) -> dict:
+    return {"format": FORMAT, "classes": classes, "per_class": per_class, "seed": seed, "points": points,
+            "test_fraction": TEST_FRACTION, "class_names": list(CLASS_NAMES[:classes])}
+
+
+def _check(classes: int, per_class: int, points: int) -> None:
+    if not 2 <= classes <= len(CLASS_NAMES):
+        raise PceaError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {classes}")
+    if per_class < 2:
+        raise PceaError(f"--per-class must be at least 2 (one train and one test shape), got {per_class}")
+    if points < 1:
+        raise PceaError(f"--points must be positive, got {points}")
+
+
+def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100, seed: int = 0,
+             points: int = 2048, workers: int | None = None) -> Path:
+    """Write the pcea-shapes dataset in the three ModelNet40 layouts under ``out``.
+
+    The same arguments always give the same files. The dataset is built in a temporary
+    directory next to ``out`` and renamed into place, so an interrupted run never leaves
+    half a dataset; an existing pcea-shapes dataset at ``out`` is replaced, any other
+    non-empty directory is refused.
+
+    Args:
+        out: the dataset root to create.
+        classes: number of classes, the first ``classes`` of :data:`CLASS_NAMES`.
+        per_class: shapes per class; 20 % of them (at least one) form the test split.
+        seed: the seed of every random choice.
+        points: points per shape in the h5 and text layouts.
+        workers: processes to build shapes with; default: up to 2, one for small datasets.
+
+    Returns:
+        ``out`` as a Path.
+    """
+    _check(classes, per_class, points)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PARAMS_FILE).is_file())):
+        raise PceaError(f"{out}: exists and is not a pcea-shapes dataset; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = CLASS_NAMES[:classes]
+    n_train, n_test = _split_sizes(per_class)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in names:
+            for split in ("train", "test"):
+                (tmp / "mesh" / name / split).mkdir(parents=True)
+            (tmp / "resampled" / name).mkdir(parents=True)
+        (tmp / "h5").mkdir()
+        tasks = [(tmp, name, label, index, seed, points, "train" if index < n_train else "test")
+                 for label, name in enumerate(names) for index in range(per_class)]
+        if workers is None:
+            workers = min(2, os.cpu_count() or 1) if len(tasks) >= 200 else 1
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                clouds = list(pool.map(_build_one, tasks, chunksize=16))
+        else:
+            clouds = [_build_one(task) for task in tasks]
+        clouds = np.stack(clouds).reshape(classes, per_class, points, 6)
+        labels = np.repeat(np.arange(classes), per_class).reshape(classes, per_class)
+        shuffle = np.random.default_rng([seed, 2**31])
+        for split, part in (("train", slice(0, n_train)), ("test", slice(n_train, per_class))):
+            _write_h5(tmp, split, clouds[:, part].reshape(-1, points, 6), labels[:, part].ravel(), shuffle)
+        shape_names = "".join(f"{n}\n" for n in names)
+        (tmp / "h5" / "shape_names.txt").write_text(shape_names)
+        (tmp / "resampled" / "modelnet40_shape_names.txt").write_text(shape_names)
+        for split, numbers in (("train", range(n_train)), ("test", range(n_train, per_class))):
+            lines = "".join(f"{_shape_name(n, i + 1)}\n" for n in names for i in numbers)
+            (tmp / "resampled" / f"modelnet40_{split}.txt").write_text(lines)
+        (tmp / PARAMS_FILE).write_text(json.dumps(_params(classes, per_class, seed, points), indent=2) + "\n")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an old dataset there is moved aside first, then deleted."""
+    if out.exists() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "data")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs) -> Path:
+    """The pcea-shapes dataset at ``root``, generated first if it is missing or differs.
+
+    Args:
+        root: the dataset root; default ``pcea.data.default_root() / "pcea-shapes"``.
+        **kwargs: the arguments of :func:`generate` (classes, per_class, seed, points, workers).
+
+    Returns:
+        The dataset root.
+    """
+    from pcea.data import default_root
+
+    root = Path(root) if root is not None else default_root() / "pcea-shapes"
+    unknown = set(kwargs) - {"classes", "per_class", "seed", "points", "workers"}
+    if unknown:
+        raise TypeError(f"ensure_synthetic() got unexpected arguments: {', '.join(sorted(unknown))}")
+    wanted = {"classes": 10, "per_class": 100, "seed": 0, "points": 2048}
+    wanted.update({k: v for k, v in kwargs.items() if k != "workers"})
+    params_file = root / PARAMS_FILE
+    if params_file.is_file():
+        try:
+            found = json.loads(params_file.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found == _params(**wanted):
+            return root
+    return generate(root, **wanted, workers=kwargs.get("workers"))
