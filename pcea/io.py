@@ -19,6 +19,7 @@ Files from the internet are messy or hostile, so every reader here
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -110,11 +111,19 @@ def load_points(
         cloud = _load_point_file(path, suffix, normals, max_bytes, max_points)
 
     if mesh is not None:
-        points, face_normals = sample_surface(mesh, num_points, rng, path=path)
+        points, face_normals, _ = _sample_scaled(mesh, num_points, rng, path)
         cloud = np.concatenate([points, face_normals], axis=1) if normals else points
     else:
         cloud = _subsample(path, cloud, num_points, rng)
-    return normalize_unit_sphere(cloud)
+        # A uniform scale first, in float64, so that huge but finite coordinates
+        # (1e300) neither overflow float32 nor the squares in the normalisation.
+        scale = np.abs(cloud[:, :3]).max()
+        if scale > 0:
+            cloud[:, :3] /= scale
+    cloud = normalize_unit_sphere(cloud)
+    if not np.isfinite(cloud).all():  # only normals can still be huge
+        raise PceaFileError(path, "values too large for float32")
+    return cloud
 
 
 def load_mesh(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -167,19 +176,25 @@ def sample_surface(mesh, n: int, seed: int | np.random.Generator = 0, *,
     Raises:
         PceaFileError: the mesh has no faces or zero surface area.
     """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    points, face_normals, scale = _sample_scaled(mesh, n, rng, path)
+    return (points * scale).astype(np.float32), face_normals.astype(np.float32)
+
+
+def _sample_scaled(mesh, n: int, rng: np.random.Generator, path) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`sample_surface` on the mesh divided by its largest coordinate (so areas cannot
+    overflow): float64 points (n, 3) in that unit, normals (n, 3), and the scale."""
     where = path if path is not None else "<mesh>"
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
     if len(faces) == 0:
         raise PceaFileError(where, "mesh has no faces")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    corners = vertices[faces]                                  # (F, 3 corners, 3)
+    scale = float(np.abs(vertices).max()) or 1.0
+    corners = vertices[faces] / scale                          # (F, 3 corners, 3)
     cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # (F, 3)
-    double_area = np.sqrt((cross**2).sum(axis=1))              # (F,)
+    double_area = np.hypot(np.hypot(cross[:, 0], cross[:, 1]), cross[:, 2])  # (F,), no under/overflow
     total = double_area.sum()
-    if not np.isfinite(total):
-        raise PceaFileError(where, "mesh surface area overflows (coordinates too large)")
-    if total <= 0:
+    if not total > 0:
         raise PceaFileError(where, "mesh has zero surface area (all faces degenerate)")
     chosen = rng.choice(len(faces), size=n, p=double_area / total)  # (n,)
     r1 = np.sqrt(rng.random((n, 1)))
@@ -187,7 +202,7 @@ def sample_surface(mesh, n: int, seed: int | np.random.Generator = 0, *,
     a, b, c = corners[chosen, 0], corners[chosen, 1], corners[chosen, 2]  # (n, 3) each
     points = (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c    # (n, 3)
     face_normals = cross[chosen] / double_area[chosen, None]   # (n, 3), unit length
-    return points.astype(np.float32), face_normals.astype(np.float32)
+    return points, face_normals, scale
 
 
 # --- checks shared by every reader ---------------------------------------------------------
@@ -256,13 +271,17 @@ def _load_mesh_checked(path: Path, suffix: str, max_points: int):
     else:
         if suffix == ".stl":
             _check_stl_header(path, max_points)
+        # trimesh logs a traceback for some broken files before raising; the error below says it once
+        logger = logging.getLogger("trimesh")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
         try:
             loaded = trimesh.load(str(path), file_type=suffix[1:], force="mesh",
                                   process=False, skip_materials=True)
-        except PceaFileError:
-            raise
         except Exception as err:  # trimesh raises anything on garbage: turn all of it into one error
             raise PceaFileError(path, f"cannot read as {suffix[1:].upper()}: {_describe(err)}") from None
+        finally:
+            logger.setLevel(level)
         if not isinstance(loaded, trimesh.Trimesh):
             raise PceaFileError(path, "file contains no triangle mesh")
         vertices = np.asarray(loaded.vertices, dtype=np.float64)

@@ -354,3 +354,23 @@ def test_random_bytes_only_ever_raise_pcea_file_error(tmp_path, data, suffix, pr
         assert str(err).startswith(str(path))
     else:
         assert points.shape == (8, 3) and np.isfinite(points).all()
+
+
+def test_huge_but_finite_coordinates_and_swapped_endianness(tmp_path):
+    npy = tmp_path / "huge.npy"
+    cloud = random_cloud(30) * 1e300
+    np.save(npy, cloud)
+    points = load_points(npy, 30, seed=2)
+    np.testing.assert_allclose(points, normalize(cloud[np.random.default_rng(2).choice(30, 30, replace=False)]
+                                                 / 1e300), atol=1e-5)
+    off = write(tmp_path / "huge.off", tetra_off().replace("1 0 0\n", "1e300 0 0\n"))
+    assert_normalised(load_points(off, 64), 64, 3)
+    # a little-endian mesh declared big-endian: garbage indices must end in a clear error
+    path = tmp_path / "box.ply"
+    trimesh.creation.box().export(path)
+    path.write_bytes(path.read_bytes().replace(b"binary_little_endian", b"binary_big_endian", 1))
+    with raises_naming(path, ""):
+        load_points(path)
+    negative = write(tmp_path / "neg.off", "OFF\n-3 1 0\n")
+    with raises_naming(negative, "negative number of vertices"):
+        load_points(negative)
