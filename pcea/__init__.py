@@ -3,6 +3,7 @@
 The public API; everything here is importable as ``pcea.<name>``.
 """
 
+from pcea.api import classify, load_model
 from pcea.errors import PceaError, PceaFileError
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
 from pcea.model import ModelConfig, PCTClassifier, build_model
@@ -20,4 +21,6 @@ __all__ = [
     "SelfAttention",
     "__version__",
     "build_model",
+    "classify",
+    "load_model",
 ]

@@ -1,0 +1,298 @@
+"""The library entry points for a trained model: :func:`load_model` and :func:`classify`.
+
+A checkpoint is loaded through :func:`pcea.engine.checkpoint.load_checkpoint`
+(``torch.load(weights_only=True)`` after a SHA-256 check), so loading one never
+runs code from the file. A user's files are read with :func:`pcea.io.load_points`,
+which normalises them like the training data.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+
+from pcea.errors import PceaError, PceaFileError
+from pcea.io import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, MESH_EXTENSIONS, POINT_EXTENSIONS, load_points
+from pcea.model import ModelConfig, PCTClassifier
+
+__all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "open_checkpoint",
+           "print_classification", "resolve_checkpoint"]
+
+KNOWN_EXTENSIONS = tuple(sorted(set(MESH_EXTENSIONS + POINT_EXTENSIONS)))
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint file a path names: the file itself, or a run directory's best.pt (else last.pt).
+
+    Raises:
+        PceaFileError: the path does not exist, or is a directory without a checkpoint.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise PceaFileError(path, "run directory without best.pt or last.pt")
+    if not path.exists():
+        raise PceaFileError(path, "no such checkpoint file or run directory")
+    return path
+
+
+def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
+                    ) -> tuple[PCTClassifier, dict, Path]:
+    """Rebuild the model stored in a checkpoint, and return the rest of the checkpoint too.
+
+    Args:
+        checkpoint: a checkpoint file or a run directory (see :func:`resolve_checkpoint`).
+        device: where the model goes.
+
+    Returns:
+        (the model in eval mode with ``class_names`` set, the checkpoint payload, the file loaded).
+
+    Raises:
+        PceaFileError: missing, damaged or unsafe file, or weights that do not fit the stored config.
+    """
+    from pcea.engine.checkpoint import load_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    payload = load_checkpoint(path)
+    missing = [key for key in ("model", "model_config") if key not in payload]
+    if missing:
+        raise PceaFileError(path, f"checkpoint without {', '.join(missing)}")
+    try:
+        model = PCTClassifier(ModelConfig(**payload["model_config"]))
+        # A model saved from inside DistributedDataParallel or torch.compile has prefixed keys.
+        state = {key.removeprefix("module.").removeprefix("_orig_mod."): value
+                 for key, value in payload["model"].items()}
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PceaFileError(path, f"the stored weights do not fit the stored model config: {first_line}"
+                            ) from None
+    names = payload.get("class_names")
+    model.class_names = [str(name) for name in names] if names else [
+        f"class{i}" for i in range(model.config.num_classes)]
+    if len(model.class_names) != model.config.num_classes:
+        raise PceaFileError(path, f"{len(model.class_names)} class names for "
+                            f"{model.config.num_classes} outputs")
+    return model.to(device).eval(), payload, path
+
+
+def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu") -> PCTClassifier:
+    """Load a trained classifier, ready for ``model.predict(points)``.
+
+    Args:
+        checkpoint: a ``.pt`` file written by ``pcea train``, or a run directory
+            (its ``best.pt``, else ``last.pt``).
+        device: where the model goes.
+
+    Returns:
+        The :class:`pcea.PCTClassifier` in eval mode; ``model.class_names`` lists the
+        classes in output order and ``model.config.num_points`` is the cloud size it
+        was trained with.
+
+    Raises:
+        PceaFileError: the file is missing, damaged, or not a safe pcea checkpoint.
+    """
+    return open_checkpoint(checkpoint, device=device)[0]
+
+
+def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """The files that command-line style inputs name.
+
+    A file is taken as it is (whatever its extension, so that a wrong one is
+    reported); a directory contributes every file below it with an extension
+    :func:`pcea.io.load_points` reads; a pattern with ``*``, ``?`` or ``[`` is a
+    glob (``**`` recursive). Order is kept and duplicates are dropped.
+
+    Returns:
+        (the files, the inputs that named nothing: missing paths and empty globs or directories).
+    """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    files: list[Path] = []
+    unmatched: list[str] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> bool:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in KNOWN_EXTENSIONS and p.is_file())
+        else:
+            found = [path]
+        for p in found:
+            if p not in seen:
+                seen.add(p)
+                files.append(p)
+        return bool(found)
+
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.exists() or path.is_symlink():
+            matched = add(path)
+        elif any(char in text for char in _GLOB_CHARS):
+            matched = False
+            for hit in sorted(glob.glob(text, recursive=True)):
+                matched = add(Path(hit)) or matched
+        else:
+            matched = False
+        if not matched:
+            unmatched.append(text)
+    return files, unmatched
+
+
+def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(class_names[i], float(probs[i])) for i in order]
+
+
+def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, top_k: int = 5,
+                  num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
+                  max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
+                  ) -> Iterator[dict]:
+    """Classify files batch by batch, yielding one result per file in order.
+
+    Args:
+        files: the files to read with :func:`pcea.io.load_points`.
+        model: a classifier with ``class_names`` (see :func:`load_model`).
+        top_k: classes reported per file.
+        num_points: points sampled per file; the model's training size by default.
+        votes: 1 for one pass; K > 1 averages the softmax of K randomly scaled
+            copies (:func:`pcea.engine.evaluate.vote_probabilities`).
+        batch_size: clouds per forward pass.
+        seed: seed of the point sampling and of the voting augmentations.
+        max_bytes: larger files are refused.
+        max_points: files declaring more points, vertices or faces are refused.
+
+    Yields:
+        ``{"path": str, "top_k": [(class, probability), ...]}`` or, for a file that
+        cannot be read, ``{"path": str, "error": "PATH: problem"}``.
+    """
+    from pcea.engine.evaluate import vote_probabilities
+
+    if top_k < 1:
+        raise PceaError(f"top_k={top_k}: must be at least 1")
+    if votes < 1:
+        raise PceaError(f"votes={votes}: must be at least 1")
+    if batch_size < 1:
+        raise PceaError(f"batch_size={batch_size}: must be at least 1")
+    num_points = num_points or model.config.num_points
+    if num_points < model.config.centers[0]:
+        raise PceaError(f"num_points={num_points}: the model's first stage needs at least "
+                        f"{model.config.centers[0]} points")
+    normals = model.config.in_channels >= 6
+    class_names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
+    k = min(top_k, len(class_names))
+    model.eval()
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        results: list[dict] = []
+        clouds: list[np.ndarray] = []
+        for path in chunk:
+            try:
+                clouds.append(load_points(path, num_points, seed, normals,
+                                          max_bytes=max_bytes, max_points=max_points))
+                results.append({"path": os.fspath(path)})
+            except PceaFileError as err:
+                results.append({"path": os.fspath(path), "error": str(err)})
+        if clouds:
+            points = torch.from_numpy(np.stack(clouds))  # (B, N, C)
+            if votes > 1:
+                probs = vote_probabilities(model, points, votes=votes, keys=[(seed,)] * len(clouds))
+            else:
+                probs = model.predict(points)  # (B, num_classes)
+            good = iter(probs.numpy())
+            for result in results:
+                if "error" not in result:
+                    result["top_k"] = _top_k(next(good), class_names, k)
+        yield from results
+
+
+def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
+             checkpoint: str | os.PathLike | PCTClassifier, *, top_k: int = 5,
+             num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
+             max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
+             device: str | torch.device = "cpu") -> list[dict]:
+    """Classify point-cloud or mesh files with a trained model.
+
+    Args:
+        paths: files, directories (searched recursively for known extensions) or globs.
+        checkpoint: a checkpoint file, a run directory, or an already loaded model.
+        top_k: classes reported per file.
+        num_points: points sampled per file; the model's training size by default.
+        votes: test-time augmentation copies averaged per file (1 = a single pass).
+        batch_size: clouds per forward pass.
+        seed: seed of the point sampling and of the voting augmentations.
+        max_bytes: larger files are refused.
+        max_points: files declaring more points, vertices or faces are refused.
+        device: where the model runs when it is loaded here.
+
+    Returns:
+        One dict per file: ``{"path": str, "top_k": [(class, probability), ...]}``
+        (most likely first) or ``{"path": str, "error": "PATH: problem"}``; an input
+        that matched nothing is reported as an error entry too.
+
+    Raises:
+        PceaError: no input named any file, or a bad option.
+        PceaFileError: the checkpoint cannot be loaded.
+    """
+    files, unmatched = expand_inputs(paths)
+    if not files:
+        raise PceaError("no input files: " + (", ".join(unmatched) or "none given"))
+    model = checkpoint if isinstance(checkpoint, PCTClassifier) else load_model(checkpoint, device=device)
+    results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
+                                 batch_size=batch_size, seed=seed, max_bytes=max_bytes,
+                                 max_points=max_points))
+    return results + [{"path": text, "error": f"{text}: no such file, or no files matched"}
+                      for text in unmatched]
+
+
+def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json: bool = False,
+                         stdout: TextIO | None = None, stderr: TextIO | None = None, **options) -> int:
+    """Classify files and print each result as it comes: the ``pcea classify`` output.
+
+    Args:
+        files: the files (see :func:`expand_inputs`).
+        model: the loaded classifier.
+        as_json: one JSON object per line (``{"path", "top_k": [{"class", "probability"}]}``)
+            instead of an aligned table.
+        stdout: where results go (``sys.stdout``).
+        stderr: where one line per unreadable file goes (``sys.stderr``).
+        **options: :func:`iter_classify` options (top_k, num_points, votes, batch_size, ...).
+
+    Returns:
+        The number of files that could not be read.
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
+    path_width = max(len(os.fspath(path)) for path in files)
+    name_width = max(len(name) for name in names)
+    k = min(options.get("top_k", 5), len(names))
+    if not as_json:
+        header = [f"{'file':<{path_width}}"] + [f"{f'top-{i + 1}':<{name_width + 7}}" for i in range(k)]
+        print("  ".join(header).rstrip(), file=stdout)
+    failed = 0
+    for result in iter_classify(files, model, **options):
+        if "error" in result:
+            failed += 1
+            print(f"pcea: skipped {result['error']}", file=stderr)
+        elif as_json:
+            print(json.dumps({"path": result["path"], "top_k": [
+                {"class": name, "probability": round(prob, 6)} for name, prob in result["top_k"]]}),
+                file=stdout)
+        else:
+            cells = [f"{name:<{name_width}} {prob:6.4f}" for name, prob in result["top_k"]]
+            print("  ".join([f"{result['path']:<{path_width}}"] + cells), file=stdout)
+        stdout.flush()
+    return failed

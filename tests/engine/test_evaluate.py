@@ -1,0 +1,140 @@
+"""pcea eval: the report's figures against an independent computation, voting, files, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import pcea
+from pcea.cli import main
+from pcea.engine.checkpoint import save_checkpoint
+from pcea.engine.evaluate import evaluate_checkpoint, vote_probabilities
+
+TINY = {"num_points": 128, "centers": (64, 32), "neighbors": (8, 8), "embed_dim": 16, "stage_dims": (32, 64),
+        "fuse_dim": 128, "head_dims": (64, 32), "memory": 16}
+
+
+def _read_split(root, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The h5 test data read with h5py directly, not through pcea.data."""
+    with h5py.File(root / f"ply_data_{split}0.h5", "r") as h5:
+        points, labels = h5["data"][:, :128].astype(np.float32), h5["label"][:, 0].astype(np.int64)
+    return points, labels, (root / "shape_names.txt").read_text().split()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_h5, tmp_path_factory):
+    """A run directory whose best.pt holds the tiny model after a few SGD steps on the train split."""
+    torch.manual_seed(0)
+    points, labels, names = _read_split(tiny_h5, "train")
+    model = pcea.build_model("pcea", num_classes=len(names), **TINY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.from_numpy(points), torch.from_numpy(labels)
+    for step in range(6):
+        batch = torch.arange(8) + 8 * (step % (len(x) // 8))
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run / "best.pt", {"model": model.state_dict(), "model_name": "pcea",
+                                      "model_config": model.config.to_dict(), "class_names": names,
+                                      "epoch": 3, "protocol": "best on val", "train_config": {}})
+    return run
+
+
+def test_report_figures_match_an_independent_computation(run_dir, tiny_h5):
+    report = evaluate_checkpoint(run_dir, tiny_h5, votes=1)
+    points, labels, names = _read_split(tiny_h5, "test")
+    model = pcea.load_model(run_dir / "best.pt")
+    pred = model.predict(points).argmax(dim=1).numpy()
+
+    single = report["results"]["single_pass"]
+    assert set(report["results"]) == {"single_pass"}
+    assert single["overall_accuracy"] == pytest.approx((pred == labels).mean())
+    per_class = [(pred[labels == c] == c).mean() for c in range(len(names))]
+    assert list(single["per_class_accuracy"].values()) == pytest.approx(per_class)
+    assert single["mean_class_accuracy"] == pytest.approx(np.mean(per_class))
+    matrix = np.array(single["confusion_matrix"])
+    assert matrix.shape == (4, 4) and matrix.sum() == len(labels)
+    assert list(np.diag(matrix)) == [int(((pred == c) & (labels == c)).sum()) for c in range(4)]
+    assert (report["split"], report["num_shapes"], report["class_names"]) == ("test", len(labels), names)
+    assert (report["epoch"], report["selection"], report["votes"]) == (3, "best on val", 1)
+
+    # Files next to the checkpoint: the JSON is the report, the CSV has one row per class, a real PNG.
+    on_disk = json.loads((run_dir / "eval.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(report["results"]))
+    rows = list(csv.DictReader((run_dir / "per_class.csv").open()))
+    assert [row["class"] for row in rows] == names
+    assert [int(row["support"]) for row in rows] == list(np.bincount(labels, minlength=4))
+    assert (run_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_voting_averages_distinct_augmented_copies(run_dir):
+    model = pcea.load_model(run_dir)
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    points = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 128, 3)).astype(np.float32))
+    keys = [(0, i) for i in range(3)]
+
+    voted = vote_probabilities(model, points, votes=4, keys=keys)
+    copies = torch.cat(seen)  # (4 * 3, 128, 3)
+    assert len(copies) == 12
+    assert len({tuple(c.flatten()[:6].tolist()) for c in copies}) == 12  # every copy its own scaling
+    assert not any(torch.allclose(c, p) for c in copies for p in points)
+    # Anisotropic scaling: each axis scaled by its own factor, same for every point of a copy.
+    ratios = copies[0] / points[0]
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), atol=1e-4)
+    assert len(set(ratios[0].round(decimals=4).tolist())) == 3
+
+    single = model.predict(points)
+    assert voted.shape == single.shape and torch.allclose(voted.sum(1), torch.ones(3), atol=1e-5)
+    assert not torch.allclose(voted, single)
+    seen.clear()
+    again = vote_probabilities(model, points, votes=4, keys=keys)
+    assert torch.equal(again, voted)  # seeded
+
+
+def test_report_with_votes_keeps_both_figures_labelled(run_dir, tiny_h5, tmp_path):
+    report = evaluate_checkpoint(run_dir, tiny_h5, votes=3, out=tmp_path)
+    results = report["results"]
+    assert set(results) == {"single_pass", "voted"}
+    assert results["single_pass"]["label"] == "single pass"
+    assert results["voted"]["label"].startswith("3 votes")
+    for result in results.values():
+        assert 0 <= result["overall_accuracy"] <= 1
+        assert np.array(result["confusion_matrix"]).sum() == report["num_shapes"]
+    assert report["vote_seed"] == 0
+    header = (tmp_path / "per_class.csv").read_text().splitlines()[0]
+    assert header == "class,support,accuracy_single_pass,accuracy_voted"
+
+
+def test_cli_eval_json_and_errors(run_dir, tiny_h5, tmp_path, capsys):
+    assert main(["eval", str(run_dir), "--data", str(tiny_h5), "--json", "--out", str(tmp_path),
+                 "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["results"]["single_pass"]["overall_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "eval.json").read_text())["results"]["single_pass"]["overall_accuracy"])
+
+    assert main(["eval", str(tmp_path / "missing.pt"), "--data", str(tiny_h5)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcea: error: ") and "missing.pt" in err and len(err.splitlines()) == 1
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(run_dir), "--data", str(tiny_h5), "--votes", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_dataset_with_other_classes_is_refused(run_dir, tiny_h5, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in tiny_h5.iterdir():
+        (other / path.name).write_bytes(path.read_bytes())
+    (other / "shape_names.txt").write_text("a\nb\nc\nd\n")
+    with pytest.raises(pcea.PceaError, match="not the model's 4"):
+        evaluate_checkpoint(run_dir, other, write=False)
