@@ -5,6 +5,7 @@ The public API; everything here is importable as ``pcea.<name>``.
 
 from pcea.api import classify, load_model
 from pcea.errors import PceaError, PceaFileError
+from pcea.io import PceaWarning, load_points
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
 from pcea.model import ModelConfig, PCTClassifier, build_model
 
@@ -18,9 +19,11 @@ __all__ = [
     "PCTClassifier",
     "PceaError",
     "PceaFileError",
+    "PceaWarning",
     "SelfAttention",
     "__version__",
     "build_model",
     "classify",
     "load_model",
+    "load_points",
 ]
