@@ -51,6 +51,8 @@ class DistEnv:
         """Join the process group: NCCL between GPUs, gloo on the CPU."""
         if not self.enabled or dist.is_initialized():
             return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size,
                                 timeout=timedelta(minutes=30))

@@ -132,6 +132,9 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool
     if force and not resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES:  # temporary files of a process that was killed while writing
+        for stale in out.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     return out
 
 
@@ -272,7 +275,7 @@ def write_curves(history: list[dict], path: Path) -> bool:
         ax.grid(alpha=0.3)
     ax_loss.legend()
     ax_acc.legend()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=100)
@@ -418,8 +421,6 @@ class Trainer:
         config, env = self.config, self.env
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = resolve_device(config.device, env)
-        env.init(self.device)
         if env.enabled and config.batch_size // env.world_size < 2:
             raise PceaError(f"batch_size={config.batch_size} over {env.world_size} processes leaves "
                             "fewer than 2 clouds per process (BatchNorm needs 2)")
@@ -662,9 +663,20 @@ class Trainer:
 
     def _run(self) -> dict:
         config, env = self.config, self.env
+        self.device = resolve_device(config.device, env)
+        env.init(self.device)
+        problem = None
         if env.is_main:
-            prepare_run_dir(self.out, resume=self.resume, force=self.force)
-        env.barrier()
+            try:
+                prepare_run_dir(self.out, resume=self.resume, force=self.force)
+            except PceaError as err:
+                problem = err
+        # Every rank learns whether rank 0 could use the run directory, so none waits forever.
+        shared = env.broadcast_object(None if problem is None else str(problem))
+        if problem is not None:
+            raise problem
+        if shared is not None:
+            raise PceaError(shared)
         self._setup()
         if env.is_main:
             self._check_disk()

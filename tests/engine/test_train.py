@@ -1,0 +1,253 @@
+"""End-to-end training on a tiny h5 dataset: files, metrics, selection, exact resume, errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_MODEL, tiny_config
+
+from pcea.cli import main
+from pcea.engine.checkpoint import FORMAT, load_checkpoint, previous_path
+from pcea.engine.config import TrainConfig, load_config_file
+from pcea.engine.train import Trainer, split_train_val, train, train_seeds
+from pcea.errors import PceaError, PceaFileError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_h5, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    results = train(tiny_config(tiny_h5), out, log=lambda line: None)
+    return out, results
+
+
+def test_a_run_writes_every_file_with_sane_metrics(finished_run, tiny_h5):
+    out, results = finished_run
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "last.prev.pt", "best.pt",
+                 "results.json"):
+        assert (out / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for row in rows:
+        assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
+        for key in ("train_acc", "val_oa", "val_macc"):
+            assert 0 <= row[key] <= 1
+        # Validation holds 3 clouds per class: every accuracy is a multiple of 1/12 (OA) or 1/3 (per class).
+        assert round(row["val_oa"] * 12, 6) == round(row["val_oa"] * 12)
+    # Cosine annealing per epoch from lr to min_lr over the 2 epochs: 0.05, then the midpoint.
+    assert rows[0]["lr"] == pytest.approx(0.05)
+    assert rows[1]["lr"] == pytest.approx(1e-4 + (0.05 - 1e-4) * 0.5)
+
+    config = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    assert config == tiny_config(tiny_h5)
+
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    protocols = [entry["protocol"] for entry in results["test"]]
+    assert protocols == ["last epoch", "best on val"]
+    assert results["num_test"] == 16
+    for entry in results["test"]:
+        assert round(entry["oa"] * 16, 6) == round(entry["oa"] * 16)
+
+    last = load_checkpoint(out / "last.pt")
+    best = load_checkpoint(out / "best.pt")
+    assert last["format"] == FORMAT and last["epoch"] == 2 and last["protocol"] == "last epoch"
+    assert best["protocol"] == "best on val"
+    assert best["epoch"] == 1 + max(range(2), key=lambda i: (rows[i]["val_oa"], -i))
+    assert last["class_names"] == ["ball", "box", "disc", "rod"]
+    assert last["model_name"] == "pcea"
+    assert last["model_config"]["num_points"] == 128 and list(last["model_config"]["centers"]) == [64, 32]
+    assert last["train_config"] == tiny_config(tiny_h5).to_dict()
+    assert load_checkpoint(previous_path(out / "last.pt"))["epoch"] == 1
+    assert set(last["rng"]) >= {"python", "numpy", "torch", "loader"}
+    assert [row["epoch"] for row in last["metrics"]["history"]] == [1, 2]
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    labels = torch.arange(4).repeat_interleave(10).numpy()
+    train_idx, val_idx = split_train_val(labels, 0.2, seed=3)
+    assert len(val_idx) == 8 and set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == 40
+    assert sorted(labels[val_idx].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert (split_train_val(labels, 0.2, seed=3)[1] == val_idx).all()
+    assert (split_train_val(labels, 0.2, seed=4)[1] != val_idx).any()
+    with pytest.raises(PceaError, match="stratified validation split"):
+        split_train_val(labels[9:11], 0.5, seed=0)  # one cloud of each of two classes
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, workers):
+    config = tiny_config(tiny_h5, epochs=3, workers=workers)
+    quiet = {"log": lambda line: None}
+    train(config, tmp_path / "straight", **quiet)
+    stopped = train(config, tmp_path / "resumed", stop_after=1, **quiet)
+    assert stopped == {"interrupted": True, "signal": None, "epochs_completed": 1}
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    train(None, tmp_path / "resumed", resume=True, overrides={"workers": workers}, **quiet)
+
+    straight = _weights(tmp_path / "straight" / "last.pt")
+    resumed = _weights(tmp_path / "resumed" / "last.pt")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("straight", "resumed")]
+    drop_time = [[{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+                 for lines in metrics]
+    assert drop_time[0] == drop_time[1]
+    # And the check can fail: another seed gives other weights.
+    other = train(tiny_config(tiny_h5, epochs=1, seed=1), tmp_path / "other", **quiet)
+    assert other["seed"] == 1
+    other_weights = _weights(tmp_path / "other" / "last.pt")
+    assert not torch.equal(other_weights["head.4.weight"], straight["head.4.weight"])
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_last_is_corrupt(tiny_h5, tmp_path):
+    lines: list[str] = []
+    out = tmp_path / "run"
+    train(tiny_config(tiny_h5, epochs=3), out, stop_after=2, log=lines.append)
+    last = out / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # as if the disk lost the end of the file
+    result = train(None, out, resume=True, log=lines.append)
+    assert result["epochs"] == 3
+    text = "\n".join(lines)
+    assert "truncated checkpoint" in text and "resuming from the previous checkpoint" in text
+    assert "resuming" in text and "after epoch 1/3" in text
+    assert load_checkpoint(last)["epoch"] == 3
+
+
+def test_resume_refuses_to_change_the_recipe(finished_run):
+    out, _ = finished_run
+    with pytest.raises(PceaError, match="cannot change lr"):
+        Trainer(None, out, resume=True, overrides={"lr": 0.5, "workers": 1})
+
+
+def test_select_on_test_and_last_label_their_figures(tiny_h5, tmp_path):
+    quiet = {"log": lambda line: None}
+    on_test = train(tiny_config(tiny_h5, select_on="test", val_split=0.0), tmp_path / "t", **quiet)
+    assert [e["protocol"] for e in on_test["test"]] == ["last epoch", "best on test"]
+    rows = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_oa" not in rows[0] and "test_oa" in rows[0]
+    assert on_test["test"][1]["oa"] == pytest.approx(max(row["test_oa"] for row in rows))
+
+    on_last = train(tiny_config(tiny_h5, select_on="last", epochs=1), tmp_path / "l", **quiet)
+    assert [e["protocol"] for e in on_last["test"]] == ["last epoch"]
+    assert load_checkpoint(tmp_path / "l" / "best.pt")["epoch"] == 1
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tiny_h5, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(PceaError, match=r"non-finite loss .* at epoch 1, step [0-9]+"):
+        train(tiny_config(tiny_h5, lr=1e30, momentum=0.0), out, log=lambda line: None)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0
+    for value in _weights(out / "last.pt").values():
+        assert torch.isfinite(value.float()).all()
+
+
+def test_run_directory_checks_happen_before_training(finished_run, tiny_h5, tmp_path):
+    out, _ = finished_run
+    with pytest.raises(PceaFileError, match="already holds a run; continue it with --resume"):
+        train(tiny_config(tiny_h5), out)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PceaFileError, match="run directory is not writable"):
+        train(tiny_config(tiny_h5), blocker / "run")
+    with pytest.raises(PceaFileError, match="no run to resume"):
+        train(None, tmp_path / "empty", resume=True)
+
+
+def test_seeds_table_reports_mean_std_and_best(tiny_h5, tmp_path):
+    lines: list[str] = []
+    summary = train_seeds(tiny_config(tiny_h5, epochs=1, select_on="last"), tmp_path / "sweep", [0, 1],
+                          log=lines.append)
+    assert (tmp_path / "sweep" / "seed0" / "results.json").exists()
+    assert (tmp_path / "sweep" / "seed1" / "results.json").exists()
+    row = summary["rows"][0]
+    assert row["metric"] == "test OA (last epoch)"
+    values = [json.loads((tmp_path / "sweep" / f"seed{s}" / "results.json").read_text())["test"][0]["oa"]
+              for s in (0, 1)]
+    assert row["values"] == values
+    assert row["mean"] == pytest.approx(sum(values) / 2)
+    assert row["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert row["best"] == max(values)
+    assert "mean ± std" in "\n".join(lines)
+    assert json.loads((tmp_path / "sweep" / "seeds.json").read_text()) == summary
+
+
+def test_config_file_unknown_key_and_precedence(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(PceaFileError, match="bad.yaml: unknown setting.*learning_rate"):
+        load_config_file(bad)
+    shipped = load_config_file(REPO / "configs" / "pct_modelnet40.yaml")
+    assert TrainConfig.from_dict(shipped) == TrainConfig(data=shipped["data"])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nbogus: 1\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pcea: error: ") and "bogus" in err and "bad.yaml" in err and "\n" not in err
+    assert main(["train", "--data", "x", "--out", str(tmp_path / "r"), "--model-opt", "memory"]) == 1
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--val-split", "1.5"]) == 1
+    assert "val_split=1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--select-on", "best"])
+    assert exit_info.value.code == 2
+
+
+def test_cli_trains_with_model_options(tiny_h5, tmp_path, capsys):
+    out = tmp_path / "cli"
+    opts = [f"--model-opt={key}={json.dumps(value)}" for key, value in TINY_MODEL.items()]
+    code = main(["train", "--data", str(tiny_h5), "--out", str(out), "--epochs", "1", "--points", "128",
+                 "--batch-size", "8", "--val-split", "0.25", "--device", "cpu", "--workers", "0",
+                 "--model", "pct", *opts])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "epoch   1/1" in stdout and "test (best on val, epoch 1)" in stdout
+    checkpoint = load_checkpoint(out / "best.pt")
+    assert checkpoint["model_name"] == "pct" and checkpoint["model_config"]["attention"] == "offset"
+    assert checkpoint["model_config"]["memory"] == 16
+
+
+@pytest.mark.parametrize("signum, workers, status", [(signal.SIGINT, 0, 130), (signal.SIGTERM, 2, 143)])
+def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, status):
+    out = tmp_path / "sig"
+    opts = [f"--model-opt={key}={json.dumps(value)}" for key, value in TINY_MODEL.items()]
+    command = [sys.executable, "-m", "pcea", "train", "--data", str(tiny_h5), "--out", str(out),
+               "--epochs", "200", "--points", "128", "--batch-size", "8", "--device", "cpu",
+               "--workers", str(workers), "--threads", "1", *opts]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("epoch   2/200"):
+            proc.send_signal(signum)
+            break
+    rest, err = proc.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert proc.returncode == status, output + err
+    assert "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}" in output and f"pcea train --resume {out}" in output
+    saved = load_checkpoint(out / "last.pt")
+    assert saved["epoch"] == sum(line.startswith("epoch ") for line in output.splitlines())
+    assert saved["epoch"] >= 2
