@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from pcea import fast_ops
+
 __all__ = [
     "farthest_point_sample",
     "knn",
@@ -23,6 +25,9 @@ __all__ = [
     "sample_and_group",
     "square_distance",
 ]
+
+# dtypes the compiled CPU kernels of pcea.fast_ops handle.
+_FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def _check_cloud(xyz: torch.Tensor, name: str = "xyz") -> None:
@@ -89,6 +94,24 @@ def farthest_point_sample(
             raise ValueError(f"start={start} is not a point index of a cloud of N={N} points")
         first = torch.full((B,), int(start), dtype=torch.long, device=device)
 
+    if xyz.device.type == "cpu" and xyz.dtype in _FAST_DTYPES and fast_ops.available():
+        return fast_ops.farthest_point_sample_cpu(xyz, m, first)  # same picks, compiled
+    return _farthest_point_sample_torch(xyz, m, first)
+
+
+def _farthest_point_sample_torch(xyz: torch.Tensor, m: int, first: torch.Tensor) -> torch.Tensor:
+    """The plain batched FPS loop: the reference, the fallback and the CUDA path.
+
+    Args:
+        xyz: (B, N, 3) validated coordinates.
+        m: points to pick.
+        first: (B,) int64 first pick of each cloud, on xyz's device.
+
+    Returns:
+        (B, m) int64 indices. On CUDA the loop never synchronises with the host.
+    """
+    B, N, _ = xyz.shape
+    device = xyz.device
     batch = torch.arange(B, device=device)
     picked = torch.empty(B, m, dtype=torch.long, device=device)
     # Distance of every point to the picked set; picked points get -1 so that
@@ -125,6 +148,13 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     N = ref.shape[1]
     if not 1 <= k <= N:
         raise ValueError(f"cannot take k={k} neighbours from N={N} reference points")
+    if query.device.type == "cpu" and query.dtype in _FAST_DTYPES and fast_ops.available():
+        return fast_ops.knn_cpu(query, ref, k)  # exact direct distances, ties by lower index
+    return _knn_torch(query, ref, k)
+
+
+def _knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """cdist + topk: the fallback and the CUDA path (ties in any order)."""
     dist = square_distance(query, ref)  # (B, M, N)
     return dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, M, k)
 

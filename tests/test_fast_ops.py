@@ -1,0 +1,109 @@
+"""The compiled CPU kernels of pcea.fast_ops against the plain forms they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pcea import fast_ops, ops
+
+pytestmark = pytest.mark.skipif(not fast_ops.available(), reason="numba is not installed")
+
+
+def loop_fps(xyz: torch.Tensor, m: int, start: int = 0) -> torch.Tensor:
+    """One cloud at a time, in Python: the definition of farthest point sampling."""
+    picks = []
+    for cloud in xyz:
+        min_dist = torch.full((cloud.shape[0],), float("inf"), dtype=cloud.dtype)
+        current, chosen = start, []
+        for _ in range(m):
+            chosen.append(current)
+            dist = (cloud - cloud[current]).square().sum(-1)
+            min_dist = torch.minimum(min_dist, dist)
+            min_dist[chosen] = -1.0  # never pick a point twice, even a duplicate
+            current = int(min_dist.argmax())  # the lowest index wins a tie
+        picks.append(chosen)
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def brute_knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """Every distance, then a stable sort: nearest first, a tie by the lower index."""
+    dist = (query.unsqueeze(2) - ref.unsqueeze(1)).square().sum(-1)  # (B, M, N)
+    return dist.sort(dim=-1, stable=True).indices[..., :k]
+
+
+def fast_fps(xyz: torch.Tensor, m: int, start: int = 0) -> torch.Tensor:
+    first = torch.full((xyz.shape[0],), start, dtype=torch.long)
+    return fast_ops.farthest_point_sample_cpu(xyz, m, first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_matches_torch_loop_and_definition(dtype):
+    gen = torch.Generator().manual_seed(0)
+    xyz = torch.randn(5, 300, 3, generator=gen, dtype=dtype) * torch.tensor([1.0, 3.0, 0.2], dtype=dtype)
+    first = torch.zeros(5, dtype=torch.long)
+    fast = fast_fps(xyz, 120)
+    assert torch.equal(fast, ops._farthest_point_sample_torch(xyz, 120, first))
+    assert torch.equal(fast, loop_fps(xyz, 120))
+
+
+def test_fps_duplicates_and_m_equals_n():
+    gen = torch.Generator().manual_seed(1)
+    base = torch.rand(2, 40, 3, generator=gen)
+    xyz = torch.cat([base, base, base[:, :8]], dim=1)  # every point twice, some three times
+    fast = fast_fps(xyz, xyz.shape[1])
+    assert torch.equal(fast, loop_fps(xyz, xyz.shape[1]))
+    for row in fast:  # m == N gives a permutation, duplicates included
+        assert torch.equal(row.sort().values, torch.arange(xyz.shape[1]))
+
+
+def test_fps_hand_placed_ties():
+    # Points on a line at 0, 1, 2, 3 and a copy of 3: from 0, the farthest is 3
+    # (index 3 before its copy 4), then 1 and 2 tie at distance 1 -> index 1.
+    xyz = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [3, 0, 0]]])
+    assert fast_fps(xyz, 5).tolist() == [[0, 3, 1, 2, 4]]
+    assert ops.farthest_point_sample(xyz, 5).tolist() == [[0, 3, 1, 2, 4]]
+
+
+def test_fps_start_index_and_batch_independence():
+    gen = torch.Generator().manual_seed(2)
+    xyz = torch.rand(6, 200, 3, generator=gen)
+    batch = fast_fps(xyz, 64, start=17)
+    assert torch.equal(batch, loop_fps(xyz, 64, start=17))
+    for b in range(6):  # a cloud gets the same picks alone or in a batch
+        assert torch.equal(fast_fps(xyz[b : b + 1], 64, start=17)[0], batch[b])
+
+
+def test_public_fps_uses_the_kernel_and_agrees(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    xyz = torch.rand(3, 256, 3, generator=gen)
+    fast = ops.farthest_point_sample(xyz, 100)
+    monkeypatch.setenv("PCEA_FAST_OPS", "0")
+    assert torch.equal(fast, ops.farthest_point_sample(xyz, 100))
+
+
+@pytest.mark.parametrize("k", [1, 7, 32])
+def test_knn_matches_brute_force(k):
+    gen = torch.Generator().manual_seed(4)
+    ref = torch.rand(4, 257, 3, generator=gen)
+    query = torch.rand(4, 50, 3, generator=gen)
+    assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
+    assert torch.equal(ops.knn(query, ref, k), brute_knn(query, ref, k))
+
+
+def test_knn_ties_keep_lower_index_and_k_equals_n():
+    # A grid has many equal distances; duplicates have exactly equal ones.
+    grid = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    ref = torch.cat([grid, grid[:, :10]], dim=1)  # (1, 74, 3)
+    query = grid[:, ::5] + 0.5 * (torch.arange(13).view(1, 13, 1) % 2)
+    for k in (6, 27, ref.shape[1]):
+        assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
+
+
+def test_knn_batch_independence():
+    gen = torch.Generator().manual_seed(5)
+    ref = torch.rand(8, 128, 3, generator=gen)
+    query = ref[:, :40]
+    batch = ops.knn(query, ref, 16)
+    for b in range(8):
+        assert torch.equal(ops.knn(query[b : b + 1], ref[b : b + 1], 16)[0], batch[b])
