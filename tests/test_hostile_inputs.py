@@ -380,3 +380,346 @@ def test_special_paths(ext, tmp_path):
     device.symlink_to("/dev/zero")  # endless data
     for path in (directory, loop_a, dangling, fifo, device):
         assert check_load_points(path) == "refused", path
+
+
+# --- the three ModelNet40 layouts and the h5 reader ------------------------------------------
+
+LAYOUT_POINTS = 32  # points per item; every stored shape has 64
+
+
+def h5_bytes(data: np.ndarray, label: np.ndarray, normal: np.ndarray | None = None, **datasets) -> bytes:
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        h5["data"], h5["label"] = data, label
+        if normal is not None:
+            h5["normal"] = normal
+        for key, value in datasets.items():
+            h5[key] = value
+    return buffer.getvalue()
+
+
+def layout_files() -> dict[str, dict[str, bytes]]:
+    """Small valid datasets in the three layouts, as {relative path: content}."""
+    rng = np.random.default_rng(1)
+    h5 = {"shape_names.txt": b"airplane\nchair\n"}
+    for split in ("train", "test"):
+        h5[f"{split}_files.txt"] = f"data/modelnet40_ply_hdf5_2048/ply_data_{split}0.h5\n".encode()
+        h5[f"ply_data_{split}0.h5"] = h5_bytes(rng.normal(size=(4, 64, 3)).astype(np.float32),
+                                               np.array([[0], [1], [0], [1]], np.uint8),
+                                               rng.normal(size=(4, 64, 3)).astype(np.float32))
+    resampled = {"modelnet40_shape_names.txt": b"airplane\nchair\n",
+                 "modelnet40_train.txt": b"airplane_0001\nchair_0001\n",
+                 "modelnet40_test.txt": b"airplane_0002\nchair_0002\n"}
+    mesh = {}
+    for name in ("airplane", "chair"):
+        for split, number in (("train", 1), ("test", 2)):
+            resampled[f"{name}/{name}_{number:04d}.txt"] = text_points(rng.normal(size=(64, 6)), sep=",")
+            mesh[f"{name}/{split}/{name}_{number:04d}.off"] = off_text(OCTA_VERTICES * rng.uniform(0.5, 2),
+                                                                       OCTA_FACES, glued=number == 1)
+    return {"h5": h5, "resampled": resampled, "mesh": mesh}
+
+
+LAYOUTS = layout_files()
+
+
+def write_layout(folder: Path, layout: str) -> Path:
+    root = folder / layout
+    for relative, content in LAYOUTS[layout].items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(content)
+    return root
+
+
+def names_file(message: str, path: Path, root: Path) -> bool:
+    """The message names ``path``: in full, or by its name together with the dataset root."""
+    return str(path) in message or (path.name in message and str(root) in message)
+
+
+def check_open_dataset(root: Path, damaged: Path, *, direct: bool = False,
+                       seconds: float = READ_SECONDS) -> str:
+    """Open both splits of ``root``; the property for datasets, like :func:`outcome` for files.
+
+    ``open_dataset`` detects the layout; ``direct=True`` calls the layout's class instead
+    (detection skips a list file that is not a regular file, the class may not).
+
+    A refusal must name the damaged file, or at least start with the path of a file of the
+    dataset. A dataset that loads must give finite float32 (LAYOUT_POINTS, 6) items; the mesh
+    layout may skip a broken mesh, but then a warning must name it.
+    """
+    from pcea.data import ModelNet40H5, ModelNet40Mesh, ModelNet40Resampled, open_dataset
+
+    opener = {"h5": ModelNet40H5, "resampled": ModelNet40Resampled, "mesh": ModelNet40Mesh}[root.name] \
+        if direct else open_dataset
+    result = "loaded"
+    for split in ("train", "test"):
+        try:
+            with time_limit(seconds), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                dataset = opener(root, split, num_points=LAYOUT_POINTS, normals=True)
+                items = [dataset[i] for i in range(len(dataset))]
+        except PceaError as err:
+            message = str(err)
+            assert "\n" not in message, f"error is not one line: {message!r}"
+            if names_file(message, damaged, root):
+                return "refused"
+            # e.g. a damaged list names a shape whose file is then missing: that file is named
+            assert message.startswith(str(root)), f"error names no file of the dataset: {message!r}"
+            return "refused, naming another file of the dataset"
+        for points, label in items:
+            assert points.dtype == torch_float32() and tuple(points.shape) == (LAYOUT_POINTS, 6)
+            assert bool(points.isfinite().all()) and 0 <= label < len(dataset.class_names)
+        expected = sum(1 for relative in LAYOUTS["mesh"] if f"/{split}/" in relative)
+        if root.name == "mesh" and len(dataset) < expected:
+            assert any(str(damaged) in str(w.message) for w in caught), [str(w.message) for w in caught]
+            result = "skipped"
+    return result
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def damage(content: bytes, mode: str, data) -> bytes:
+    if mode == "random":
+        return data.draw(st.binary(max_size=2048), label="bytes")
+    if mode == "truncate":
+        return content[:data.draw(st.integers(0, max(len(content) - 1, 0)), label="cut")]
+    damaged = bytearray(content)
+    for _ in range(data.draw(st.integers(1, 8), label="edits")):
+        damaged[data.draw(st.integers(0, len(damaged) - 1), label="position")] = data.draw(
+            st.integers(0, 255), label="byte")
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("mode", ["random", "truncate", "corrupt"])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_damaged_dataset_file(layout, mode, data):
+    relative = data.draw(st.sampled_from(sorted(LAYOUTS[layout])), label="file")
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), layout)
+        damaged = root / relative
+        damaged.write_bytes(damage(LAYOUTS[layout][relative], mode, data))
+        event(f"{relative.split('/')[-1].split('_0')[0]}: {check_open_dataset(root, damaged)}")
+
+
+H5_TRAIN = "ply_data_train0.h5"
+
+
+def h5_case(**overrides) -> bytes:
+    """The train h5 file of the layout with some datasets replaced."""
+    rng = np.random.default_rng(2)
+    arrays = {"data": rng.normal(size=(4, 64, 3)).astype(np.float32),
+              "label": np.array([[0], [1], [0], [1]], np.uint8),
+              "normal": rng.normal(size=(4, 64, 3)).astype(np.float32)}
+    arrays.update(overrides)
+    arrays = {key: value for key, value in arrays.items() if value is not None}
+    data, label, normal = arrays.pop("data", None), arrays.pop("label", None), arrays.pop("normal", None)
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        for key, value in (("data", data), ("label", label), ("normal", normal), *arrays.items()):
+            if value is not None:
+                h5[key] = value
+    return buffer.getvalue()
+
+
+@EXAMPLES
+@given(row=st.integers(0, 3), point=st.integers(0, 63), column=st.integers(0, 2), value=NON_FINITE,
+       where=st.sampled_from(["data", "normal"]))
+def test_h5_nan_or_inf_is_refused(row, point, column, value, where):
+    rng = np.random.default_rng(2)
+    array = rng.normal(size=(4, 64, 3)).astype(np.float32)
+    array[row, point, column] = value
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), "h5")
+        (root / H5_TRAIN).write_bytes(h5_case(**{where: array}))
+        result = check_open_dataset(root, root / H5_TRAIN)
+        # a NaN beyond the first LAYOUT_POINTS points is never read, so it may load
+        assert result.startswith("refused") or point >= LAYOUT_POINTS
+
+
+@EXAMPLES
+@given(shapes=st.integers(0, 6), labels=st.integers(0, 6), label_value=st.integers(-300, 300),
+       points=st.integers(0, 80), channels=st.integers(1, 4),
+       label_dtype=st.sampled_from(["u1", "i4", "i8", "f4"]))
+def test_h5_wrong_shapes_counts_and_labels(shapes, labels, label_value, points, channels, label_dtype):
+    data = np.zeros((shapes, points, channels), np.float32) + np.arange(points)[None, :, None]
+    label = np.full((labels, 1), label_value).astype(label_dtype) if label_dtype != "u1" else \
+        np.full((labels, 1), label_value % 256, np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), "h5")
+        (root / H5_TRAIN).write_bytes(h5_case(data=data, label=label, normal=data.copy()))
+        event(check_open_dataset(root, root / H5_TRAIN))
+
+
+@pytest.mark.parametrize("case", ["no-label", "no-data", "no-normal", "string-data", "scalar-label"])
+def test_h5_missing_or_odd_datasets(case):
+    overrides = {"no-label": {"label": None}, "no-data": {"data": None}, "no-normal": {"normal": None},
+                 "string-data": {"data": np.array([b"abc", b"def"])},
+                 "scalar-label": {"label": np.array(1, np.uint8)}}[case]
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), "h5")
+        (root / H5_TRAIN).write_bytes(h5_case(**overrides))
+        assert check_open_dataset(root, root / H5_TRAIN).startswith("refused")
+
+
+@FEW_EXAMPLES
+@given(data=st.data())
+def test_damaged_resampled_cache(data):
+    """The parsed-array cache is a file too: damaging it must not leak bad values into items."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), "resampled")
+        check_open_dataset(root, root)  # builds the caches
+        caches = sorted((root / ".pcea-cache").glob("*.npy"))
+        assert len(caches) == 2
+        cache = data.draw(st.sampled_from(caches), label="cache")
+        mode = data.draw(st.sampled_from(["random", "truncate", "corrupt"]), label="mode")
+        cache.write_bytes(damage(cache.read_bytes(), mode, data))
+        event(f"{mode}: {check_open_dataset(root, cache)}")
+
+
+def test_nan_in_resampled_cache_is_not_served():
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), "resampled")
+        check_open_dataset(root, root)
+        for cache in (root / ".pcea-cache").glob("*.npy"):
+            clouds = np.load(cache)
+            clouds[0, 0, 0] = np.nan
+            np.save(cache, clouds)
+        assert check_open_dataset(root, cache).startswith(("refused", "loaded"))
+
+
+# --- special paths and huge declared sizes, in a child process with bounded memory ----------
+
+SPECIAL_TARGETS = {
+    "h5": ["shape_names.txt", "train_files.txt", H5_TRAIN],
+    "resampled": ["modelnet40_shape_names.txt", "modelnet40_train.txt", "airplane/airplane_0001.txt"],
+    "mesh": ["airplane/train/airplane_0001.off"],
+}
+SPECIAL_KINDS = ["directory", "symlink-loop", "dangling-symlink", "fifo", "dev-zero"]
+SPECIAL_CASES = [f"{layout}:{target}:{kind}" for layout, targets in SPECIAL_TARGETS.items()
+                 for target in targets for kind in SPECIAL_KINDS]
+HUGE_H5_CASES = ["h5:declares-1e6-shapes", "h5:declares-1e8-labels"]
+CHILD_MEMORY = 1024**3  # address space the child may add to what it has after its imports
+
+
+def make_special(path: Path, kind: str) -> None:
+    path.unlink()
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "symlink-loop":
+        partner = path.with_name(path.name + ".loop")
+        path.symlink_to(partner)
+        partner.symlink_to(path)
+    elif kind == "dangling-symlink":
+        path.symlink_to(path.with_name("nowhere"))
+    elif kind == "fifo":
+        os.mkfifo(path)  # opening it for reading blocks until a writer comes: a hang if unguarded
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")  # endless bytes without a newline
+    else:
+        raise AssertionError(kind)
+
+
+def huge_h5(case: str) -> bytes:
+    """A few-kB h5 file whose datasets declare gigabytes (chunked and never written)."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        shapes = 10**6 if case.endswith("1e6-shapes") else 4
+        labels = 10**8 if case.endswith("1e8-labels") else shapes
+        h5.create_dataset("data", shape=(shapes, 64, 3), dtype="f4", chunks=(1, 64, 3))
+        h5.create_dataset("normal", shape=(shapes, 64, 3), dtype="f4", chunks=(1, 64, 3))
+        h5.create_dataset("label", shape=(labels, 1), dtype="u1", chunks=(4096, 1))
+    return buffer.getvalue()
+
+
+def run_child_case(case: str) -> str:
+    """Run one case (in the child); return the outcome, or a line starting with FAIL."""
+    layout, target, *kind = case.split(":")
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), layout)
+        if kind:
+            damaged = root / target
+            make_special(damaged, kind[0])
+        else:
+            damaged = root / H5_TRAIN
+            damaged.write_bytes(huge_h5(target))
+        try:
+            return check_open_dataset(root, damaged, direct=True, seconds=2)
+        except ReadTimedOut as err:
+            return f"FAIL: {err}"
+        except (AssertionError, Exception) as err:
+            return f"FAIL: {type(err).__name__}: {str(err)[:300]}"
+
+
+def child_main(cases: list[str]) -> None:
+    import json
+    import resource
+
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + CHILD_MEMORY, resource.RLIM_INFINITY))
+    for case in cases:
+        print(json.dumps({"case": case, "result": run_child_case(case)}), flush=True)
+
+
+@pytest.fixture(scope="module")
+def child_results() -> dict[str, str]:
+    import json
+    import subprocess
+    import sys
+
+    cases = SPECIAL_CASES + HUGE_H5_CASES
+    done = subprocess.run([sys.executable, __file__, *cases], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parent)
+    results = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            results[row["case"]] = row["result"]
+    for case in cases:  # a case the child never reported crashed or hung it
+        results.setdefault(case, f"FAIL: child exited {done.returncode} before reporting; "
+                                 f"stderr: {done.stderr[-300:]!r}")
+    return results
+
+
+@pytest.mark.parametrize("case", SPECIAL_CASES + HUGE_H5_CASES)
+def test_special_paths_and_huge_sizes_in_datasets(case, child_results):
+    assert not child_results[case].startswith("FAIL"), child_results[case]
+
+
+if __name__ == "__main__":
+    import sys
+
+    child_main(sys.argv[1:])
+
+
+def test_h5_declaring_huge_datasets_is_refused_before_allocating():
+    """A 5 kB h5 file declaring 10^5 shapes (chunked, never written) must not be read into memory."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_layout(Path(folder), "h5")
+        import h5py
+
+        with h5py.File(root / H5_TRAIN, "w") as h5:
+            for key in ("data", "normal"):
+                h5.create_dataset(key, shape=(10**5, 64, 3), dtype="f4", chunks=(1000, 64, 3))
+            h5.create_dataset("label", shape=(10**5, 1), dtype="u1", chunks=(4096, 1))
+        assert (root / H5_TRAIN).stat().st_size < 64 * 1024
+        tracemalloc.start()
+        try:
+            result = check_open_dataset(root, root / H5_TRAIN)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        size = (root / H5_TRAIN).stat().st_size
+        assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes for a {size}-byte file"
+        assert result.startswith("refused")
