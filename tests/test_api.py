@@ -1,0 +1,94 @@
+"""pcea.load_model: round trip, run directories, class names, refusal of unsafe or mismatched files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+
+import pytest
+import torch
+
+import pcea
+from pcea.engine.checkpoint import save_checkpoint
+
+TINY = {"num_points": 128, "centers": (64, 32), "neighbors": (8, 8), "embed_dim": 16, "stage_dims": (32, 64),
+        "fuse_dim": 128, "head_dims": (64, 32), "memory": 16}
+NAMES = ["ball", "box", "disc", "rod"]
+
+
+def _trained_model(seed: int) -> pcea.PCTClassifier:
+    """The tiny model after two SGD steps, so BatchNorm statistics and weights differ from the init."""
+    torch.manual_seed(seed)
+    model = pcea.build_model("pcea", num_classes=4, **TINY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 128, 3)), torch.tensor([0, 1, 2, 3]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _save(path, model, **extra):
+    payload = {"model": model.state_dict(), "model_name": "pcea", "model_config": model.config.to_dict(),
+               "class_names": NAMES, **extra}
+    return save_checkpoint(path, payload)
+
+
+def test_round_trip_gives_the_same_outputs(tmp_path):
+    model = _trained_model(0)
+    _save(tmp_path / "model.pt", model)
+    loaded = pcea.load_model(tmp_path / "model.pt")
+    assert not loaded.training
+    assert loaded.class_names == NAMES and loaded.config.num_points == 128
+    assert loaded.config == model.config
+    points = torch.randn(3, 128, 3)
+    with torch.no_grad():
+        expected = model(points).softmax(-1)
+    assert torch.allclose(loaded.predict(points), expected, atol=1e-6)
+    assert torch.allclose(loaded.predict(points[0].numpy()), expected[0], atol=1e-6)
+
+
+def test_run_directory_prefers_best(tmp_path):
+    best, last = _trained_model(1), _trained_model(2)
+    _save(tmp_path / "last.pt", last)
+    points = torch.randn(2, 128, 3)
+    assert torch.allclose(pcea.load_model(tmp_path).predict(points), last.predict(points), atol=1e-6)
+    _save(tmp_path / "best.pt", best)
+    assert torch.allclose(pcea.load_model(tmp_path).predict(points), best.predict(points), atol=1e-6)
+    assert not torch.allclose(best.predict(points), last.predict(points), atol=1e-4)
+
+
+def test_missing_and_empty_run_directory(tmp_path):
+    with pytest.raises(pcea.PceaFileError, match="without best.pt or last.pt"):
+        pcea.load_model(tmp_path)
+    with pytest.raises(pcea.PceaFileError, match="no such checkpoint"):
+        pcea.load_model(tmp_path / "nope.pt")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    model = _trained_model(0)
+    config = {**model.config.to_dict(), "memory": 8}
+    save_checkpoint(tmp_path / "bad.pt", {"model": model.state_dict(), "model_config": config,
+                                          "class_names": NAMES})
+    with pytest.raises(pcea.PceaFileError, match="bad.pt: the stored weights do not fit"):
+        pcea.load_model(tmp_path / "bad.pt")
+
+
+class _RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "code-ran"
+    body = pickle.dumps({"format": "pcea-checkpoint/1", "model": _RunsCode(str(marker))}, protocol=2)
+    header = f"PCEA-CHECKPOINT/1 {hashlib.sha256(body).hexdigest()} {len(body)}\n".encode()
+    (tmp_path / "evil.pt").write_bytes(header + body)
+    with pytest.raises(pcea.PceaFileError, match="evil.pt: refused"):
+        pcea.load_model(tmp_path / "evil.pt")
+    assert not marker.exists()
