@@ -484,7 +484,11 @@ def fetch_modelnet40(fmt: str = "h5", root: str | os.PathLike | None = None, *, 
         raise PceaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     spec = archive_spec("modelnet40", fmt, checksums=checksums)
     expected = _check_sha256(sha256) or spec.sha256
-    root = Path(root) if root is not None else Path(os.environ.get("PCEA_DATA", "datasets"))
+    if root is None:
+        from pcea.data import default_root
+
+        root = default_root()
+    root = Path(root)
     target = root / spec.extracts_to
     if (target / MARKER).is_file():
         _say(f"{target} is already there; nothing to do")

@@ -348,3 +348,9 @@ def test_shipped_checksums_are_honest():
         assert spec.urls and all(u.startswith(("http://", "https://")) for u in spec.urls)
         assert spec.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
         assert table["modelnet40"][fmt]["extracts_to"] == spec.extracts_to
+
+
+def test_default_root_follows_pcea_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("PCEA_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(PceaError, match=f"put it in {tmp_path / 'elsewhere'}/"):
+        fetch_modelnet40("h5", url=closed_port_url(), progress=False, retries=0)
