@@ -297,6 +297,8 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
             break
         except UnreachableError as err:
             raise UnreachableError(f"could not reach {url} ({err})") from None
+        except OSError as err:  # network errors became the private ones above: this is the local disk
+            raise PceaFileError(part, f"cannot write the download ({err.strerror or err})") from None
         except _Restart:
             restarts += 1
             if restarts > 1:
@@ -399,8 +401,11 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
                 raise PceaFileError(archive, f"member {member.filename!r} is a symbolic link; "
                                              f"refusing to extract")
             plan.append((member, _member_path(archive, member.filename)))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+        except OSError as err:
+            raise PceaFileError(dest.parent, f"cannot write here ({err.strerror or err})") from None
         try:
             written = 0
             for member, relative in plan:
@@ -425,6 +430,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise PceaFileError(archive, f"corrupt or unsupported member ({err})") from None
+        except OSError as err:  # a full disk, a read-only directory
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PceaFileError(dest, f"cannot extract here ({err.strerror or err}); "
+                                      f"nothing was left behind") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -434,7 +443,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
 def _install(archive: Path, root: Path, spec: ArchiveSpec, marker: dict, *, max_bytes: int,
              max_members: int) -> Path:
     """Extract ``archive`` and move its ``spec.extracts_to`` directory into ``root``, with a marker."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.extracts_to}.", suffix=".staging", dir=root))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.extracts_to}.", suffix=".staging", dir=root))
+    except OSError as err:
+        raise PceaFileError(root, f"cannot write here ({err.strerror or err})") from None
     try:
         tree = safe_extract(archive, staging / "tree", max_bytes=max_bytes, max_members=max_members)
         inner = tree / spec.extracts_to
@@ -445,6 +457,9 @@ def _install(archive: Path, root: Path, spec: ArchiveSpec, marker: dict, *, max_
         (inner / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         target = root / spec.extracts_to
         os.replace(inner, target)
+    except OSError as err:
+        raise PceaFileError(root, f"cannot extract here ({err.strerror or err}); "
+                                  f"nothing was left behind") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -496,7 +511,10 @@ def fetch_modelnet40(fmt: str = "h5", root: str | os.PathLike | None = None, *, 
     if target.exists():
         _say(f"{target} already exists (not made by pcea download); using it as it is")
         return target
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PceaFileError(root, f"cannot create the directory ({err.strerror or err})") from None
     archive = root / spec.file
     if archive.is_file():
         _say(f"using {archive}, found in place")

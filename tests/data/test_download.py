@@ -354,3 +354,14 @@ def test_default_root_follows_pcea_data(tmp_path, monkeypatch):
     monkeypatch.setenv("PCEA_DATA", str(tmp_path / "elsewhere"))
     with pytest.raises(PceaError, match=f"put it in {tmp_path / 'elsewhere'}/"):
         fetch_modelnet40("h5", url=closed_port_url(), progress=False, retries=0)
+
+
+def test_unwritable_places_give_one_line_errors(tmp_path, archive):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PceaFileError, match="cannot create the directory"):
+        fetch_modelnet40("h5", blocker / "root", url=closed_port_url(), progress=False)
+    zipped = tmp_path / ARCHIVE
+    zipped.write_bytes(archive)
+    with pytest.raises(PceaFileError, match="cannot write here"):
+        safe_extract(zipped, blocker / "out")
