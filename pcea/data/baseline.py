@@ -53,7 +53,7 @@ def d2_histograms(clouds: np.ndarray, *, pairs: int = 8192, bins: int = 64, max_
     return histograms / pairs
 
 
-def _candidates(seed: int) -> dict:
+def _candidates(seed: int, trees: int) -> dict:
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -61,12 +61,13 @@ def _candidates(seed: int) -> dict:
 
     models = {f"svm-rbf C={c} gamma={g}": make_pipeline(StandardScaler(), SVC(C=c, gamma=g))
               for c in (1.0, 10.0, 100.0) for g in ("scale", 0.003)}
-    models["random-forest 500"] = RandomForestClassifier(n_estimators=500, random_state=seed, n_jobs=1)
+    models[f"random-forest {trees}"] = RandomForestClassifier(n_estimators=trees, random_state=seed)
     return models
 
 
 def d2_baseline(train_points: np.ndarray, train_labels: np.ndarray, test_points: np.ndarray,
-                test_labels: np.ndarray, seed: int = 0, *, details: dict | None = None) -> float:
+                test_labels: np.ndarray, seed: int = 0, *, trees: int = 300,
+                details: dict | None = None) -> float:
     """Test accuracy of the best D2 classifier picked by cross-validation on the training split.
 
     Args:
@@ -75,6 +76,7 @@ def d2_baseline(train_points: np.ndarray, train_labels: np.ndarray, test_points:
         test_points: (n_test, N, C) clouds.
         test_labels: (n_test,) integer labels.
         seed: seed of the pair sampling, the folds and the forest.
+        trees: trees of the random-forest candidate.
         details: if given, filled with "classifier" (the chosen one) and "cv_accuracy".
 
     Returns:
@@ -86,7 +88,7 @@ def d2_baseline(train_points: np.ndarray, train_labels: np.ndarray, test_points:
     test_labels = np.asarray(test_labels).ravel()
     train_features = d2_histograms(train_points, seed=seed)
     test_features = d2_histograms(test_points, seed=seed + 1)
-    models = _candidates(seed)
+    models = _candidates(seed, trees)
     folds = min(5, int(np.bincount(train_labels).min()))
     scores = {}
     if folds >= 2:
@@ -140,12 +142,13 @@ def load_h5_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.n
     return np.concatenate(points), np.concatenate(labels)
 
 
-def run_baseline(path: str | os.PathLike, *, seed: int = 0) -> dict:
+def run_baseline(path: str | os.PathLike, *, seed: int = 0, trees: int = 300) -> dict:
     """Train and test the D2 baseline on an h5-layout dataset.
 
     Args:
         path: the h5 layout's folder, or a pcea-shapes root.
         seed: the baseline's seed.
+        trees: trees of the random-forest candidate.
 
     Returns:
         {"accuracy", "classifier", "cv_accuracy", "train", "test", "classes"}.
@@ -155,6 +158,7 @@ def run_baseline(path: str | os.PathLike, *, seed: int = 0) -> dict:
     if len(np.unique(train_labels)) < 2:
         raise PceaError(f"{path}: the training split has fewer than two classes")
     details: dict = {}
-    accuracy = d2_baseline(train_points, train_labels, test_points, test_labels, seed, details=details)
+    accuracy = d2_baseline(train_points, train_labels, test_points, test_labels, seed, trees=trees,
+                           details=details)
     return {"accuracy": accuracy, **details, "train": len(train_labels), "test": len(test_labels),
             "classes": int(max(train_labels.max(), test_labels.max())) + 1}
