@@ -82,6 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
                 return
             status = 206
+            if server.wrong_content_range:  # claim (and send) the body from byte 0 instead
+                start = 0
             headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
         payload = body[start:]
         self.send_response(status)
@@ -116,6 +118,7 @@ class Server(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.html = False
         self.ignore_range = False
+        self.wrong_content_range = False
         self.drops: list[int] = []  # byte counts after which the next responses are cut
 
     def url(self, path: str) -> str:
@@ -212,6 +215,15 @@ def test_server_ignoring_range_restarts_from_zero(tmp_path, server, archive):
     target = fetch(tmp_path, server, archive, retries=1)
     # The second answer was a 200 with the whole file: appending it would break the checksum.
     assert server.requests[1]["range"] is not None
+    assert (target / MARKER).is_file()
+
+
+def test_206_with_the_wrong_content_range_restarts(tmp_path, server, archive):
+    server.drops = [60_000]
+    server.wrong_content_range = True
+    target = fetch(tmp_path, server, archive, retries=1)
+    # the resumed answer started at byte 0, not where the part file ended: start over without Range
+    assert [r["range"] is not None for r in server.requests] == [False, True, False]
     assert (target / MARKER).is_file()
 
 
