@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from collections.abc import Callable
 
 from pcea.errors import PceaError
 
@@ -99,6 +100,8 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 def _cmd_download(args: argparse.Namespace) -> int:
     from pcea.data.download import fetch_modelnet40
 
+    if not args.max_gb > 0:
+        raise PceaError(f"--max-gb {args.max_gb}: must be a positive number of GiB")
     fetch_modelnet40(args.format, args.root, url=args.url, sha256=args.sha256,
                      max_download_bytes=int(args.max_gb * 1024**3), keep_archive=args.keep_archive)
     return 0
@@ -312,6 +315,73 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind: type) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+    return parse
+
+
+def _fps_settings(text: str) -> list[tuple[int, int, int]]:
+    try:
+        settings = []
+        for item in text.split(","):
+            shape, m = item.split(":")
+            b, n = shape.lower().split("x")
+            settings.append((int(b), int(n), int(m)))
+        return settings
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxN:M,... like 32x1024:512, got {text!r}") from None
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput and memory of the models, attention layers and point ops")
+    p.add_argument("--model", type=_csv(str), default=["pcea"], help="pcea,pct,pct-sa")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--points", type=_csv(int), default=[1024],
+                   help="points per cloud for the models and tokens for the attention layers, e.g. 1024,4096")
+    p.add_argument("--attention", type=_csv(str), default=["external", "offset", "self"],
+                   help="attention kinds timed alone (empty string: none)")
+    p.add_argument("--attention-batch", type=int, default=8, help="batch size for the attention layers alone")
+    p.add_argument("--fps", type=_fps_settings, default=[(32, 1024, 512), (32, 4096, 1024), (8, 8192, 2048)],
+                   help="FPS settings BxN:M, comma-separated")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per setting (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    p.add_argument("--rounds", type=int, default=1, help="run all settings this many times, report medians")
+    p.add_argument("--reference", action="store_true",
+                   help="also time a plain PCT reimplementation (conv1d, full groups, torch FPS)")
+    p.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
+    p.add_argument("--only", type=_csv(str), default=["models", "attention", "ops"],
+                   help="sections to run: models,attention,ops")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="measure in this process instead of one child process per setting")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON (scripts/plot_bench.py)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pcea.bench import BenchConfig, format_report, run_bench, write_json
+
+    config = BenchConfig(
+        models=args.model, batch_size=args.batch_size, points=args.points, attention=args.attention,
+        attention_batch=args.attention_batch, fps=args.fps, device=args.device, threads=args.threads,
+        repeats=args.repeats, warmup=args.warmup, rounds=args.rounds, reference=args.reference,
+        train=args.train, isolate=args.isolate, sections=args.only,
+    )
+    result = run_bench(config)
+    result["command"] = "pcea " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pcea bench"
+    print(format_report(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcea",
@@ -326,12 +396,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_synth(sub)
     _add_baseline(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:
+        # pcea is the whole process (console script or python -m pcea): restart
+        # it once with glibc malloc keeping freed memory, which makes CPU passes
+        # ~2x faster (see pcea/allocator.py; PCEA_ALLOCATOR=system turns it off).
+        # Never from a library caller that passes argv: that would replace its process.
+        from pcea.allocator import reexec_if_needed
+
+        reexec_if_needed(args.command, getattr(args, "device", None), sys.argv[1:])
     try:
         return int(args.func(args) or 0)
     except PceaError as err:

@@ -287,8 +287,11 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
         UnreachableError: the URL could not be reached or answered with an HTTP error.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PceaFileError(dest.parent, f"cannot create the directory ({err.strerror or err})") from None
     restarts = 0
     attempt = 0
     while True:

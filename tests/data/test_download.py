@@ -310,6 +310,8 @@ def test_cli_download_with_url_and_sha256(tmp_path, server, archive, capsys):
     assert main(argv) == 0 and len(server.requests) == 1
     assert main([*argv[:-1], "abc"]) == 1
     assert "--sha256 must be 64 hexadecimal digits" in capsys.readouterr().err
+    assert main([*argv, "--max-gb", "0"]) == 1
+    assert "--max-gb 0.0: must be a positive" in capsys.readouterr().err
 
 
 # Hostile archives: each must be refused with nothing written outside, or half-written inside, root.
