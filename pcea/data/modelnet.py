@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import warnings
 import zlib
@@ -115,9 +116,29 @@ class _PointCloudDataset(Dataset):
         return keep
 
 
-def _read_names(path: Path) -> list[str]:
+LIST_MAX_BYTES = 64 * 1024**2  # name and list files are kilobytes; this stops a /dev/zero in their place
+
+
+def _check_regular(path: Path, max_bytes: int | None = None) -> None:
+    """Refuse anything but a regular file (a FIFO blocks, a device never ends) or one too big."""
     try:
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        info = path.stat()
+    except FileNotFoundError:
+        raise PceaFileError(path, "no such file") from None
+    except OSError as err:  # a symlink loop, a permission problem
+        raise PceaFileError(path, f"cannot open ({err.strerror or err})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise PceaFileError(path, "is a directory, expected a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise PceaFileError(path, "is not a regular file (a FIFO, device or socket)")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise PceaFileError(path, f"file is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+
+
+def _read_names(path: Path) -> list[str]:
+    _check_regular(path, LIST_MAX_BYTES)
+    try:
+        names = [line.strip() for line in path.read_bytes().decode("utf-8").splitlines() if line.strip()]
     except OSError as err:
         raise PceaFileError(path, f"cannot read ({err.strerror or err})") from None
     except UnicodeDecodeError:
@@ -166,6 +187,7 @@ class ModelNet40H5(_PointCloudDataset):
         files = self._files()
         clouds, labels = [], []
         for path in files:
+            _check_regular(path)
             try:
                 with h5py.File(path, "r") as h5:
                     cloud, label = self._read(path, h5, len(names))
@@ -182,7 +204,7 @@ class ModelNet40H5(_PointCloudDataset):
         listing = self.root / f"{self.split}_files.txt"
         if listing.is_file():
             files = [self.root / Path(line.replace("\\", "/")).name for line in _read_names(listing)]
-            missing = [path.name for path in files if not path.is_file()]
+            missing = [path.name for path in files if not path.exists() and not path.is_symlink()]
             if missing:
                 raise PceaFileError(listing, f"lists {', '.join(missing)}, not found in {self.root}")
             return files
@@ -203,9 +225,11 @@ class ModelNet40H5(_PointCloudDataset):
         if data.shape[1] < self.num_points:
             raise PceaFileError(path, f"stores {data.shape[1]} points per shape, "
                                       f"num_points={self.num_points} asks for more")
+        if label.size != data.shape[0]:
+            raise PceaFileError(path, f"{data.shape[0]} shapes but {label.size} labels")
+        for key in ("data", "label") + (("normal",) if self.normals else ()):
+            _check_stored(path, key, h5[key])
         labels = np.asarray(label[()]).reshape(-1).astype(np.int64)
-        if len(labels) != data.shape[0]:
-            raise PceaFileError(path, f"{data.shape[0]} shapes but {len(labels)} labels")
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise PceaFileError(path, f"label {labels.max()} outside the {num_classes} classes "
                                       "of shape_names.txt")
@@ -219,6 +243,21 @@ class ModelNet40H5(_PointCloudDataset):
         if not np.isfinite(clouds).all():
             raise PceaFileError(path, "contains NaN or infinite values")
         return clouds, labels
+
+
+def _check_stored(path: Path, key: str, dataset) -> None:
+    """Refuse a dataset that declares far more bytes than the file stores for it.
+
+    A few-kB h5 file can declare a chunked dataset of gigabytes that was never
+    written; reading it would allocate all of that. Uncompressed data must be
+    stored in full; compressed data is allowed a 100:1 ratio.
+    """
+    declared = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    if declared and stored < (declared / 100 if filtered else declared):
+        raise PceaFileError(path, f"{key!r} declares shape {dataset.shape} ({declared:,} bytes) but the "
+                                  f"file stores {stored:,} bytes of it (truncated or never written)")
 
 
 # --- Princeton meshes ---------------------------------------------------------------------
@@ -341,10 +380,10 @@ class ModelNet40Resampled(_PointCloudDataset):
         if cache.is_file():
             try:
                 clouds = np.load(cache, allow_pickle=False)
-                if clouds.shape == expected and clouds.dtype == np.float32:
+                if clouds.shape == expected and clouds.dtype == np.float32 and np.isfinite(clouds).all():
                     return clouds
-            except (OSError, ValueError):
-                pass  # a damaged cache is rebuilt below
+            except Exception:  # a damaged cache (truncated, garbage) is rebuilt below
+                pass
         clouds = np.stack([self._parse(self.root / shape_id.rsplit("_", 1)[0] / f"{shape_id}.txt")
                            for shape_id in shape_ids])
         try:
@@ -366,6 +405,9 @@ class ModelNet40Resampled(_PointCloudDataset):
 
     def _parse(self, path: Path) -> np.ndarray:
         """The first ``num_points`` ``x,y,z,nx,ny,nz`` lines of one shape, normalised."""
+        from pcea.io import DEFAULT_MAX_BYTES
+
+        _check_regular(path, DEFAULT_MAX_BYTES)
         try:
             with path.open("rb") as handle:
                 lines = list(islice(handle, self.num_points))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+
 import h5py
 import numpy as np
 import pytest
@@ -78,10 +81,13 @@ def make_resampled(root, prefix="modelnet40", points=STORED, seed=0):
             cloud = rng.normal(size=(points, 6)).astype(np.float32)
             folder = root / shape_id.rsplit("_", 1)[0]
             folder.mkdir(exist_ok=True)
-            (folder / f"{shape_id}.txt").write_text(
-                "\n".join(",".join(f"{v:.6f}" for v in row) for row in cloud) + "\n")
+            write_resampled_text(folder / f"{shape_id}.txt", cloud)
             clouds[shape_id] = cloud
     return clouds
+
+
+def write_resampled_text(path, cloud):
+    path.write_text("\n".join(",".join(f"{v:.6f}" for v in row) for row in cloud) + "\n")
 
 
 def add_noise(points, rng):
@@ -205,12 +211,20 @@ def test_resampled_layout_parses_once_and_reuses_the_cache(tmp_path):
     cached = ModelNet40Resampled(tmp_path, "train", num_points=32)
     assert torch.equal(cached[4][0], points[:, :3])
     # another num_points is another cache entry, parsed from the text files again
-    with pytest.raises(PceaFileError, match=r"bed_0002\.txt: cannot read"):
+    with pytest.raises(PceaFileError, match=r"bed_0002\.txt: no such file"):
         ModelNet40Resampled(tmp_path, "train", num_points=16)
     # a damaged cache is rebuilt rather than trusted
-    cache_files[0].write_bytes(b"garbage")
-    with pytest.raises(PceaFileError, match=r"bed_0002\.txt"):
-        ModelNet40Resampled(tmp_path, "train", num_points=32)
+    for damage in (b"garbage", b""):
+        cache_files[0].write_bytes(damage)
+        with pytest.raises(PceaFileError, match=r"bed_0002\.txt"):
+            ModelNet40Resampled(tmp_path, "train", num_points=32)
+    # and so is one holding NaN
+    write_resampled_text(tmp_path / "bed" / "bed_0002.txt", clouds["bed_0002"])
+    ModelNet40Resampled(tmp_path, "train", num_points=32)
+    poisoned = np.load(cache_files[0])
+    poisoned[4, 0, 0] = np.nan
+    np.save(cache_files[0], poisoned)
+    assert torch.isfinite(ModelNet40Resampled(tmp_path, "train", num_points=32)[4][0]).all()
 
 
 def test_resampled_modelnet10_lists_and_errors(tmp_path):
@@ -253,3 +267,36 @@ def test_open_dataset_errors_say_what_was_expected(tmp_path):
     make_h5(tmp_path / "b")
     with pytest.raises(PceaError, match="several h5 datasets"):
         open_dataset(tmp_path)
+
+
+def test_special_files_and_unwritten_h5_datasets_are_refused(tmp_path):
+    make_h5(tmp_path / "h5")
+    names = tmp_path / "h5" / "shape_names.txt"
+    names.unlink()
+    os.mkfifo(names)  # reading a FIFO without a writer would block forever
+    with pytest.raises(PceaFileError, match=r"shape_names\.txt: is not a regular file"):
+        ModelNet40H5(tmp_path / "h5", num_points=8)
+    names.unlink()
+    names.symlink_to("/dev/zero")  # endless bytes
+    with pytest.raises(PceaFileError, match=r"shape_names\.txt: is not a regular file"):
+        ModelNet40H5(tmp_path / "h5", num_points=8)
+    names.unlink()
+    names.write_text("\n".join(CLASSES))
+    # a few-kB file declaring 10^6 shapes that were never written must not be read
+    with h5py.File(tmp_path / "h5" / "ply_data_test0.h5", "w") as h5:
+        h5.create_dataset("data", shape=(10**6, 64, 3), dtype="f4", chunks=(1, 64, 3))
+        h5.create_dataset("label", shape=(10**6, 1), dtype="u1", chunks=(4096, 1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(PceaFileError, match=r"test0\.h5: 'data' declares shape \(1000000, 64, 3\)"):
+            ModelNet40H5(tmp_path / "h5", "test", num_points=8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024**2
+    make_resampled(tmp_path / "resampled")
+    shape = tmp_path / "resampled" / "chair" / "chair_0001.txt"
+    shape.unlink()
+    shape.symlink_to("/dev/zero")
+    with pytest.raises(PceaFileError, match=r"chair_0001\.txt: is not a regular file"):
+        ModelNet40Resampled(tmp_path / "resampled", num_points=8)
