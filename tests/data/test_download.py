@@ -7,13 +7,17 @@ import io
 import json
 import re
 import socket
+import tempfile
 import threading
+import warnings
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pcea.cli import main
 from pcea.data.download import (
@@ -379,3 +383,32 @@ def test_unwritable_places_give_one_line_errors(tmp_path, archive):
     zipped.write_bytes(archive)
     with pytest.raises(PceaFileError, match="cannot write here"):
         safe_extract(zipped, blocker / "out")
+
+
+PARTS = st.sampled_from(["a", "b.txt", "..", ".", "", "/", "\\", "C:", "..\\x", "c/..", "~", "\u00e9"])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(names=st.lists(st.lists(PARTS, min_size=1, max_size=5).map("/".join), min_size=1, max_size=6))
+def test_extraction_never_writes_outside_the_target(names):
+    """Whatever the member names, extraction either refuses or keeps every file under the target."""
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        archive = base / "names.zip"
+        with zipfile.ZipFile(archive, "w") as zf, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicate names are part of the attack
+            for name in names:
+                if name.endswith(("/", "\\")):
+                    continue  # a directory entry has no data to misplace
+                zf.writestr(zipfile.ZipInfo(name), b"x")
+        outside_before = {p for p in base.rglob("*")}
+        try:
+            safe_extract(archive, base / "out" / "target")
+        except PceaFileError as err:
+            assert str(archive) in str(err) or str(base / "out") in str(err)
+            assert not (base / "out" / "target").exists()
+        created = {p for p in base.rglob("*")} - outside_before
+        target = (base / "out" / "target").resolve()
+        for path in created:
+            resolved = path.resolve()
+            assert resolved == target.parent or resolved.is_relative_to(target), path
