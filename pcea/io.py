@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pcea.data.transforms import normalize_unit_sphere
-from pcea.errors import PceaFileError
+from pcea.errors import PceaError, PceaFileError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -92,9 +92,10 @@ def load_points(
 
     Raises:
         PceaFileError: the file is missing, too large, unreadable or degenerate.
+        PceaError: num_points is below 1.
     """
     if num_points < 1:
-        raise ValueError(f"num_points={num_points} must be at least 1")
+        raise PceaError(f"num_points={num_points}: must be at least 1")
     path = Path(path)
     suffix = _check_file(path, max_bytes, MESH_EXTENSIONS + POINT_EXTENSIONS)
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ import trimesh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pcea.errors import PceaFileError
+from pcea.errors import PceaError, PceaFileError
 from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, PceaWarning, load_mesh, load_points, sample_surface
 
 TETRA_VERTICES = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
@@ -236,6 +236,8 @@ def test_symlink_loop(tmp_path):
 
 def test_file_larger_than_the_limit(tmp_path):
     path = write(tmp_path / "m.off", tetra_off())
+    with pytest.raises(PceaError, match="num_points=0: must be at least 1"):
+        load_points(path, 0)
     with raises_naming(path, "over the limit of 50"):
         load_points(path, max_bytes=50)
 
