@@ -125,8 +125,9 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tu
 
     def add(path: Path) -> bool:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.suffix.lower() in KNOWN_EXTENSIONS and p.is_file())
+            # os.walk does not follow links into directories, so a symlink loop cannot trap it.
+            found = sorted(Path(folder) / name for folder, _, names in os.walk(path) for name in names
+                           if Path(name).suffix.lower() in KNOWN_EXTENSIONS)
         else:
             found = [path]
         for p in found:

@@ -133,3 +133,10 @@ def test_limits_refuse_large_files(checkpoint, mixed_dir, capsys):
     assert main(["classify", str(checkpoint), ply, "--max-bytes", "100"]) == 1
     err = capsys.readouterr().err
     assert str(mixed_dir / "sub" / "cloud.ply") in err and len(err.splitlines()) == 1
+
+
+def test_directory_with_a_symlink_loop(checkpoint, mixed_dir, capsys):
+    (mixed_dir / "sub" / "loop").symlink_to(mixed_dir, target_is_directory=True)
+    assert main(["classify", str(checkpoint), str(mixed_dir / "sub"), "--json"]) == 0
+    paths = sorted(json.loads(line)["path"] for line in capsys.readouterr().out.splitlines())
+    assert paths == [str(mixed_dir / "sub" / "cloud.npy"), str(mixed_dir / "sub" / "cloud.ply")]
