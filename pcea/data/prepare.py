@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -152,6 +153,11 @@ def _sample_one(task: tuple[str, str, str, int, int]) -> tuple[str, str | None, 
     return relative, None, False
 
 
+def _ignore_interrupts() -> None:
+    """In pool workers: Ctrl-C is the parent's to handle (it stops the pool), not theirs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _sample_all(tasks, workers, progress, log, report: PrepareReport) -> dict[str, str]:
     """Run :func:`_sample_one` over all tasks; returns {relative mesh path: problem}."""
     from tqdm import tqdm
@@ -165,7 +171,7 @@ def _sample_all(tasks, workers, progress, log, report: PrepareReport) -> dict[st
     pool = None
     try:
         if workers > 1:
-            pool = multiprocessing.get_context().Pool(workers)
+            pool = multiprocessing.get_context().Pool(workers, initializer=_ignore_interrupts)
             results = pool.imap_unordered(_sample_one, tasks, chunksize=4)
         else:
             results = map(_sample_one, tasks)
