@@ -339,8 +339,8 @@ class ModelNet40Resampled(_PointCloudDataset):
 
     ``modelnet40_shape_names.txt`` names the classes, ``modelnet40_{train,test}.txt``
     list shape ids (``airplane_0001``), and ``<class>/<shape id>.txt`` holds one
-    ``x,y,z,nx,ny,nz`` line per point (10,000 per shape). A directory with only the
-    ``modelnet10_*`` lists is read as ModelNet10.
+    ``x,y,z,nx,ny,nz`` line per point (10,000 per shape). The ``modelnet10_*`` lists
+    are used when they are the only ones, or when ``classes`` names exactly their classes.
 
     Parsing thousands of text files is slow, so the first time the first
     ``num_points`` points of every listed shape are parsed once, normalised to the
@@ -360,6 +360,11 @@ class ModelNet40Resampled(_PointCloudDataset):
         if prefix is None:
             raise PceaFileError(self.root, "no modelnet40_shape_names.txt or modelnet10_shape_names.txt")
         names = _read_names(self.root / f"{prefix}_shape_names.txt")
+        ten = self.root / "modelnet10_shape_names.txt"
+        if (prefix == "modelnet40" and classes is not None and ten.is_file()
+                and (self.root / f"modelnet10_{split}.txt").is_file()
+                and set(classes) == set(_read_names(ten))):
+            prefix, names = "modelnet10", _read_names(ten)  # the release's own ModelNet10 lists
         shape_ids = _read_names(self.root / f"{prefix}_{split}.txt")
         labels = []
         for shape_id in shape_ids:

@@ -227,6 +227,17 @@ def test_resampled_layout_parses_once_and_reuses_the_cache(tmp_path):
     assert torch.isfinite(ModelNet40Resampled(tmp_path, "train", num_points=32)[4][0]).all()
 
 
+def test_resampled_prefers_the_release_modelnet10_lists_for_its_classes(tmp_path):
+    make_resampled(tmp_path)
+    ten = ["bed", "chair"]
+    (tmp_path / "modelnet10_shape_names.txt").write_text("\n".join(ten) + "\n")
+    (tmp_path / "modelnet10_train.txt").write_text("chair_0002\nbed_0003\n")
+    release = ModelNet40Resampled(tmp_path, "train", num_points=8, classes=["chair", "bed"])
+    assert release.class_names == ten and release.labels.tolist() == [1, 0]
+    filtered = ModelNet40Resampled(tmp_path, "train", num_points=8, classes=["chair"])
+    assert filtered.class_names == ["chair"] and len(filtered) == 3
+
+
 def test_resampled_modelnet10_lists_and_errors(tmp_path):
     make_resampled(tmp_path, prefix="modelnet10")
     dataset = ModelNet40Resampled(tmp_path, "test", num_points=8, cache_dir=tmp_path / "cache")
