@@ -439,7 +439,7 @@ EXPECTED = ("expected one of: the h5 layout (shape_names.txt, train_files.txt, p
 
 
 def detect_layout(path: Path) -> str | None:
-    """"h5", "resampled" or "mesh" when ``path`` itself holds that layout, else None."""
+    """The layout ``path`` itself holds ("h5", "resampled" or "mesh"), or None."""
     if not path.is_dir():
         return None
     if (path / "shape_names.txt").is_file() and (
@@ -472,13 +472,11 @@ def find_layout(path: str | os.PathLike) -> tuple[Path, str]:
     layout = detect_layout(path)
     if layout is not None:
         return path, layout
-    children = sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    children = _subdirectories(path)
     for depth in (1, 2):
         groups: dict[Path, list[tuple[Path, str]]] = {}
         for child in children:
-            candidates = [child] if depth == 1 else sorted(
-                entry for entry in child.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-            for candidate in candidates:
+            for candidate in [child] if depth == 1 else _subdirectories(child):
                 found = detect_layout(candidate)
                 if found is not None:
                     groups.setdefault(path if depth == 1 else child, []).append((candidate, found))
@@ -493,6 +491,14 @@ def find_layout(path: str | os.PathLike) -> tuple[Path, str]:
                                     + ", ".join(str(item[0]) for item in found) + "); name one of them")
             return found[0]
     raise PceaFileError(path, "no ModelNet40 layout found; " + EXPECTED)
+
+
+def _subdirectories(path: Path) -> list[Path]:
+    """Sorted visible subdirectories; none where the directory cannot be listed."""
+    try:
+        return sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    except OSError:
+        return []
 
 
 def open_dataset(path: str | os.PathLike, split: str = "train", **kwargs) -> _PointCloudDataset:
