@@ -161,26 +161,36 @@ def npz(array) -> bytes:
     return buffer.getvalue()
 
 
-def valid_files(vertices=OCTA_VERTICES, cloud=CLOUD) -> dict[str, tuple[str, bytes]]:
+BUILDERS = {
+    "off": (".off", lambda v, c: off_text(v, OCTA_FACES)),
+    "off-glued": (".off", lambda v, c: off_text(v, OCTA_FACES, glued=True)),
+    "ply-ascii-mesh": (".ply", lambda v, c: ply_mesh(v, OCTA_FACES)),
+    "ply-binary-mesh": (".ply", lambda v, c: ply_mesh(v, OCTA_FACES, "binary_little_endian")),
+    "ply-binary-points": (".ply", lambda v, c: ply_points(c)),
+    "ply-ascii-points": (".ply", lambda v, c: ply_points(c, "ascii")),
+    "obj": (".obj", lambda v, c: obj_text(v, OCTA_FACES)),
+    "stl-ascii": (".stl", lambda v, c: stl_ascii(v, OCTA_FACES)),
+    "stl-binary": (".stl", lambda v, c: stl_binary(v, OCTA_FACES)),
+    "glb": (".glb", lambda v, c: glb(v, OCTA_FACES)),
+    "xyz": (".xyz", lambda v, c: text_points(c[:, :3])),
+    "txt": (".txt", lambda v, c: text_points(c, sep=",")),
+    "pts": (".pts", lambda v, c: text_points(c[:, :3], count_line=True)),
+    "csv": (".csv", lambda v, c: text_points(c, sep=",", header="x,y,z,nx,ny,nz")),
+    "npy": (".npy", lambda v, c: npy(c.astype(np.float32))),
+    "npz": (".npz", lambda v, c: npz(c)),
+}
+
+
+def build(kind: str, vertices=OCTA_VERTICES, cloud=CLOUD) -> tuple[str, bytes]:
+    """One kind of file pcea reads, as (extension, content)."""
+    ext, builder = BUILDERS[kind]
+    with np.errstate(over="ignore"):  # float32 formats turn out-of-range values into inf on purpose
+        return ext, builder(vertices, cloud)
+
+
+def valid_files() -> dict[str, tuple[str, bytes]]:
     """Every kind of file pcea reads, as (extension, content)."""
-    return {
-        "off": (".off", off_text(vertices, OCTA_FACES)),
-        "off-glued": (".off", off_text(vertices, OCTA_FACES, glued=True)),
-        "ply-ascii-mesh": (".ply", ply_mesh(vertices, OCTA_FACES)),
-        "ply-binary-mesh": (".ply", ply_mesh(vertices, OCTA_FACES, "binary_little_endian")),
-        "ply-binary-points": (".ply", ply_points(cloud)),
-        "ply-ascii-points": (".ply", ply_points(cloud, "ascii")),
-        "obj": (".obj", obj_text(vertices, OCTA_FACES)),
-        "stl-ascii": (".stl", stl_ascii(vertices, OCTA_FACES)),
-        "stl-binary": (".stl", stl_binary(vertices, OCTA_FACES)),
-        "glb": (".glb", glb(vertices, OCTA_FACES)),
-        "xyz": (".xyz", text_points(cloud[:, :3])),
-        "txt": (".txt", text_points(cloud, sep=",")),
-        "pts": (".pts", text_points(cloud[:, :3], count_line=True)),
-        "csv": (".csv", text_points(cloud, sep=",", header="x,y,z,nx,ny,nz")),
-        "npy": (".npy", npy(cloud.astype(np.float32))),
-        "npz": (".npz", npz(cloud)),
-    }
+    return {kind: build(kind) for kind in BUILDERS}
 
 
 VALID = valid_files()
@@ -289,9 +299,26 @@ def test_nan_or_inf_coordinates_are_refused(kind, row, column, value):
     vertices, cloud = OCTA_VERTICES.copy(), CLOUD.copy()
     vertices[row, column] = value
     cloud[row, column] = value
-    ext, content = valid_files(vertices, cloud)[kind]
+    ext, content = build(kind, vertices, cloud)
     with hostile_file("nonfinite" + ext, content) as path:
         assert check_load_points(path) == "refused"
+
+
+EXTREME = st.sampled_from([1e300, -1e300, 1e-300, 3.4e38, -3.4e38, 1e39, 1e-45, 5e-324])
+
+
+@pytest.mark.parametrize("kind", ["off", "ply-ascii-mesh", "ply-ascii-points", "obj", "stl-ascii", "glb",
+                                  "xyz", "csv", "npy", "npz"])
+@FEW_EXAMPLES
+@given(row=st.integers(0, 5), column=st.integers(0, 2), value=EXTREME)
+def test_extreme_finite_coordinates(kind, row, column, value):
+    """Finite values at the edges of float32/float64 must not turn into inf or NaN on the way."""
+    vertices, cloud = OCTA_VERTICES.copy(), CLOUD.copy()
+    vertices[row, column] = value
+    cloud[row, column] = value
+    ext, content = build(kind, vertices, cloud)
+    with hostile_file("extreme" + ext, content) as path:
+        event(check_load_points(path))
 
 
 # --- named cases ------------------------------------------------------------------------------
