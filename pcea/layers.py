@@ -58,6 +58,12 @@ def channels_last_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tenso
 class LBR(nn.Module):
     """Linear, BatchNorm, ReLU (PCT's "LBR"), on channels-last features of any rank.
 
+    For inference, :meth:`fuse` folds the eval-mode BatchNorm into the Linear
+    (``W' = s W``, ``b' = s (b - mean) + beta`` with ``s = gamma / sqrt(var + eps)``),
+    which saves a full pass over the activations. The folded weights are
+    non-persistent buffers: the state_dict keeps its parameters and names, and
+    ``train()`` or ``load_state_dict`` drop the folded copy.
+
     Args:
         in_dim: input channels.
         out_dim: output channels.
@@ -71,16 +77,78 @@ class LBR(nn.Module):
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
         self.bn = nn.BatchNorm1d(out_dim)
         self.negative_slope = negative_slope
+        self.register_buffer("fused_weight", None, persistent=False)  # (out, in) once fused
+        self.register_buffer("fused_bias", None, persistent=False)  # (out,) once fused
+        self._register_load_state_dict_pre_hook(self._drop_fused)
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether the BatchNorm is folded into the Linear (eval mode only)."""
+        return self.fused_weight is not None and not self.training
+
+    @torch.no_grad()
+    def fuse(self) -> LBR:
+        """Fold the running BatchNorm statistics into the Linear; needs eval mode.
+
+        Returns:
+            self, whose output is then the same function computed in one step
+            (equal within float rounding, ~1e-6 relative).
+        """
+        if self.training:
+            raise RuntimeError("LBR.fuse() needs eval mode: call model.eval() first")
+        bn = self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (out,)
+        bias = self.linear.bias if self.linear.bias is not None else torch.zeros_like(bn.running_mean)
+        self.fused_weight = self.linear.weight * scale.unsqueeze(1)  # (out, in)
+        self.fused_bias = (bias - bn.running_mean) * scale + bn.bias  # (out,)
+        return self
+
+    def unfuse(self) -> LBR:
+        """Drop the folded copy; the Linear and BatchNorm were never changed."""
+        self.fused_weight = None
+        self.fused_bias = None
+        return self
+
+    def _drop_fused(self, *args, **kwargs) -> None:
+        self.unfuse()  # new parameters make the folded copy stale
+
+    def train(self, mode: bool = True) -> LBR:
+        if mode:
+            self.unfuse()  # training updates the statistics the copy was folded from
+        return super().train(mode)
+
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The Linear's weight (out, in) and bias, with the BatchNorm folded in when fused."""
+        if self.is_fused:
+            return self.fused_weight, self.fused_bias
+        return self.linear.weight, self.linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm_act(self.linear(x))  # (..., in) -> (..., out)
+        return self.activation(self.linear_norm(x))  # (..., in) -> (..., out)
+
+    def linear_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Linear and BatchNorm without the activation: (..., in) -> (..., out).
+
+        The activations are monotone, so callers that take a max next can apply
+        them to the max instead of to every row (same values, one pass less).
+        """
+        weight, bias = self.weight_and_bias()
+        x = nn.functional.linear(x, weight, bias)  # (..., out)
+        return x if self.is_fused else channels_last_batch_norm(self.bn, x)
 
     def norm_act(self, x: torch.Tensor) -> torch.Tensor:
-        """The BatchNorm and activation alone, for callers that apply the Linear themselves."""
-        x = channels_last_batch_norm(self.bn, x)  # (..., out)
+        """The BatchNorm and activation alone, for callers that apply
+        :meth:`weight_and_bias` themselves (the BatchNorm is skipped when fused)."""
+        if not self.is_fused:
+            x = channels_last_batch_norm(self.bn, x)  # (..., out)
+        return self.activation(x)
+
+    def activation(self, x: torch.Tensor, *, inplace: bool = True) -> torch.Tensor:
+        """ReLU or LeakyReLU. In place by default, so x must be a fresh tensor
+        that autograd does not need (not the output of a max, for example)."""
         if self.negative_slope:
-            return nn.functional.leaky_relu(x, self.negative_slope, inplace=True)
-        return torch.relu_(x)
+            return nn.functional.leaky_relu(x, self.negative_slope, inplace=inplace)
+        return torch.relu_(x) if inplace else torch.relu(x)
 
 
 class ExternalAttention(nn.Module):

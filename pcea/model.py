@@ -33,7 +33,7 @@ from torch import nn
 from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
 from pcea.ops import gather, group_index
 
-__all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "PRESETS"]
+__all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "fuse_batchnorm", "PRESETS"]
 
 AttentionKind = Literal["external", "offset", "self"]
 
@@ -139,15 +139,20 @@ class NeighborEmbedding(nn.Module):
             out: (B, M, out_dim) features of the centres.
         """
         center_idx, neighbor_idx = group_index(xyz, self.num_centers, self.k)  # (B, M), (B, M, k)
-        w_offset, w_center = self.lbr1.linear.weight.split(self.in_dim, dim=1)  # (out, C) each
+        weight, bias = self.lbr1.weight_and_bias()  # BatchNorm folded in when fused
+        w_offset, w_center = weight.split(self.in_dim, dim=1)  # (out, C) each
         per_point = feats @ w_offset.t()  # (B, N, out): W_a f_j for every point
         center_feats = gather(feats, center_idx)  # (B, M, C)
         per_center = center_feats @ (w_center - w_offset).t()  # (B, M, out): (W_b - W_a) f_i
-        if self.lbr1.linear.bias is not None:
-            per_center = per_center + self.lbr1.linear.bias
-        h = gather(per_point, neighbor_idx) + per_center.unsqueeze(2)  # (B, M, k, out)
-        h = self.lbr2(self.lbr1.norm_act(h))  # (B, M, k, out)
-        return gather(xyz, center_idx), h.amax(dim=2)  # (B, M, 3), (B, M, out)
+        if bias is not None:
+            per_center = per_center + bias
+        h = gather(per_point, neighbor_idx)  # (B, M, k, out), a fresh tensor ...
+        h += per_center.unsqueeze(2)  # ... so the centre term is added in place
+        h = self.lbr2.linear_norm(self.lbr1.norm_act(h))  # (B, M, k, out)
+        # ReLU is monotone, so max_k ReLU(h) = ReLU(max_k h): one pass over the
+        # (B, M, k, out) rows less, the same values.
+        out = self.lbr2.activation(h.amax(dim=2), inplace=False)  # (B, M, k, out) -> (B, M, out)
+        return gather(xyz, center_idx), out  # (B, M, 3), (B, M, out)
 
 
 def _attention_core(config: ModelConfig, dim: int) -> nn.Module:
@@ -225,14 +230,19 @@ class PCTClassifier(nn.Module):
             outputs.append(x)
         # PCT concatenates the attention outputs and then the stage-2 features;
         # the order only permutes the fusion layer's input columns.
-        x = self.fuse(torch.cat(outputs[1:] + outputs[:1], dim=-1))  # (B, 256, 1280) -> (B, 256, 1024)
-        pooled = x.amax(dim=1)  # (B, 1024)
-        if c.pool == "max+mean":
-            pooled = torch.cat([pooled, x.mean(dim=1)], dim=-1)  # (B, 2048)
-        return pooled
+        x = self.fuse.linear_norm(torch.cat(outputs[1:] + outputs[:1], dim=-1))  # (B, 256, 1024)
+        if c.pool == "max":
+            # LeakyReLU is monotone: applying it after the max gives the same values.
+            return self.fuse.activation(x.amax(dim=1), inplace=False)  # (B, 1024)
+        x = self.fuse.activation(x)
+        return torch.cat([x.amax(dim=1), x.mean(dim=1)], dim=-1)  # (B, 2048)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)  # (B, num_classes)
+
+    def fuse_batchnorm(self) -> PCTClassifier:
+        """Switch to eval mode and fold every BatchNorm into its Linear (see :func:`fuse_batchnorm`)."""
+        return fuse_batchnorm(self)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(points))
@@ -256,6 +266,27 @@ class PCTClassifier(nn.Module):
         finally:
             self.train(was_training)
         return probs[0] if single else probs
+
+
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Prepare a model for fast inference: eval mode, each BatchNorm folded into its Linear.
+
+    The logits stay within float rounding (~1e-6) of the unfused model's and
+    the state_dict is unchanged (the folded weights are non-persistent
+    buffers). ``model.train()`` or ``load_state_dict`` undo the folding, so a
+    fused model can still be trained or saved as usual.
+
+    Args:
+        model: a :class:`PCTClassifier`, or any module built from :class:`pcea.layers.LBR`.
+
+    Returns:
+        The same model, fused, in eval mode.
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, LBR):
+            module.fuse()
+    return model
 
 
 PRESETS: dict[str, AttentionKind] = {
