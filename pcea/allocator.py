@@ -1,0 +1,110 @@
+"""The memory allocator configuration that makes CPU training and inference fast.
+
+glibc's malloc serves every block above its mmap threshold (at most 32 MiB by
+default) with a fresh ``mmap`` and returns it with ``munmap`` on free. A
+forward pass of the classifier allocates activations of tens to hundreds of
+MB, so each pass maps them again and the kernel zero-fills every page on first
+touch: on a 2-core machine about half of the process time was kernel time.
+Raising ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
+``MALLOC_TOP_PAD_`` keeps freed memory in the heap for the next pass. glibc
+reads them only when the process starts (a later ``mallopt`` recovers only
+part of the gain), so ``pcea train/eval/classify/bench`` re-execute
+themselves once with them set; see :func:`reexec_if_needed`.
+
+The cost: the process keeps its peak memory until it exits instead of giving
+it back between passes. ``PCEA_ALLOCATOR=system`` turns this off; a user who
+sets any of the three variables, or preloads tcmalloc/jemalloc/mimalloc, keeps
+that choice. On a CUDA or MPS device the activations live in the device's own
+caching allocator, so nothing is done there.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+
+__all__ = ["FAST_ENV", "COMMANDS", "allocator_env", "describe_allocator", "reexec_if_needed"]
+
+# Values well above the largest activation of a B=32 batch (hundreds of MB).
+FAST_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),  # blocks below 1 GiB come from the heap, not mmap
+    "MALLOC_TRIM_THRESHOLD_": str(4 << 30),  # never shrink the heap below 4 GiB of free top
+    "MALLOC_TOP_PAD_": str(1 << 30),  # grow the heap in large steps (address space only)
+}
+COMMANDS = ("train", "eval", "classify", "bench")
+MARKER = "PCEA_ALLOCATOR_SET"  # set in the re-executed process: guards against loops
+PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")
+
+
+def allocator_env(
+    environ: Mapping[str, str],
+    command: str,
+    device: str | None = None,
+    *,
+    system: str = sys.platform,
+    libc: str | None = None,
+) -> dict[str, str] | None:
+    """The environment to re-execute ``pcea COMMAND`` with, or None to run as is.
+
+    Args:
+        environ: the current environment.
+        command: the pcea subcommand.
+        device: the ``--device`` the user chose, if any.
+        system: ``sys.platform``; only Linux with glibc reads these variables.
+        libc: the C library's name (default: ``platform.libc_ver()``).
+
+    Returns:
+        A full environment (a copy of ``environ`` with the three variables and
+        the loop guard set) when a re-exec helps, else None.
+    """
+    if command not in COMMANDS:
+        return None
+    if environ.get("PCEA_ALLOCATOR", "").lower() == "system" or MARKER in environ:
+        return None
+    if any(name in environ for name in FAST_ENV):
+        return None  # the user chose their own glibc settings
+    if any(lib in environ.get("LD_PRELOAD", "") for lib in PRELOADED):
+        return None  # another allocator is in charge
+    if device and device.split(":")[0] in ("cuda", "mps"):
+        return None  # activations live in the device allocator
+    libc = platform.libc_ver()[0] if libc is None else libc
+    if not system.startswith("linux") or libc != "glibc":
+        return None
+    return {**environ, **FAST_ENV, MARKER: "1"}
+
+
+def describe_allocator(environ: Mapping[str, str] | None = None) -> str:
+    """One line naming the allocator configuration this process runs under."""
+    environ = os.environ if environ is None else environ
+    preload = environ.get("LD_PRELOAD", "")
+    for lib in PRELOADED:
+        if lib in preload:
+            return f"{lib} (LD_PRELOAD={preload})"
+    libc = platform.libc_ver()[0] or "system"
+    tuned = [f"{name}={environ[name]}" for name in FAST_ENV if name in environ]
+    if tuned:
+        who = "set by pcea" if MARKER in environ else "set by the user"
+        return f"{libc} malloc keeping freed memory ({', '.join(tuned)}; {who})"
+    if environ.get("PCEA_ALLOCATOR", "").lower() == "system":
+        return f"{libc} malloc, default settings (PCEA_ALLOCATOR=system)"
+    return f"{libc} malloc, default settings"
+
+
+def reexec_if_needed(command: str, device: str | None, argv: list[str]) -> None:
+    """Replace this process by ``python -m pcea ARGV`` under the fast configuration.
+
+    Returns only when no re-exec is needed or it failed (then pcea simply runs
+    with the allocator it has). Call it only where pcea is the whole process
+    (the console script, ``python -m pcea``), never from a library caller.
+    """
+    env = allocator_env(os.environ, command, device)
+    if env is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "pcea", *argv], env)
+    except OSError:
+        return

@@ -1,0 +1,421 @@
+"""``pcea bench``: throughput and memory of the models, the attention layers and the point ops.
+
+Every figure is the median of ``repeats`` timed runs after ``warmup`` untimed
+ones. Each model or attention setting runs in a fresh child process (unless
+``isolate=False``), so its peak memory is its own and one setting's heap does
+not flatter the next; ``rounds > 1`` runs all settings again in the same order
+and keeps the median over rounds, which evens out a shared machine's noise.
+
+Memory: on the CPU the peak resident set size of the process (``VmHWM`` from
+``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each
+phase; Linux only), on CUDA ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from pcea.allocator import describe_allocator
+from pcea.errors import PceaError
+
+__all__ = ["BenchConfig", "run_bench", "format_report", "machine_info"]
+
+MODELS = ("pcea", "pct", "pct-sa")
+ATTENTION = ("external", "offset", "self")
+REFERENCE = "reference"  # the ReferencePCT baseline's name in the results
+_RESULT_TAG = "PCEA_BENCH_RESULT "
+
+
+@dataclass
+class BenchConfig:
+    """What ``pcea bench`` measures (one field per command-line option)."""
+
+    models: Sequence[str] = ("pcea",)
+    batch_size: int = 32
+    points: Sequence[int] = (1024,)
+    attention: Sequence[str] = ATTENTION
+    attention_batch: int = 8
+    attention_dim: int = 256
+    fps: Sequence[tuple[int, int, int]] = ((32, 1024, 512), (32, 4096, 1024), (8, 8192, 2048))
+    knn_k: int = 32
+    device: str = "cpu"
+    threads: int | None = None
+    repeats: int = 5
+    warmup: int = 2
+    rounds: int = 1
+    reference: bool = False
+    train: bool = True
+    isolate: bool = True
+    sections: Sequence[str] = field(default=("models", "attention", "ops"))
+
+    def validate(self) -> None:
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown:
+            raise PceaError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        unknown = [a for a in self.attention if a not in ATTENTION]
+        if unknown:
+            raise PceaError(
+                f"unknown attention kind(s) {', '.join(unknown)}; choose from {', '.join(ATTENTION)}"
+            )
+        if any(n < 1 for n in self.points) or self.batch_size < 1 or self.repeats < 1 or self.rounds < 1:
+            raise PceaError("--points, --batch-size, --repeats and --rounds must be positive")
+        too_small = [n for n in self.points if n < 512]
+        if too_small and "models" in self.sections:
+            raise PceaError(f"the models need at least 512 points per cloud, got {too_small}")
+        for b, n, m in self.fps:
+            if not 1 <= m <= n or b < 1:
+                raise PceaError(f"FPS setting {b}x{n}:{m} needs 1 <= m <= N")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise PceaError(f"--device {self.device}: no CUDA device is available")
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """The machine a benchmark ran on: CPU model, cores, threads, versions, allocator."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "allocator": describe_allocator(),
+        "device": device,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # "5" resets the peak RSS (VmHWM) to the current RSS; Linux >= 4.0
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # lifetime peak: an upper bound where /proc is missing
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """User and system CPU time of this process so far (all threads)."""
+    times = os.times()
+    return times.user, times.system
+
+
+def _timed(
+    fn: Callable[[], object], *, repeats: int, warmup: int, device: str
+) -> tuple[float, float, tuple[float, float]]:
+    """Median seconds per call, the peak memory (MB) of the first call, and the
+    mean (user, system) CPU seconds per timed call: on a shared machine CPU time
+    is steadier than wall time, and the system share shows what the allocator costs.
+    """
+    _reset_peak(device)
+    fn()  # the first call also warms up; its peak is the one reported
+    _sync(device)
+    peak = _peak_mb(device)
+    for _ in range(max(0, warmup - 1)):
+        fn()
+    _sync(device)
+    times = []
+    user0, sys0 = _cpu_seconds()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    user1, sys1 = _cpu_seconds()
+    return statistics.median(times), peak, ((user1 - user0) / repeats, (sys1 - sys0) / repeats)
+
+
+def _build(name: str, num_points: int) -> nn.Module:
+    if name == REFERENCE:
+        from pcea.bench_reference import ReferencePCT
+
+        return ReferencePCT()
+    from pcea.model import build_model
+
+    return build_model(name, num_points=num_points)
+
+
+def measure_model(case: dict) -> dict:
+    """Inference (unfused and fused) and training-step throughput of one model setting."""
+    device, batch, num_points = case["device"], case["batch_size"], case["points"]
+    repeats, warmup = case["repeats"], case["warmup"]
+    torch.manual_seed(0)
+    model = _build(case["model"], num_points).to(device)
+    points = torch.randn(batch, num_points, 3, device=device)
+    row = {"model": case["model"], "batch_size": batch, "points": num_points,
+           "params": sum(p.numel() for p in model.parameters()), "rss_before_mb": _rss_mb()}
+
+    model.eval()
+    with torch.no_grad():
+        seconds, peak, cpu = _timed(lambda: model(points), repeats=repeats, warmup=warmup, device=device)
+        row.update(infer_clouds_s=batch / seconds, infer_ms=seconds * 1e3, infer_peak_mb=peak,
+                       infer_user_ms=cpu[0] * 1e3, infer_sys_ms=cpu[1] * 1e3)
+        if case["model"] != REFERENCE:
+            from pcea.model import fuse_batchnorm
+
+            fuse_batchnorm(model)
+            seconds, peak, cpu = _timed(lambda: model(points), repeats=repeats, warmup=warmup, device=device)
+            row.update(fused_clouds_s=batch / seconds, fused_ms=seconds * 1e3, fused_peak_mb=peak,
+                       fused_user_ms=cpu[0] * 1e3, fused_sys_ms=cpu[1] * 1e3)
+
+    if case["train"]:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        labels = torch.randint(0, 40, (batch,), device=device)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(points), labels).backward()
+            optimizer.step()
+
+        seconds, peak, cpu = _timed(step, repeats=repeats, warmup=warmup, device=device)
+        row.update(train_clouds_s=batch / seconds, train_ms=seconds * 1e3, train_peak_mb=peak,
+                       train_user_ms=cpu[0] * 1e3, train_sys_ms=cpu[1] * 1e3)
+    return row
+
+
+def measure_attention(case: dict) -> dict:
+    """Forward time and extra memory of the four attention blocks alone at N tokens."""
+    from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
+
+    device, kind, tokens = case["device"], case["attention"], case["points"]
+    dim, batch = case["attention_dim"], case["attention_batch"]
+    cores = {"external": lambda: ExternalAttention(dim), "offset": lambda: OffsetAttention(dim),
+             "self": lambda: SelfAttention(dim)}
+    torch.manual_seed(0)
+    blocks = nn.Sequential(*[OffsetBlock(cores[kind](), dim) for _ in range(4)]).to(device).eval()
+    x = torch.randn(batch, tokens, dim, device=device)
+    before = torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else _rss_mb()
+    with torch.no_grad():
+        seconds, peak, _ = _timed(lambda: blocks(x), repeats=case["repeats"], warmup=case["warmup"],
+                               device=device)
+    return {"attention": kind, "tokens": tokens, "batch_size": batch, "dim": dim,
+            "ms": seconds * 1e3, "tokens_s": batch * tokens / seconds,
+            "peak_mb": peak, "extra_mb": max(0.0, peak - before)}
+
+
+def measure_ops(config: BenchConfig) -> list[dict]:
+    """FPS and kNN, the compiled kernels against the plain torch forms, interleaved."""
+    from pcea import fast_ops, ops
+
+    device = config.device
+    gen = torch.Generator().manual_seed(0)
+    fast = device == "cpu" and fast_ops.available()
+
+    def pair(name: str, setting: str, run_fast, run_torch) -> dict:
+        times: dict[str, list[float]] = {"fast": [], "torch": []}
+        runs = [("fast", run_fast), ("torch", run_torch)] if fast else [("torch", run_torch)]
+        for _ in range(config.warmup):
+            for _, fn in runs:
+                fn()
+        _sync(device)
+        for _ in range(config.repeats):
+            for label, fn in runs:  # A, B, A, B: both see the same machine load
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[label].append(time.perf_counter() - start)
+        row = {"op": name, "setting": setting, "torch_ms": statistics.median(times["torch"]) * 1e3}
+        if fast:
+            row["fast_ms"] = statistics.median(times["fast"]) * 1e3
+        return row
+
+    rows = []
+    for b, n, m in config.fps:
+        xyz = torch.rand(b, n, 3, generator=gen).to(device)
+        first = torch.zeros(b, dtype=torch.long, device=device)
+        rows.append(pair("fps", f"{b}x{n}->{m}", lambda xyz=xyz, m=m: ops.farthest_point_sample(xyz, m),
+                         lambda xyz=xyz, m=m, first=first: ops._farthest_point_sample_torch(xyz, m, first)))
+    k = config.knn_k
+    for n in config.points:
+        ref = torch.rand(config.batch_size, n, 3, generator=gen).to(device)
+        query = ref[:, : max(1, n // 2)].contiguous()
+        kk = min(k, n)
+        rows.append(pair("knn", f"{config.batch_size}x{query.shape[1]} vs {n}, k={kk}",
+                         lambda q=query, r=ref, kk=kk: ops.knn(q, r, kk),
+                         lambda q=query, r=ref, kk=kk: ops._knn_torch(q, r, kk)))
+    return rows
+
+
+_MEASURE = {"model": measure_model, "attention": measure_attention}
+
+
+def _run_case(case: dict, isolate: bool) -> dict:
+    if not isolate:
+        return _MEASURE[case["kind"]](case)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pcea.bench", json.dumps(case)],
+        capture_output=True, text=True, check=False,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_TAG):
+            return json.loads(line[len(_RESULT_TAG):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"benchmark child for {case} failed (exit {proc.returncode}): {tail}")
+
+
+def _median_rows(runs: list[dict]) -> dict:
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            merged[key] = statistics.median(run[key] for run in runs)
+    return merged
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Run every setting of ``config`` and return the results (the JSON that ``--json`` writes)."""
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    threads = torch.get_num_threads()
+    common = {"device": config.device, "repeats": config.repeats, "warmup": config.warmup,
+              "threads": threads}
+    cases = []
+    if "models" in config.sections:
+        names = list(config.models) + ([REFERENCE] if config.reference else [])
+        cases += [{"kind": "model", "model": name, "points": n, "batch_size": config.batch_size,
+                   "train": config.train, **common} for n in config.points for name in names]
+    if "attention" in config.sections:
+        cases += [{"kind": "attention", "attention": kind, "points": n,
+                   "attention_batch": config.attention_batch, "attention_dim": config.attention_dim,
+                   **common} for n in config.points for kind in config.attention]
+    runs: list[list[dict]] = [[] for _ in cases]
+    for _ in range(config.rounds):
+        for i, case in enumerate(cases):
+            runs[i].append(_run_case(case, config.isolate))
+    rows = [_median_rows(r) for r in runs]
+    result = {
+        "machine": machine_info(config.device),
+        "config": {k: v for k, v in asdict(config).items()},
+        "models": [r for r, c in zip(rows, cases, strict=True) if c["kind"] == "model"],
+        "attention": [r for r, c in zip(rows, cases, strict=True) if c["kind"] == "attention"],
+        "ops": measure_ops(config) if "ops" in config.sections else [],
+    }
+    return result
+
+
+def _fmt(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(result: dict) -> str:
+    """The results as plain-text tables for the terminal."""
+    m = result["machine"]
+    lines = [
+        f"machine    {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else ""),
+        f"software   torch {m['torch']}, python {m['python']}, {m['platform']}",
+        f"allocator  {m['allocator']}",
+        f"date       {m['date']}",
+    ]
+    if result["models"]:
+        lines += ["", "models: clouds/s (median), peak memory MB "
+                  + ("(peak RSS of the process)" if m["device"] == "cpu" else "(max_memory_allocated)"),
+                  f"{'model':<10}{'B':>4}{'N':>6}{'infer':>9}{'fused':>9}{'train':>9}"
+                  f"{'infer MB':>10}{'fused MB':>10}{'train MB':>10}"]
+        for r in result["models"]:
+            lines.append(
+                f"{r['model']:<10}{r['batch_size']:>4}{r['points']:>6}{_fmt(r['infer_clouds_s']):>9}"
+                f"{_fmt(r.get('fused_clouds_s')):>9}{_fmt(r.get('train_clouds_s')):>9}"
+                f"{_fmt(r['infer_peak_mb'], '.0f'):>10}{_fmt(r.get('fused_peak_mb'), '.0f'):>10}"
+                f"{_fmt(r.get('train_peak_mb'), '.0f'):>10}")
+    if result["attention"]:
+        lines += ["", "attention layers alone (4 offset blocks, inference): ms per batch, extra memory MB",
+                  f"{'attention':<10}{'B':>4}{'tokens':>8}{'ms':>10}{'extra MB':>10}"]
+        for r in result["attention"]:
+            lines.append(f"{r['attention']:<10}{r['batch_size']:>4}{r['tokens']:>8}"
+                         f"{_fmt(r['ms']):>10}{_fmt(r['extra_mb'], '.0f'):>10}")
+    if result["ops"]:
+        lines += ["", "point ops: ms (median), compiled kernel vs plain torch, interleaved",
+                  f"{'op':<5}{'setting':<26}{'fast ms':>9}{'torch ms':>10}{'speed-up':>10}"]
+        for r in result["ops"]:
+            fast = r.get("fast_ms")
+            ratio = f"{r['torch_ms'] / fast:.1f}x" if fast else "-"
+            lines.append(f"{r['op']:<5}{r['setting']:<26}{_fmt(fast):>9}{_fmt(r['torch_ms']):>10}{ratio:>10}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str) -> None:
+    """Write the results atomically (temp file in the same directory, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(result, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        from pcea.errors import PceaFileError
+
+        raise PceaFileError(path, f"cannot write the results: {err.strerror}") from None
+
+
+def _child_main(case_json: str) -> None:
+    case = json.loads(case_json)
+    torch.set_num_threads(case["threads"])
+    print(_RESULT_TAG + json.dumps(_MEASURE[case["kind"]](case)), flush=True)
+
+
+if __name__ == "__main__":  # a child of _run_case: one setting, one JSON line
+    _child_main(sys.argv[1])

@@ -1,0 +1,98 @@
+"""pcea bench on a tiny setting: it runs and its JSON has the expected fields (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pcea
+from pcea.bench import BenchConfig, format_report, run_bench
+from pcea.bench_reference import ReferencePCT
+from pcea.cli import main
+from pcea.errors import PceaError
+
+TINY = BenchConfig(models=("pcea",), batch_size=2, points=(512,), attention=("external", "offset"),
+                   attention_batch=2, fps=((2, 128, 16),), repeats=1, warmup=0, reference=True,
+                   isolate=False)
+
+
+def positive(row: dict, keys: list[str]) -> None:
+    for key in keys:
+        assert row[key] > 0, (key, row)
+
+
+def test_run_bench_tiny_in_process():
+    result = run_bench(TINY)
+    assert set(result["machine"]) >= {"cpu", "cores", "threads", "torch", "allocator", "date"}
+    models = {row["model"]: row for row in result["models"]}
+    assert set(models) == {"pcea", "reference"}
+    positive(models["pcea"], ["infer_clouds_s", "fused_clouds_s", "train_clouds_s", "infer_peak_mb",
+                              "train_peak_mb", "params"])
+    positive(models["reference"], ["infer_clouds_s", "train_clouds_s", "infer_peak_mb"])
+    assert models["reference"]["params"] == 2_876_136  # PCT's size, like the pct preset
+    kinds = [(r["attention"], r["tokens"]) for r in result["attention"]]
+    assert kinds == [("external", 512), ("offset", 512)]
+    for row in result["attention"]:
+        positive(row, ["ms", "tokens_s", "peak_mb"])
+    ops = {row["op"]: row for row in result["ops"]}
+    assert set(ops) == {"fps", "knn"}
+    for row in ops.values():
+        positive(row, ["torch_ms"] + (["fast_ms"] if "fast_ms" in row else []))
+    report = format_report(result)
+    assert "allocator" in report and "reference" in report and "fps" in report
+
+
+def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--only", "attention", "--attention", "external", "--points", "256",
+                 "--attention-batch", "2", "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    (row,) = result["attention"]
+    assert row["attention"] == "external" and row["tokens"] == 256
+    positive(row, ["ms", "peak_mb"])
+    assert result["models"] == [] and result["ops"] == []
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--model", "pointnet"], "unknown model"),
+        (["bench", "--attention", "linear"], "unknown attention"),
+        (["bench", "--points", "128"], "at least 512 points"),
+        (["bench", "--fps", "2x64:100"], "1 <= m <= N"),
+    ],
+)
+def test_bench_user_mistakes_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcea: error:") and message in err and err.count("\n") == 1
+
+
+def test_bench_usage_error_exits_2():
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--fps", "32by1024"])
+    assert exit_info.value.code == 2
+
+
+def test_unwritable_json_names_the_file(tmp_path, capsys):
+    target = tmp_path / "missing" / "out.json"
+    assert main(["bench", "--only", "ops", "--fps", "2x64:8", "--points", "64", "--repeats", "1",
+                 "--warmup", "0", "--json", str(target)]) == 1
+    assert str(target) in capsys.readouterr().err
+
+
+def test_bench_config_validate_direct():
+    with pytest.raises(PceaError, match="positive"):
+        BenchConfig(repeats=0).validate()
+
+
+def test_reference_matches_pct_preset_size_and_runs():
+    reference = ReferencePCT(num_classes=40)
+    preset = pcea.build_model("pct")
+    assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in preset.parameters())
+    logits = reference.eval()(torch.randn(2, 512, 3))
+    assert logits.shape == (2, 40) and torch.isfinite(logits).all()
