@@ -365,8 +365,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pcea.bench import BenchConfig, format_report, run_bench, write_json
+    import os
 
+    from pcea.bench import BenchConfig, format_report, run_bench, write_json
+    from pcea.errors import PceaFileError
+
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise PceaFileError(args.json, "its directory does not exist")  # say so before a long run
     config = BenchConfig(
         models=args.model, batch_size=args.batch_size, points=args.points, attention=args.attention,
         attention_batch=args.attention_batch, fps=args.fps, device=args.device, threads=args.threads,
