@@ -4,6 +4,8 @@ The public API; everything here is importable as ``pcea.<name>``.
 """
 
 from pcea.api import classify, load_model
+from pcea.engine.config import TrainConfig
+from pcea.engine.train import train
 from pcea.errors import PceaError, PceaFileError
 from pcea.io import PceaWarning, load_points
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
@@ -21,9 +23,11 @@ __all__ = [
     "PceaFileError",
     "PceaWarning",
     "SelfAttention",
+    "TrainConfig",
     "__version__",
     "build_model",
     "classify",
     "load_model",
     "load_points",
+    "train",
 ]

@@ -769,6 +769,7 @@ class Trainer:
                 self.log(f"test ({entry['protocol']}, epoch {entry['epoch']}): "
                          f"OA {_format_pct(entry['oa'])}  mAcc {_format_pct(entry['macc'])}")
             self.log(f"wrote {self.out}/results.json, best.pt, last.pt, metrics.jsonl, curves.png")
+        self.env.barrier()  # all ranks leave together, so none tears the process group down early
         return results
 
 

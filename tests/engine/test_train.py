@@ -251,3 +251,23 @@ def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, st
     saved = load_checkpoint(out / "last.pt")
     assert saved["epoch"] == sum(line.startswith("epoch ") for line in output.splitlines())
     assert saved["epoch"] >= 2
+
+
+def test_compile_failure_falls_back_to_eager_and_amp_is_cuda_only(tiny_h5, tmp_path, monkeypatch):
+    class FailsOnFirstCall(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, points):
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: FailsOnFirstCall(module))
+    lines: list[str] = []
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C.. compiler found"):
+        results = train(tiny_config(tiny_h5, epochs=1, compile=True, amp=True), tmp_path / "c",
+                        log=lines.append)
+    text = "\n".join(lines)
+    assert "continuing in eager mode" in text
+    assert "--amp (bf16 autocast) only applies on CUDA" in text
+    assert 0 <= results["test"][0]["oa"] <= 1
