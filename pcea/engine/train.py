@@ -240,7 +240,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    try:
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as err:
+        raise PceaFileError(path, f"cannot write: {err.strerror or err}") from None
 
 
 def write_curves(history: list[dict], path: Path) -> bool:
@@ -483,6 +486,20 @@ class Trainer:
             except Exception as err:  # compile is an optimisation: any failure means eager mode
                 self._compile_failed(err)
 
+    def _on_main_for_all(self, check: Callable[[], object]) -> None:
+        """Run a check on rank 0 only; if it fails, every rank raises, so none waits forever."""
+        problem = None
+        if self.env.is_main:
+            try:
+                check()
+            except PceaError as err:
+                problem = err
+        shared = self.env.broadcast_object(None if problem is None else str(problem))
+        if problem is not None:
+            raise problem
+        if shared is not None:
+            raise PceaError(shared)
+
     def _check_disk(self) -> None:
         """Refuse to start when the disk cannot hold the checkpoints (last, last.prev, best, a temp)."""
         state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
@@ -665,21 +682,9 @@ class Trainer:
         config, env = self.config, self.env
         self.device = resolve_device(config.device, env)
         env.init(self.device)
-        problem = None
-        if env.is_main:
-            try:
-                prepare_run_dir(self.out, resume=self.resume, force=self.force)
-            except PceaError as err:
-                problem = err
-        # Every rank learns whether rank 0 could use the run directory, so none waits forever.
-        shared = env.broadcast_object(None if problem is None else str(problem))
-        if problem is not None:
-            raise problem
-        if shared is not None:
-            raise PceaError(shared)
+        self._on_main_for_all(lambda: prepare_run_dir(self.out, resume=self.resume, force=self.force))
         self._setup()
-        if env.is_main:
-            self._check_disk()
+        self._on_main_for_all(self._check_disk)
         if env.is_main:
             _write_text(self.out / "config.yaml", config.dump_yaml())
         n_params = sum(p.numel() for p in self.model.parameters())
