@@ -442,10 +442,11 @@ def _split_sizes(per_class: int) -> tuple[int, int]:
     return per_class - test, test
 
 
-def _build_one(task: tuple[Path, str, int, int, int, int, str]) -> np.ndarray:
+def _build_one(task: tuple[Path, str, int, int, int, str]) -> np.ndarray:
     """Make shape ``index`` of a class, write its OFF and text files; return its points."""
-    out, name, label, index, seed, points, split = task
-    rng = np.random.default_rng([seed, label, index])
+    out, name, index, seed, points, split = task
+    # seeded by the class's place in CLASS_NAMES, so chair_0001 is the same whatever --classes
+    rng = np.random.default_rng([seed, CLASS_NAMES.index(name), index])
     mesh = make_shape(name, rng)
     xyz, normals = sample_surface(mesh, points, rng)
     cloud = normalize_unit_sphere(np.concatenate([xyz, normals], axis=1))
@@ -473,7 +474,12 @@ def _write_h5(out: Path, split: str, clouds: np.ndarray, labels: np.ndarray,
 
 def _params(classes: int, per_class: int, seed: int, points: int) -> dict:
     return {"format": FORMAT, "classes": classes, "per_class": per_class, "seed": seed, "points": points,
-            "test_fraction": TEST_FRACTION, "class_names": list(CLASS_NAMES[:classes])}
+            "test_fraction": TEST_FRACTION, "class_names": _class_names(classes)}
+
+
+def _class_names(classes: int) -> list[str]:
+    """The first ``classes`` of CLASS_NAMES in label order: alphabetical, as in ModelNet40's files."""
+    return sorted(CLASS_NAMES[:classes])
 
 
 def _check(classes: int, per_class: int, points: int) -> None:
@@ -496,7 +502,8 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
 
     Args:
         out: the dataset root to create.
-        classes: number of classes, the first ``classes`` of :data:`CLASS_NAMES`.
+        classes: number of classes, the first ``classes`` of :data:`CLASS_NAMES`; labels
+            number them alphabetically, as ModelNet40's ``shape_names.txt`` does.
         per_class: shapes per class; 20 % of them (at least one) form the test split.
         seed: the seed of every random choice.
         points: points per shape in the h5 and text layouts.
@@ -510,7 +517,7 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PARAMS_FILE).is_file())):
         raise PceaError(f"{out}: exists and is not a pcea-shapes dataset; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = CLASS_NAMES[:classes]
+    names = _class_names(classes)
     n_train, n_test = _split_sizes(per_class)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -519,8 +526,8 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
                 (tmp / "mesh" / name / split).mkdir(parents=True)
             (tmp / "resampled" / name).mkdir(parents=True)
         (tmp / "h5").mkdir()
-        tasks = [(tmp, name, label, index, seed, points, "train" if index < n_train else "test")
-                 for label, name in enumerate(names) for index in range(per_class)]
+        tasks = [(tmp, name, index, seed, points, "train" if index < n_train else "test")
+                 for name in names for index in range(per_class)]
         if workers is None:
             workers = min(2, os.cpu_count() or 1) if len(tasks) >= 200 else 1
         if workers > 1:
