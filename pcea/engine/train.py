@@ -544,8 +544,10 @@ class Trainer:
 
     # -- one epoch ------------------------------------------------------------
 
-    def _forward(self, points: torch.Tensor) -> torch.Tensor:
+    def _forward(self, points: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if net is not None:
+                return net(points)
             if not self.compiled:
                 return self.net(points)
             try:
@@ -616,11 +618,14 @@ class Trainer:
     def evaluate(self, loader: DataLoader) -> tuple[float, float]:
         """(OA, mAcc) of the current weights on a loader's split, exact across ranks."""
         self.net.eval()
+        # Under DDP, evaluate the unwrapped module: the DDP wrapper may broadcast buffers on a
+        # forward, a collective that ranks with different numbers of batches would not match.
+        net = self.model if self.env.enabled else None
         correct = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
         total = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
         for points, labels in loader:
             labels = labels.to(self.device)
-            predictions = self._forward(points.to(self.device)).argmax(dim=1)  # (B,)
+            predictions = self._forward(points.to(self.device), net).argmax(dim=1)  # (B,)
             total += torch.bincount(labels, minlength=self.num_classes)
             correct += torch.bincount(labels[predictions == labels], minlength=self.num_classes)
         self.env.sum_(correct)
