@@ -529,7 +529,7 @@ class Trainer:
         self.best = dict(payload["metrics"]["best"])
         self.start_epoch = int(payload["epoch"])
         best_path = self.out / "best.pt"
-        if self.best["epoch"] is not None and best_path.exists():
+        if self.best["epoch"] is not None:
             try:
                 best_epoch = load_checkpoint(best_path)["epoch"]
             except PceaFileError as err:
