@@ -143,7 +143,7 @@ def _stool(rng) -> list[Mesh]:
     height, thick = U(rng, 0.42, 0.85), U(rng, 0.03, 0.07)
     under = height - thick
     round_seat = rng.random() < 0.7
-    size = U(rng, 0.15, 0.26)
+    size = U(rng, 0.15, 0.32)
     seat = (_disc(size, thick, height - thick / 2) if round_seat
             else _box([2 * size, 2 * size, thick], [0, 0, height - thick / 2]))
     parts = [seat]
@@ -169,7 +169,7 @@ def _stool(rng) -> list[Mesh]:
 
 
 def _bench(rng) -> list[Mesh]:
-    length, depth = U(rng, 1.0, 2.0), U(rng, 0.3, 0.5)
+    length, depth = U(rng, 0.9, 2.0), U(rng, 0.3, 0.6)
     height, thick = U(rng, 0.38, 0.5), U(rng, 0.04, 0.08)
     under = height - thick
     parts = [_box([length, depth, thick], [0, 0, height - thick / 2])]
@@ -302,7 +302,7 @@ def _bottle(rng) -> list[Mesh]:
 
 def _bowl(rng) -> list[Mesh]:
     radius = U(rng, 0.06, 0.15)
-    depth = radius * U(rng, 0.3, 0.9)
+    depth = radius * U(rng, 0.3, 1.0)
     foot = U(rng, 0.0, 0.15) * depth if rng.random() < 0.6 else 0.0
     t = np.linspace(0, np.pi / 2, 8)
     power = U(rng, 0.7, 1.5)  # flatter or rounder walls
@@ -328,11 +328,11 @@ def _vase(rng) -> list[Mesh]:
 
 def _airplane(rng) -> list[Mesh]:
     length = U(rng, 1.0, 1.6)
-    body_r = length * U(rng, 0.04, 0.08)
+    body_r = length * U(rng, 0.04, 0.1)
     fuselage = trimesh.creation.capsule(height=length - 2 * body_r, radius=body_r, count=[12, 12])
     fuselage.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
     parts = [fuselage]
-    span, chord = length * U(rng, 0.7, 1.3), length * U(rng, 0.1, 0.22)
+    span, chord = length * U(rng, 0.55, 1.3), length * U(rng, 0.1, 0.28)
     sweep, dihedral = U(rng, 0.0, 0.6), U(rng, -0.05, 0.12)
     wing_x = length * U(rng, -0.12, 0.12)
     wing_z = body_r * U(rng, -0.7, 0.7)  # low, mid or high wing
