@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from conftest import tiny_config
+from engine_tiny import tiny_config
 
 from pcea.engine.checkpoint import load_checkpoint
 from pcea.engine.distributed import DistEnv, ShardSampler

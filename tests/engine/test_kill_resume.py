@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import torch
-from conftest import TINY_MODEL, tiny_config
+from engine_tiny import TINY_MODEL, tiny_config
 
 from pcea.engine.checkpoint import load_checkpoint
 from pcea.engine.train import train
 
-EPOCHS = 10
+EPOCHS = 8
 
 
 def _command(data, out, *, resume: bool) -> list[str]:
@@ -33,9 +33,11 @@ def _command(data, out, *, resume: bool) -> list[str]:
 def test_sigkill_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_h5, tmp_path):
     out = tmp_path / "killed"
     rng = np.random.default_rng(7)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # PCEA_ALLOCATOR=system: no allocator re-exec, so each process starts Python once (the
+    # allocator does not change what is tested here, and the test takes half the time).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PCEA_ALLOCATOR": "system"}
     kills = 0
-    for attempt in range(4):
+    for attempt in range(3):
         proc = subprocess.Popen(_command(tiny_h5, out, resume=attempt > 0), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)
         # Kill once training is under way: after the first epoch line of this process, at a random delay
@@ -50,7 +52,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unloadable_checkpoint(tiny_h5
         proc.communicate(timeout=60)
         saved = load_checkpoint(out / "last.pt")  # must always load, whatever the moment of the kill
         assert 1 <= saved["epoch"] <= EPOCHS
-    assert kills >= 3
+    assert kills >= 2
 
     finish = subprocess.run(_command(tiny_h5, out, resume=True), capture_output=True, text=True, env=env,
                             timeout=120)
