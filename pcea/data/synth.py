@@ -48,7 +48,7 @@ H5_SHAPES_PER_FILE = 2048  # as in the ModelNet40 h5 release
 H5_PREFIX = "data/modelnet40_ply_hdf5_2048/"  # the directory prefix of the release's file lists
 MAX_YAW = np.pi / 6  # turn about the up axis, either way (ModelNet40 is mostly aligned)
 
-STRETCH = np.log(1.3)  # per-axis stretch in [1/1.3, 1.3]: proportions overlap across classes
+STRETCH = np.log(1.4)  # per-axis stretch in [1/1.4, 1.4]: proportions overlap across classes
 Mesh = trimesh.Trimesh
 U = np.random.Generator.uniform
 
