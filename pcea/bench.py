@@ -261,9 +261,16 @@ def measure_ops(config: BenchConfig) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     fast = device == "cpu" and fast_ops.available()
 
-    def pair(name: str, setting: str, run_fast, run_torch) -> dict:
-        times: dict[str, list[float]] = {"fast": [], "torch": []}
+    try:  # an optional third contender, timed only where it is installed
+        import torch_quickfps
+    except ImportError:
+        torch_quickfps = None
+
+    def pair(name: str, setting: str, run_fast, run_torch, run_other=None) -> dict:
+        times: dict[str, list[float]] = {"fast": [], "torch": [], "other": []}
         runs = [("fast", run_fast), ("torch", run_torch)] if fast else [("torch", run_torch)]
+        if run_other is not None:
+            runs.append(("other", run_other))
         for _ in range(config.warmup):
             for _, fn in runs:
                 fn()
@@ -277,14 +284,20 @@ def measure_ops(config: BenchConfig) -> list[dict]:
         row = {"op": name, "setting": setting, "torch_ms": statistics.median(times["torch"]) * 1e3}
         if fast:
             row["fast_ms"] = statistics.median(times["fast"]) * 1e3
+        if run_other is not None:
+            row["torch_quickfps_ms"] = statistics.median(times["other"]) * 1e3
         return row
 
     rows = []
     for b, n, m in config.fps:
         xyz = torch.rand(b, n, 3, generator=gen).to(device)
         first = torch.zeros(b, dtype=torch.long, device=device)
+        other = None
+        if torch_quickfps is not None:
+            other = lambda xyz=xyz, m=m: torch_quickfps.sample_idx(xyz, m, start_idx=0)  # noqa: E731
         rows.append(pair("fps", f"{b}x{n}->{m}", lambda xyz=xyz, m=m: ops.farthest_point_sample(xyz, m),
-                         lambda xyz=xyz, m=m, first=first: ops._farthest_point_sample_torch(xyz, m, first)))
+                         lambda xyz=xyz, m=m, first=first: ops._farthest_point_sample_torch(xyz, m, first),
+                         other))
     k = config.knn_k
     for n in config.points:
         ref = torch.rand(config.batch_size, n, 3, generator=gen).to(device)
@@ -385,12 +398,13 @@ def format_report(result: dict) -> str:
             lines.append(f"{r['attention']:<10}{r['batch_size']:>4}{r['tokens']:>8}"
                          f"{_fmt(r['ms']):>10}{_fmt(r['extra_mb'], '.0f'):>10}")
     if result["ops"]:
-        lines += ["", "point ops: ms (median), compiled kernel vs plain torch, interleaved",
-                  f"{'op':<5}{'setting':<26}{'fast ms':>9}{'torch ms':>10}{'speed-up':>10}"]
+        lines += ["", "point ops: ms (median); compiled kernel, plain torch, torch-quickfps if installed",
+                  f"{'op':<5}{'setting':<26}{'fast ms':>9}{'torch ms':>10}{'speed-up':>10}{'quickfps':>10}"]
         for r in result["ops"]:
             fast = r.get("fast_ms")
             ratio = f"{r['torch_ms'] / fast:.1f}x" if fast else "-"
-            lines.append(f"{r['op']:<5}{r['setting']:<26}{_fmt(fast):>9}{_fmt(r['torch_ms']):>10}{ratio:>10}")
+            lines.append(f"{r['op']:<5}{r['setting']:<26}{_fmt(fast):>9}{_fmt(r['torch_ms']):>10}{ratio:>10}"
+                         f"{_fmt(r.get('torch_quickfps_ms')):>10}")
     return "\n".join(lines)
 
 

@@ -3,19 +3,27 @@
 :mod:`pcea.ops` calls these for CPU tensors when numba is installed and keeps
 its pure-PyTorch loops as the reference, the fallback and the CUDA path. Both
 kernels compute every squared distance with the same float operations, in the
-same order, as the reference (``dx*dx + dy*dy + dz*dz`` in the input's dtype,
-no fused multiply-add, no reassociation), so they return the same indices, bit
+same order, as the reference (``dx*dx + dy*dy + dz*dz`` in float32, no
+fused multiply-add, no reassociation), so they return the same indices, bit
 for bit; ``tests/test_fast_ops.py`` checks it against the plain forms.
 
-The clouds of a batch are split over a small thread pool (numba releases the
-GIL), sized by ``torch.get_num_threads()`` at the call; numba's own parallel
-layers are not used, so there is nothing to configure and no clash with
-PyTorch's OpenMP threads. Set ``PCEA_FAST_OPS=0`` to turn the kernels off.
+FPS prunes with a leaf partition of each cloud (as bucket-based FPS does) and
+updates only the leaves a new pick can reach. The clouds of a batch are split
+over a small thread pool (numba releases the GIL), sized by
+``torch.get_num_threads()`` at the call; numba's own parallel layers are not
+used, so there is nothing to configure and no clash with PyTorch's OpenMP
+threads. Set ``PCEA_FAST_OPS=0`` to turn the kernels off.
 
-Why not a library: ``fpsample`` runs one cloud at a time and its faster bucket
-methods do not honour the start index; ``torch-quickfps`` needs a compiled
-extension per torch version. numba (BSD, wheels for CPython 3.10-3.14 on
-Linux, macOS and Windows) is enough for both ops.
+Why not a library (checked 2026-11 with ``pip download --no-deps``):
+``fpsample`` 1.0.2 came as a source archive here (no wheel for CPython 3.11 on
+this Linux, so a Rust toolchain would be needed), runs one cloud at a time,
+and its faster bucket methods do not honour the start index.
+``torch-quickfps`` 2.1.0 (MIT, bucket-based, exact: the same picks as ours
+with start index 0) ships a torch-stable-ABI wheel that needs torch >= 2.10,
+and a separate package per CUDA version for the GPU. It is faster than this
+kernel on large clouds (see docs/benchmarks.md, where ``pcea bench`` times it
+when installed); numba gives both ops for every torch version and platform
+pcea supports, with the torch loop behind it.
 """
 
 from __future__ import annotations
@@ -39,39 +47,118 @@ def available() -> bool:
 
 
 def _fps_kernel(xyz_t, first, m, out, start, stop):  # pragma: no cover - compiled by numba
-    # xyz_t (B, 3, N) coordinates, one contiguous row per axis so the inner
-    # loop streams three arrays; clouds start..stop of the batch.
+    # xyz_t (B, 3, N) coordinates; clouds start..stop of the batch.
+    #
+    # Exact FPS with pruning (the idea of bucket-based FPS): the points are cut
+    # into leaves of at most LEAF_SIZE by median splits along the widest axis.
+    # A new pick can lower the distance of a leaf's points only if it is nearer
+    # to the leaf's bounding box than the leaf's largest distance, so every
+    # other leaf is skipped without changing a value. Updated values are the
+    # same floats as in the plain loop, so the picks are the same.
     N = xyz_t.shape[2]
-    min_dist = np.empty(N, dtype=xyz_t.dtype)
+    leaf_size = 64
+    max_nodes = 4 * (N // (leaf_size // 2) + 1)
     for b in range(start, stop):
         px = xyz_t[b, 0]
         py = xyz_t[b, 1]
         pz = xyz_t[b, 2]
-        min_dist[:] = np.inf
+        # Leaves: contiguous runs of ``order`` (original indices), built by median splits.
+        order = np.arange(N)
+        leaf_lo = np.empty(max_nodes, np.int64)
+        leaf_hi = np.empty(max_nodes, np.int64)
+        stack_lo = np.empty(max_nodes, np.int64)
+        stack_hi = np.empty(max_nodes, np.int64)
+        stack_lo[0] = 0
+        stack_hi[0] = N
+        top = 1
+        num_leaves = 0
+        while top > 0:
+            top -= 1
+            lo = stack_lo[top]
+            hi = stack_hi[top]
+            if hi - lo <= leaf_size:
+                # Within a leaf, ascending original index: the first maximum is then the lowest index.
+                order[lo:hi] = np.sort(order[lo:hi])
+                leaf_lo[num_leaves] = lo
+                leaf_hi[num_leaves] = hi
+                num_leaves += 1
+                continue
+            seg = order[lo:hi]
+            sx = px[seg]
+            sy = py[seg]
+            sz = pz[seg]
+            ex = sx.max() - sx.min()
+            ey = sy.max() - sy.min()
+            ez = sz.max() - sz.min()
+            keys = sx if ex >= ey and ex >= ez else (sy if ey >= ez else sz)
+            order[lo:hi] = seg[np.argsort(keys)]
+            mid = (lo + hi) // 2
+            stack_lo[top] = lo
+            stack_hi[top] = mid
+            stack_lo[top + 1] = mid
+            stack_hi[top + 1] = hi
+            top += 2
+        xs = px[order]
+        ys = py[order]
+        zs = pz[order]
+        position = np.empty(N, np.int64)  # original index -> place in leaf order
+        leaf_of = np.empty(N, np.int64)
+        box = np.empty((num_leaves, 6), dtype=xyz_t.dtype)
+        for leaf in range(num_leaves):
+            lo = leaf_lo[leaf]
+            hi = leaf_hi[leaf]
+            box[leaf, 0] = xs[lo:hi].min()
+            box[leaf, 1] = xs[lo:hi].max()
+            box[leaf, 2] = ys[lo:hi].min()
+            box[leaf, 3] = ys[lo:hi].max()
+            box[leaf, 4] = zs[lo:hi].min()
+            box[leaf, 5] = zs[lo:hi].max()
+            for p in range(lo, hi):
+                position[order[p]] = p
+                leaf_of[p] = leaf
+
+        min_dist = np.full(N, np.inf, dtype=xyz_t.dtype)
+        leaf_max = np.full(num_leaves, np.inf, dtype=xyz_t.dtype)
+        leaf_arg = np.zeros(num_leaves, np.int64)
         current = first[b]
         for i in range(m):
             out[b, i] = current
-            lx = px[current]
-            ly = py[current]
-            lz = pz[current]
+            pc = position[current]
+            lx = xs[pc]
+            ly = ys[pc]
+            lz = zs[pc]
             # The reference sets a picked point to -1 after its update; since
             # distances are >= 0, setting it before gives the same values.
-            min_dist[current] = -1.0
-            best = min_dist[current] - 1.0  # below every value
-            best_j = 0
-            for j in range(N):
-                dx = px[j] - lx
-                dy = py[j] - ly
-                dz = pz[j] - lz
-                d = dx * dx + dy * dy + dz * dz
-                md = min_dist[j]
-                if d < md:
-                    md = d
-                    min_dist[j] = d
-                if md > best:  # strict: the lowest index wins a tie, like argmax
-                    best = md
-                    best_j = j
-            current = best_j
+            min_dist[pc] = -1.0
+            own = leaf_of[pc]
+            for leaf in range(num_leaves):
+                if leaf != own:
+                    gx = max(box[leaf, 0] - lx, lx - box[leaf, 1], 0.0)
+                    gy = max(box[leaf, 2] - ly, ly - box[leaf, 3], 0.0)
+                    gz = max(box[leaf, 4] - lz, lz - box[leaf, 5], 0.0)
+                    # Skip only with a margin far above float rounding of the bound.
+                    if gx * gx + gy * gy + gz * gz > leaf_max[leaf] * 1.0001:
+                        continue
+                lo = leaf_lo[leaf]
+                hi = leaf_hi[leaf]
+                for p in range(lo, hi):  # branch-free: vectorised
+                    dx = xs[p] - lx
+                    dy = ys[p] - ly
+                    dz = zs[p] - lz
+                    min_dist[p] = min(min_dist[p], dx * dx + dy * dy + dz * dz)
+                best_p = lo
+                for p in range(lo + 1, hi):
+                    if min_dist[p] > min_dist[best_p]:  # strict: first maximum
+                        best_p = p
+                leaf_max[leaf] = min_dist[best_p]
+                leaf_arg[leaf] = order[best_p]
+            best = 0
+            for leaf in range(1, num_leaves):  # the largest distance, then the lowest index
+                if leaf_max[leaf] > leaf_max[best] or (
+                    leaf_max[leaf] == leaf_max[best] and leaf_arg[leaf] < leaf_arg[best]
+                ):
+                    best = leaf
+            current = leaf_arg[best]
 
 
 def _knn_kernel(query, ref_t, k, out, start, stop):  # pragma: no cover - compiled by numba
@@ -129,7 +216,8 @@ def _kernels() -> tuple | None:
 
     Imported on first use: numba costs a few tenths of a second to import,
     which ``pcea info`` and friends need not pay. Compiled code is cached on
-    disk next to this file (where writable), so later processes skip the JIT.
+    disk next to this file (where writable), so only the first process on a
+    machine pays the JIT: about 7 s of CPU time for FPS and 0.5 s for kNN here.
     """
     try:  # numba is a dependency, but a missing or broken install must not break pcea
         import numba
@@ -164,7 +252,7 @@ def farthest_point_sample_cpu(xyz: torch.Tensor, m: int, first: torch.Tensor) ->
     """Exact FPS on CPU, the same picks as :func:`pcea.ops.farthest_point_sample`.
 
     Args:
-        xyz: (B, N, 3) float32 or float64 CPU coordinates, already validated.
+        xyz: (B, N, 3) float32 CPU coordinates, already validated.
         m: points to pick, 1 <= m <= N.
         first: (B,) int64 index of each cloud's first pick.
 
@@ -182,7 +270,7 @@ def knn_cpu(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     """Exact kNN on CPU by direct squared distances, nearest first, ties by lower index.
 
     Args:
-        query: (B, M, 3) CPU query points (float32 or float64, same dtype as ref).
+        query: (B, M, 3) float32 CPU query points.
         ref: (B, N, 3) CPU reference points.
         k: neighbours per query, 1 <= k <= N.
 

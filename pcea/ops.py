@@ -26,8 +26,9 @@ __all__ = [
     "square_distance",
 ]
 
-# dtypes the compiled CPU kernels of pcea.fast_ops handle.
-_FAST_DTYPES = (torch.float32, torch.float64)
+# dtypes the compiled CPU kernels of pcea.fast_ops run on; others take the torch
+# path (each extra dtype would cost seconds of JIT compilation on first use).
+_FAST_DTYPES = (torch.float32,)
 
 
 def _check_cloud(xyz: torch.Tensor, name: str = "xyz") -> None:

@@ -37,10 +37,9 @@ def fast_fps(xyz: torch.Tensor, m: int, start: int = 0) -> torch.Tensor:
     return fast_ops.farthest_point_sample_cpu(xyz, m, first)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fps_matches_torch_loop_and_definition(dtype):
+def test_fps_matches_torch_loop_and_definition():
     gen = torch.Generator().manual_seed(0)
-    xyz = torch.randn(5, 300, 3, generator=gen, dtype=dtype) * torch.tensor([1.0, 3.0, 0.2], dtype=dtype)
+    xyz = torch.randn(5, 300, 3, generator=gen) * torch.tensor([1.0, 3.0, 0.2])
     first = torch.zeros(5, dtype=torch.long)
     fast = fast_fps(xyz, 120)
     assert torch.equal(fast, ops._farthest_point_sample_torch(xyz, 120, first))
@@ -55,6 +54,19 @@ def test_fps_duplicates_and_m_equals_n():
     assert torch.equal(fast, loop_fps(xyz, xyz.shape[1]))
     for row in fast:  # m == N gives a permutation, duplicates included
         assert torch.equal(row.sort().values, torch.arange(xyz.shape[1]))
+
+
+def test_fps_prunes_exactly_on_large_structured_clouds():
+    # Many leaves, clusters, a flat sheet and repeated points: the pruning must
+    # never skip a leaf whose distances would change.
+    gen = torch.Generator().manual_seed(6)
+    cluster = torch.randn(1, 600, 3, generator=gen) * 0.01 + 2.0
+    sheet = torch.rand(1, 600, 3, generator=gen) * torch.tensor([1.0, 1.0, 0.0])
+    grid = torch.stack(torch.meshgrid(*[torch.arange(6.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    cloud = torch.cat([cluster, sheet, grid, grid[:, :100]], dim=1)  # (1, 1516, 3)
+    xyz = torch.cat([cloud, torch.rand(1, 1516, 3, generator=gen) * 5], dim=0)
+    first = torch.zeros(2, dtype=torch.long)
+    assert torch.equal(fast_fps(xyz, 700), ops._farthest_point_sample_torch(xyz, 700, first))
 
 
 def test_fps_hand_placed_ties():
@@ -78,6 +90,7 @@ def test_public_fps_uses_the_kernel_and_agrees(monkeypatch):
     gen = torch.Generator().manual_seed(3)
     xyz = torch.rand(3, 256, 3, generator=gen)
     fast = ops.farthest_point_sample(xyz, 100)
+    assert torch.equal(fast, ops.farthest_point_sample(xyz.double(), 100))  # float64: the torch loop
     monkeypatch.setenv("PCEA_FAST_OPS", "0")
     assert torch.equal(fast, ops.farthest_point_sample(xyz, 100))
 
