@@ -6,6 +6,10 @@ import hashlib
 import io
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +166,31 @@ def test_unwritable_destination_gives_a_file_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(PceaFileError, match="blocker/last.pt: cannot write the checkpoint"):
         save_checkpoint(blocker / "last.pt", _payload())
+
+
+_WRITER = """
+import os, sys, torch
+from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+start = load_checkpoint(sys.argv[1])["epoch"] + 1 if os.path.exists(sys.argv[1]) else 1
+for i in range(start, 100000):
+    save_checkpoint(sys.argv[1], {"epoch": i, "model": {"w": torch.full((300_000,), float(i))}},
+                    keep_previous=True)
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_while_writing_leaves_complete_files(tmp_path):
+    # A process that does nothing but rewrite last.pt (keeping last.prev.pt), killed at random
+    # moments: nearly every kill lands inside a write, and both files must still load.
+    path = tmp_path / "last.pt"
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip().isdigit()
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        last = load_checkpoint(path)
+        assert torch.equal(last["model"]["w"], torch.full((300_000,), float(last["epoch"])))
+        if previous_path(path).exists():  # the epoch before, or the same one when killed in between
+            assert load_checkpoint(previous_path(path))["epoch"] in (last["epoch"] - 1, last["epoch"])
