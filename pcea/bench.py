@@ -73,6 +73,9 @@ class BenchConfig:
         too_small = [n for n in self.points if n < 512]
         if too_small and "models" in self.sections:
             raise PceaError(f"the models need at least 512 points per cloud, got {too_small}")
+        unknown = [name for name in self.sections if name not in ("models", "attention", "ops")]
+        if unknown:
+            raise PceaError(f"unknown section(s) {', '.join(unknown)}; choose from models, attention, ops")
         for b, n, m in self.fps:
             if not 1 <= m <= n or b < 1:
                 raise PceaError(f"FPS setting {b}x{n}:{m} needs 1 <= m <= N")

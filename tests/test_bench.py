@@ -64,6 +64,7 @@ def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
         (["bench", "--attention", "linear"], "unknown attention"),
         (["bench", "--points", "128"], "at least 512 points"),
         (["bench", "--fps", "2x64:100"], "1 <= m <= N"),
+        (["bench", "--only", "model"], "unknown section"),
     ],
 )
 def test_bench_user_mistakes_are_one_line_errors(argv, message, capsys):
