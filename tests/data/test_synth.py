@@ -11,6 +11,7 @@ import trimesh
 
 from pcea.cli import main
 from pcea.data import synth
+from pcea.data.baseline import load_h5_split
 from pcea.errors import PceaError
 
 CLASSES, PER_CLASS, POINTS = 3, 6, 256
@@ -73,6 +74,15 @@ def test_h5_arrays(dataset, split, per_class):
     np.testing.assert_allclose(data.mean(axis=1), 0.0, atol=1e-5)
     if split == "train":  # shuffled, not in class order
         assert not np.all(np.diff(label.ravel().astype(int)) >= 0)
+
+
+def test_a_large_split_is_spread_over_several_h5_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "H5_SHAPES_PER_FILE", 4)
+    root = synth.generate(tmp_path / "d", classes=2, per_class=5, points=8)
+    listing = (root / "h5" / "train_files.txt").read_text().splitlines()
+    assert listing == [f"data/modelnet40_ply_hdf5_2048/ply_data_train{i}.h5" for i in range(2)]
+    points, labels = load_h5_split(root, "train")
+    assert points.shape == (8, 8, 3) and np.bincount(labels).tolist() == [4, 4]
 
 
 def test_resampled_text_holds_the_h5_clouds(dataset):
