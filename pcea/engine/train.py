@@ -566,7 +566,8 @@ class Trainer:
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(epoch)
         self.net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        wide = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        loss_sum = torch.zeros((), dtype=wide, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = torch.zeros((), dtype=torch.int64, device=self.device)
         steps = 0
@@ -580,8 +581,8 @@ class Trainer:
                 loss = self.criterion(logits.float(), labels)
                 # One all-reduce per step tells every rank about a bad loss or a stop signal,
                 # so that all of them stop at the same step instead of hanging.
-                check = torch.stack([loss.detach().double(),
-                                     torch.tensor(float(stop.signum is not None), dtype=torch.float64,
+                check = torch.stack([loss.detach().to(wide),
+                                     torch.tensor(float(stop.signum is not None), dtype=wide,
                                                   device=self.device)])
                 env.sum_(check)
                 loss_value, stop_flag = check.tolist()
@@ -593,7 +594,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                loss_sum += loss.detach().double()
+                loss_sum += loss.detach().to(wide)
                 correct += (logits.argmax(dim=1) == labels).sum()
                 seen += labels.numel()
                 steps += 1
@@ -607,8 +608,8 @@ class Trainer:
             raise
         finally:
             bar.close()
-        totals = env.sum_(torch.stack([loss_sum, correct.double(), seen.double(),
-                                       torch.tensor(float(steps), dtype=torch.float64, device=self.device)]))
+        totals = env.sum_(torch.stack([loss_sum, correct.to(wide), seen.to(wide),
+                                       torch.tensor(float(steps), dtype=wide, device=self.device)]))
         loss_total, correct_total, seen_total, steps_total = totals.tolist()
         average_batchnorm_buffers(self.model, env)
         return {"train_loss": loss_total / max(steps_total, 1),
