@@ -17,7 +17,8 @@
 #   EANet (Guo et al. 2021, arXiv 2105.02358) reports that external attention matches or
 #   beats self-attention at a far lower cost.
 # Published numbers pick the best epoch on the test set (and often use voting and a best
-# of several runs); to compare like with like, add --select-on test and see
+# of several runs); to compare like with like, add EXTRA="--select-on test --val-split 0"
+# (train on the whole training set, pick the epoch on test) and see
 # scripts/eval_modelnet40.sh for voting.
 set -euo pipefail
 
@@ -26,7 +27,7 @@ MODELS=${MODELS:-"pcea pct"}
 SEEDS=${SEEDS:-}
 NPROC=${NPROC:-1}
 WORKERS=${WORKERS:-8}
-EXTRA=${EXTRA:-}            # more flags for pcea train, e.g. EXTRA="--compile --select-on test"
+EXTRA=${EXTRA:-}            # more flags for pcea train, e.g. EXTRA="--compile"
 PCEA=${PCEA:-pcea}
 command -v "$PCEA" >/dev/null || PCEA=.venv/bin/pcea
 
