@@ -157,6 +157,8 @@ def run_baseline(path: str | os.PathLike, *, seed: int = 0, trees: int = 300) ->
     test_points, test_labels = load_h5_split(path, "test")
     if len(np.unique(train_labels)) < 2:
         raise PceaError(f"{path}: the training split has fewer than two classes")
+    if train_points.shape[1] < 2:
+        raise PceaError(f"{path}: the clouds have {train_points.shape[1]} point(s); D2 needs pairs")
     details: dict = {}
     accuracy = d2_baseline(train_points, train_labels, test_points, test_labels, seed, trees=trees,
                            details=details)

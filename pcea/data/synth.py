@@ -36,7 +36,7 @@ import numpy as np
 import trimesh
 
 from pcea.data.transforms import normalize_unit_sphere
-from pcea.errors import PceaError
+from pcea.errors import PceaError, PceaFileError
 from pcea.io import sample_surface
 
 __all__ = ["CLASS_NAMES", "FORMAT", "generate", "ensure_synthetic", "make_shape"]
@@ -516,10 +516,13 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PARAMS_FILE).is_file())):
         raise PceaError(f"{out}: exists and is not a pcea-shapes dataset; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     names = _class_names(classes)
     n_train, n_test = _split_sizes(per_class)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise PceaFileError(out.parent, f"cannot create the dataset here: {err.strerror or err}") from None
     try:
         for name in names:
             for split in ("train", "test"):

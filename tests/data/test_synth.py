@@ -12,7 +12,7 @@ import trimesh
 from pcea.cli import main
 from pcea.data import synth
 from pcea.data.baseline import load_h5_split
-from pcea.errors import PceaError
+from pcea.errors import PceaError, PceaFileError
 
 CLASSES, PER_CLASS, POINTS = 3, 6, 256
 TRAIN, TEST = 5, 1  # 20 % of 6, rounded, is one test shape per class
@@ -155,6 +155,12 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _generate(tmp_path / "data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_place_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PceaFileError, match="file: cannot create the dataset here"):
+        _generate(tmp_path / "file" / "data")
 
 
 def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
