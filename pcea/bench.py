@@ -236,6 +236,67 @@ def measure_model(case: dict) -> dict:
     return row
 
 
+def measure_interleaved(case: dict) -> dict:
+    """Each model against the reference in one process, calls alternating A, B, A, B.
+
+    On a shared machine the load changes from one setting to the next, so the
+    speed ratio is only fair when both models see the same moments. The pcea
+    models run fused for inference, as :func:`pcea.load_model` users get them.
+    """
+    from pcea.model import fuse_batchnorm
+
+    device, batch, num_points = case["device"], case["batch_size"], case["points"]
+    torch.manual_seed(0)
+    points = torch.randn(batch, num_points, 3, device=device)
+    labels = torch.randint(0, 40, (batch,), device=device)
+    names = list(case["models"]) + [REFERENCE]
+    models = {name: _build(name, num_points).to(device) for name in names}
+
+    def infer(name: str) -> Callable[[], object]:
+        model = models[name].eval()
+        if name != REFERENCE:
+            fuse_batchnorm(model)
+
+        def run() -> None:
+            with torch.no_grad():
+                model(points)
+
+        return run
+
+    def train(name: str) -> Callable[[], object]:
+        model = models[name].train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(points), labels).backward()
+            optimizer.step()
+
+        return run
+
+    rows = {name: {"model": name, "batch_size": batch, "points": num_points} for name in names}
+    phases = [("infer", infer)] + ([("train", train)] if case["train"] else [])
+    for phase, make in phases:
+        runs = {name: make(name) for name in names}
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(max(1, case["warmup"])):
+            for run in runs.values():
+                run()
+        for _ in range(case["repeats"]):
+            for name, run in runs.items():  # A, B, A, B
+                start = time.perf_counter()
+                run()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+        for name in names:
+            rows[name][f"{phase}_clouds_s"] = batch / statistics.median(times[name])
+        for name in names:
+            rows[name][f"{phase}_vs_reference"] = (
+                rows[name][f"{phase}_clouds_s"] / rows[REFERENCE][f"{phase}_clouds_s"]
+            )
+    return {"rows": list(rows.values())}
+
+
 def measure_attention(case: dict) -> dict:
     """Forward time and extra memory of the four attention blocks alone at N tokens."""
     from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
@@ -312,7 +373,7 @@ def measure_ops(config: BenchConfig) -> list[dict]:
     return rows
 
 
-_MEASURE = {"model": measure_model, "attention": measure_attention}
+_MEASURE = {"model": measure_model, "attention": measure_attention, "interleaved": measure_interleaved}
 
 
 def _run_case(case: dict, isolate: bool) -> dict:
@@ -334,6 +395,9 @@ def _median_rows(runs: list[dict]) -> dict:
     for key, value in runs[0].items():
         if isinstance(value, float):
             merged[key] = statistics.median(run[key] for run in runs)
+        elif key == "rows":  # an interleaved case: merge row by row
+            groups = zip(*(run[key] for run in runs), strict=True)
+            merged[key] = [_median_rows(list(group)) for group in groups]
     return merged
 
 
@@ -350,6 +414,10 @@ def run_bench(config: BenchConfig) -> dict:
         names = list(config.models) + ([REFERENCE] if config.reference else [])
         cases += [{"kind": "model", "model": name, "points": n, "batch_size": config.batch_size,
                    "train": config.train, **common} for n in config.points for name in names]
+    if "models" in config.sections and config.reference:
+        cases += [{"kind": "interleaved", "models": list(config.models), "points": n,
+                   "batch_size": config.batch_size, "train": config.train, **common}
+                  for n in config.points]
     if "attention" in config.sections:
         cases += [{"kind": "attention", "attention": kind, "points": n,
                    "attention_batch": config.attention_batch, "attention_dim": config.attention_dim,
@@ -363,6 +431,8 @@ def run_bench(config: BenchConfig) -> dict:
         "machine": machine_info(config.device),
         "config": {k: v for k, v in asdict(config).items()},
         "models": [r for r, c in zip(rows, cases, strict=True) if c["kind"] == "model"],
+        "interleaved": [row for r, c in zip(rows, cases, strict=True) if c["kind"] == "interleaved"
+                        for row in r["rows"]],
         "attention": [r for r, c in zip(rows, cases, strict=True) if c["kind"] == "attention"],
         "ops": measure_ops(config) if "ops" in config.sections else [],
     }
@@ -394,6 +464,14 @@ def format_report(result: dict) -> str:
                 f"{_fmt(r.get('fused_clouds_s')):>9}{_fmt(r.get('train_clouds_s')):>9}"
                 f"{_fmt(r['infer_peak_mb'], '.0f'):>10}{_fmt(r.get('fused_peak_mb'), '.0f'):>10}"
                 f"{_fmt(r.get('train_peak_mb'), '.0f'):>10}")
+    if result.get("interleaved"):
+        lines += ["", "against the reference in one process, calls alternating (pcea models fused): clouds/s",
+                  f"{'model':<10}{'B':>4}{'N':>6}{'infer':>9}{'ratio':>8}{'train':>9}{'ratio':>8}"]
+        for r in result["interleaved"]:
+            lines.append(
+                f"{r['model']:<10}{r['batch_size']:>4}{r['points']:>6}{_fmt(r['infer_clouds_s']):>9}"
+                f"{_fmt(r['infer_vs_reference'], '.2f'):>8}{_fmt(r.get('train_clouds_s')):>9}"
+                f"{_fmt(r.get('train_vs_reference'), '.2f'):>8}")
     if result["attention"]:
         lines += ["", "attention layers alone (4 offset blocks, inference): ms per batch, extra memory MB",
                   f"{'attention':<10}{'B':>4}{'tokens':>8}{'ms':>10}{'extra MB':>10}"]

@@ -32,6 +32,10 @@ def test_run_bench_tiny_in_process():
                               "train_peak_mb", "params"])
     positive(models["reference"], ["infer_clouds_s", "train_clouds_s", "infer_peak_mb"])
     assert models["reference"]["params"] == 2_876_136  # PCT's size, like the pct preset
+    interleaved = {row["model"]: row for row in result["interleaved"]}
+    assert set(interleaved) == {"pcea", "reference"}
+    positive(interleaved["pcea"], ["infer_clouds_s", "train_clouds_s", "infer_vs_reference"])
+    assert interleaved["reference"]["infer_vs_reference"] == 1.0
     kinds = [(r["attention"], r["tokens"]) for r in result["attention"]]
     assert kinds == [("external", 512), ("offset", 512)]
     for row in result["attention"]:
@@ -53,7 +57,7 @@ def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
     (row,) = result["attention"]
     assert row["attention"] == "external" and row["tokens"] == 256
     positive(row, ["ms", "peak_mb"])
-    assert result["models"] == [] and result["ops"] == []
+    assert result["models"] == [] and result["ops"] == [] and result["interleaved"] == []
     assert "wrote" in capsys.readouterr().out
 
 
