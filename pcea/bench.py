@@ -187,14 +187,14 @@ def _timed(
     return statistics.median(times), peak, ((user1 - user0) / repeats, (sys1 - sys0) / repeats)
 
 
-def _build(name: str, num_points: int) -> nn.Module:
+def _build(name: str, num_points: int, overrides: dict | None = None) -> nn.Module:
     if name == REFERENCE:
         from pcea.bench_reference import ReferencePCT
 
         return ReferencePCT()
     from pcea.model import build_model
 
-    return build_model(name, num_points=num_points)
+    return build_model(name, num_points=num_points, **(overrides or {}))
 
 
 def measure_model(case: dict) -> dict:
@@ -202,7 +202,7 @@ def measure_model(case: dict) -> dict:
     device, batch, num_points = case["device"], case["batch_size"], case["points"]
     repeats, warmup = case["repeats"], case["warmup"]
     torch.manual_seed(0)
-    model = _build(case["model"], num_points).to(device)
+    model = _build(case["model"], num_points, case.get("overrides")).to(device)  # overrides: tests
     points = torch.randn(batch, num_points, 3, device=device)
     row = {"model": case["model"], "batch_size": batch, "points": num_points,
            "params": sum(p.numel() for p in model.parameters()), "rss_before_mb": _rss_mb()}
@@ -223,7 +223,8 @@ def measure_model(case: dict) -> dict:
     if case["train"]:
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        labels = torch.randint(0, 40, (batch,), device=device)
+        num_classes = model.config.num_classes if hasattr(model, "config") else 40
+        labels = torch.randint(0, num_classes, (batch,), device=device)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)

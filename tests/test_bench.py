@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import pcea
-from pcea.bench import BenchConfig, format_report, run_bench
+from pcea.bench import BenchConfig, format_report, measure_model, run_bench
 from pcea.bench_reference import ReferencePCT
 from pcea.cli import main
 from pcea.errors import PceaError
 
 TINY = BenchConfig(models=("pcea",), batch_size=2, points=(512,), attention=("external", "offset"),
                    attention_batch=2, fps=((2, 128, 16),), repeats=1, warmup=0, reference=True,
-                   isolate=False)
+                   train=False, isolate=False)  # the training step: test_measure_model_train_step
 
 
 def positive(row: dict, keys: list[str]) -> None:
@@ -28,13 +28,13 @@ def test_run_bench_tiny_in_process():
     assert set(result["machine"]) >= {"cpu", "cores", "threads", "torch", "allocator", "date"}
     models = {row["model"]: row for row in result["models"]}
     assert set(models) == {"pcea", "reference"}
-    positive(models["pcea"], ["infer_clouds_s", "fused_clouds_s", "train_clouds_s", "infer_peak_mb",
-                              "train_peak_mb", "params"])
-    positive(models["reference"], ["infer_clouds_s", "train_clouds_s", "infer_peak_mb"])
+    positive(models["pcea"], ["infer_clouds_s", "fused_clouds_s", "infer_peak_mb", "fused_peak_mb", "params"])
+    positive(models["reference"], ["infer_clouds_s", "infer_peak_mb"])
+    assert "train_clouds_s" not in models["pcea"]
     assert models["reference"]["params"] == 2_876_136  # PCT's size, like the pct preset
     interleaved = {row["model"]: row for row in result["interleaved"]}
     assert set(interleaved) == {"pcea", "reference"}
-    positive(interleaved["pcea"], ["infer_clouds_s", "train_clouds_s", "infer_vs_reference"])
+    positive(interleaved["pcea"], ["infer_clouds_s", "infer_vs_reference"])
     assert interleaved["reference"]["infer_vs_reference"] == 1.0
     kinds = [(r["attention"], r["tokens"]) for r in result["attention"]]
     assert kinds == [("external", 512), ("offset", 512)]
@@ -46,6 +46,15 @@ def test_run_bench_tiny_in_process():
         positive(row, ["torch_ms"] + (["fast_ms"] if "fast_ms" in row else []))
     report = format_report(result)
     assert "allocator" in report and "reference" in report and "fps" in report
+
+
+def test_measure_model_train_step():
+    tiny = dict(num_classes=4, centers=(64, 32), neighbors=(8, 8), embed_dim=16, stage_dims=(32, 64),
+                fuse_dim=128, head_dims=(64, 32), memory=16)
+    row = measure_model({"model": "pcea", "points": 128, "batch_size": 2, "train": True, "device": "cpu",
+                         "repeats": 1, "warmup": 0, "overrides": tiny})
+    positive(row, ["train_clouds_s", "train_ms", "train_peak_mb", "infer_clouds_s", "fused_clouds_s"])
+    assert row["train_user_ms"] >= 0 and row["train_sys_ms"] >= 0
 
 
 def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
