@@ -39,6 +39,7 @@ __all__ = ["available", "farthest_point_sample_cpu", "knn_cpu"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0  # a forked child inherits the pool object but not its threads
 
 
 def available() -> bool:
@@ -231,16 +232,17 @@ def _kernels() -> tuple | None:
 
 def _run_split(kernel, args: tuple, total: int) -> None:
     """Run ``kernel(*args, start, stop)`` over 0..total in ``torch.get_num_threads()`` chunks."""
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     workers = max(1, min(torch.get_num_threads(), total))
     if workers == 1:
         kernel(*args, 0, total)
         return
-    if _pool is None or _pool_size < workers:
-        if _pool is not None:
+    if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
+        if _pool is not None and _pool_pid == os.getpid():
             _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pcea-ops")
         _pool_size = workers
+        _pool_pid = os.getpid()
     bounds = np.linspace(0, total, workers + 1).astype(np.int64)
     chunks = zip(bounds[:-1], bounds[1:], strict=True)
     futures = [_pool.submit(kernel, *args, int(lo), int(hi)) for lo, hi in chunks]

@@ -120,3 +120,15 @@ def test_knn_batch_independence():
     batch = ops.knn(query, ref, 16)
     for b in range(8):
         assert torch.equal(ops.knn(query[b : b + 1], ref[b : b + 1], 16)[0], batch[b])
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_kernels_work_in_a_forked_child():
+    # The parent's thread pool does not survive a fork; the child must build its own.
+    import multiprocessing
+
+    xyz = torch.rand(4, 256, 3, generator=torch.Generator().manual_seed(7))
+    expected = ops.farthest_point_sample(xyz, 32)  # creates the pool in this process
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(ops.farthest_point_sample, (xyz, 32)).get(timeout=60)
+    assert torch.equal(got, expected)
