@@ -9,7 +9,7 @@ from pcea.engine.train import train
 from pcea.errors import PceaError, PceaFileError
 from pcea.io import PceaWarning, load_points
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
-from pcea.model import ModelConfig, PCTClassifier, build_model
+from pcea.model import ModelConfig, PCTClassifier, build_model, fuse_batchnorm
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "__version__",
     "build_model",
     "classify",
+    "fuse_batchnorm",
     "load_model",
     "load_points",
     "train",
