@@ -1,24 +1,81 @@
-"""The `make demo` job: build the default model and classify one random cloud."""
+"""The `make demo` job: the default pcea model trained, evaluated and used on pcea-shapes, on the CPU.
 
+1. generate the synthetic pcea-shapes dataset once (``pcea.data.synth.ensure_synthetic``);
+2. ``pcea train`` the default model (the ``pcea`` preset, default architecture) on the CPU,
+   sized to take about five minutes on 2 cores: 5 epochs instead of 250, 512 points per
+   cloud instead of 1024 (the first stage's 512 centres then cover every point), and for so
+   short a schedule batch 16 instead of 32 (twice the steps); everything else is the
+   default recipe (SGD lr 0.01 cosine-annealed to 1e-4, label smoothing 0.2, PCT's augmentation);
+3. ``pcea eval`` the selected checkpoint (best on the validation split) on the test split,
+   with and without test-time voting;
+4. ``pcea classify`` a few of the generated ``.off`` meshes of the test split.
+
+Each step runs the ``pcea`` command a user would type, in a subprocess. The exit status is
+1 if the test OA of the single pass is below the 90 % target. Environment overrides:
+``DEMO_EPOCHS``, ``DEMO_POINTS``, ``DEMO_BATCH``, ``DEMO_LR``, ``DEMO_OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
+from pcea.data.synth import ensure_synthetic
 
-import pcea
+EPOCHS = int(os.environ.get("DEMO_EPOCHS", "5"))
+POINTS = int(os.environ.get("DEMO_POINTS", "512"))
+BATCH = int(os.environ.get("DEMO_BATCH", "16"))
+LR = os.environ.get("DEMO_LR", "0.01")
+OUT = Path(os.environ.get("DEMO_OUT", "runs/demo"))
+VOTES = 3
+TARGET_OA = 0.90
+# glibc returns PyTorch's large activation buffers to the kernel after every pass by default;
+# these thresholds keep them (about 1.5x faster CPU training here). Set only where unset.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024**3), "MALLOC_TRIM_THRESHOLD_": str(16 * 1024**3),
+             "MALLOC_TOP_PAD_": str(1024**3)}
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    model = pcea.build_model("pcea").eval()
-    points = torch.rand(1, 1024, 3) * 2 - 1  # (B, N, 3)
-    with torch.no_grad():
-        start = time.perf_counter()
-        probs = model(points).softmax(-1)  # (1, 40)
-        elapsed = time.perf_counter() - start
-    print(f"pcea model: {sum(p.numel() for p in model.parameters()):,} parameters")
-    print(f"one forward pass of 1 x 1024 points: {elapsed * 1000:.0f} ms")
-    print(f"untrained prediction: class {int(probs.argmax())} with p={float(probs.max()):.3f}")
+def pcea(*args: str) -> None:
+    command = [sys.executable, "-m", "pcea", *args]
+    print("\n$ pcea " + " ".join(args), flush=True)
+    subprocess.run(command, check=True, env={**ALLOCATOR, **os.environ})
+
+
+def main() -> int:
+    start = time.perf_counter()
+    data = ensure_synthetic()
+    print(f"pcea-shapes at {data} (ready after {time.perf_counter() - start:.0f} s)")
+
+    pcea("train", "--data", str(data), "--out", str(OUT), "--force", "--model", "pcea",
+         "--epochs", str(EPOCHS), "--points", str(POINTS), "--batch-size", str(BATCH), "--lr", LR,
+         "--device", "cpu")
+    trained = time.perf_counter()
+    pcea("eval", str(OUT), "--data", str(data), "--votes", str(VOTES), "--device", "cpu")
+    examples = [sorted((data / "mesh" / name / "test").glob("*.off"))[0]
+                for name in sorted(p.name for p in (data / "mesh").iterdir() if p.is_dir())[:4]]
+    pcea("classify", str(OUT), *map(str, examples), "--top-k", "3")
+    total = time.perf_counter() - start
+
+    report = json.loads((OUT / "eval.json").read_text())
+    single = report["results"]["single_pass"]
+    voted = report["results"].get("voted")
+    print(f"\nrun directory     {OUT}/ (config.yaml, metrics.jsonl, last.pt, best.pt, results.json)")
+    print(f"training curves   {OUT / 'curves.png'}")
+    print(f"confusion matrix  {OUT / 'confusion.png'} (per class: {OUT / 'per_class.csv'})")
+    print(f"test OA           {single['overall_accuracy']:.1%} single pass"
+          + (f", {voted['overall_accuracy']:.1%} with {VOTES} votes" if voted else "")
+          + f" ({report['selection']}, epoch {report['epoch']} of {EPOCHS}, {POINTS} points)")
+    print(f"wall time         {total / 60:.1f} min in all, "
+          f"{(trained - start) / 60:.1f} min to generate the data and train")
+    if single["overall_accuracy"] < TARGET_OA:
+        print(f"below the {TARGET_OA:.0%} target", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
