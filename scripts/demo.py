@@ -33,16 +33,13 @@ LR = os.environ.get("DEMO_LR", "0.01")
 OUT = Path(os.environ.get("DEMO_OUT", "runs/demo"))
 VOTES = 3
 TARGET_OA = 0.90
-# glibc returns PyTorch's large activation buffers to the kernel after every pass by default;
-# these thresholds keep them (about 1.5x faster CPU training here). Set only where unset.
-ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024**3), "MALLOC_TRIM_THRESHOLD_": str(16 * 1024**3),
-             "MALLOC_TOP_PAD_": str(1024**3)}
 
 
 def pcea(*args: str) -> None:
     command = [sys.executable, "-m", "pcea", *args]
     print("\n$ pcea " + " ".join(args), flush=True)
-    subprocess.run(command, check=True, env={**ALLOCATOR, **os.environ})
+    # `python -m pcea` restarts itself with the fast allocator settings (pcea/allocator.py).
+    subprocess.run(command, check=True)
 
 
 def main() -> int:
