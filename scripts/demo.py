@@ -2,7 +2,7 @@
 
 1. generate the synthetic pcea-shapes dataset once (``pcea.data.synth.ensure_synthetic``);
 2. ``pcea train`` the default model (the ``pcea`` preset, default architecture) on the CPU,
-   sized to take about five minutes on 2 cores: 5 epochs instead of 250, 512 points per
+   sized to take a few minutes on 2 cores: 7 epochs instead of 250, 512 points per
    cloud instead of 1024 (the first stage's 512 centres then cover every point), and for so
    short a schedule batch 16 instead of 32 (twice the steps); everything else is the
    default recipe (SGD lr 0.01 cosine-annealed to 1e-4, label smoothing 0.2, PCT's augmentation);
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pcea.data.synth import ensure_synthetic
 
-EPOCHS = int(os.environ.get("DEMO_EPOCHS", "5"))
+EPOCHS = int(os.environ.get("DEMO_EPOCHS", "7"))
 POINTS = int(os.environ.get("DEMO_POINTS", "512"))
 BATCH = int(os.environ.get("DEMO_BATCH", "16"))
 LR = os.environ.get("DEMO_LR", "0.01")

@@ -402,8 +402,11 @@ class Trainer:
             sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
         else:
             sampler = ShardSampler(len(dataset), env)
+        # More workers than cores only competes with the model for the CPU; the
+        # batches do not depend on the worker count (each item has its own rng).
+        workers = min(config.workers, os.cpu_count() or 1)
         return DataLoader(
-            dataset, batch_size=per_rank, sampler=sampler, num_workers=config.workers,
+            dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", drop_last=train, generator=generator,
             # Not persistent: each epoch's workers must start from the dataset with the new epoch set.
             persistent_workers=False,
