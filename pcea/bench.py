@@ -491,20 +491,10 @@ def format_report(result: dict) -> str:
 
 
 def write_json(result: dict, path: str) -> None:
-    """Write the results atomically (temp file in the same directory, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        from pcea.errors import PceaFileError
+    """Write the results as JSON, atomically (PceaFileError if the file cannot be written)."""
+    from pcea.atomic import write_atomic
 
-        raise PceaFileError(path, f"cannot write the results: {err.strerror}") from None
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
 
 
 def _child_main(case_json: str) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pcea.atomic import write_atomic
 from pcea.data.modelnet import SPLITS, detect_layout, mesh_classes, mesh_files, mesh_seed
 from pcea.errors import PceaError, PceaFileError
 
@@ -111,11 +112,11 @@ def prepare_modelnet40(
         _write_split(out, split, done, len(class_names))
     if sum(report.counts.values()) == 0:
         raise PceaFileError(src, "no mesh could be read; the first problem: " + next(iter(problems.values())))
-    _write_text(out / "shape_names.txt", "".join(f"{name}\n" for name in class_names))
+    write_atomic(out / "shape_names.txt", "".join(f"{name}\n" for name in class_names))
     report.skipped = sorted(problems.items())
     if report.skipped:
         lines = [f"{relative}\t{problem}\n" for relative, problem in report.skipped]
-        _write_text(out / "skipped.txt", "".join(lines))
+        write_atomic(out / "skipped.txt", "".join(lines))
     elif (out / "skipped.txt").exists():
         (out / "skipped.txt").unlink()
     shutil.rmtree(out / ".prepare-work", ignore_errors=True)
@@ -219,11 +220,4 @@ def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classe
     for stale in out.glob(f"ply_data_{split}*.h5"):  # parts left by an earlier, larger run
         if stale.name not in names:
             stale.unlink()
-    _write_text(out / f"{split}_files.txt", "".join(f"{name}\n" for name in names))
-
-
-def _write_text(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temp, path)
+    write_atomic(out / f"{split}_files.txt", "".join(f"{name}\n" for name in names))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from pcea.atomic import atomic_write_bytes
 from pcea.errors import PceaFileError
 
 __all__ = [
@@ -71,51 +72,6 @@ def _check_plain(obj, where: str = "payload") -> None:
             _check_plain(value, f"{where}[{i}]")
         return
     raise TypeError(f"{where}: {type(obj).__name__} is not a plain type or a tensor")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is always either the old or the new file.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk,
-    and the temporary file is renamed over ``path`` (atomic on POSIX and Windows).
-
-    Args:
-        path: destination file.
-        data: the complete new contents.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not possible (nor needed) on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def previous_path(path: str | os.PathLike) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
+from pcea.atomic import write_atomic
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.errors import PceaError
 from pcea.model import PCTClassifier
@@ -145,15 +146,6 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    from pcea.engine.checkpoint import atomic_write_bytes
-
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as err:
-        raise PceaError(f"{path}: cannot write: {err.strerror or err}") from None
-
-
 def _per_class_csv(report: dict) -> bytes:
     results = report["results"]
     buffer = io.StringIO()
@@ -213,12 +205,12 @@ def write_report(report: dict, out: str | os.PathLike) -> dict[str, Path]:
     except OSError as err:
         raise PceaError(f"{out}: cannot create the output directory: {err.strerror or err}") from None
     paths = {"json": out / "eval.json", "csv": out / "per_class.csv", "png": out / "confusion.png"}
-    _atomic_write(paths["json"], (json.dumps(report, indent=2) + "\n").encode())
-    _atomic_write(paths["csv"], _per_class_csv(report))
+    write_atomic(paths["json"], (json.dumps(report, indent=2) + "\n").encode())
+    write_atomic(paths["csv"], _per_class_csv(report))
     shown = report["results"].get("voted") or report["results"]["single_pass"]
     title = (f"{report['split']} split, {shown['label']}: OA {shown['overall_accuracy']:.1%}, "
              f"mAcc {shown['mean_class_accuracy']:.1%}")
-    _atomic_write(paths["png"], _confusion_png(shown, report["class_names"], title))
+    write_atomic(paths["png"], _confusion_png(shown, report["class_names"], title))
     return paths
 
 

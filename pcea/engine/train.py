@@ -17,6 +17,7 @@ weights as one that never stopped.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -37,8 +38,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from pcea.atomic import write_atomic
 from pcea.engine.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     load_latest,
     previous_path,
@@ -239,13 +240,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
 
 
-def _write_text(path: Path, text: str) -> None:
-    try:
-        atomic_write_bytes(path, text.encode("utf-8"))
-    except OSError as err:
-        raise PceaFileError(path, f"cannot write: {err.strerror or err}") from None
-
-
 def write_curves(history: list[dict], path: Path) -> bool:
     """Plot loss, accuracies and learning rate per epoch to a PNG, atomically.
 
@@ -278,14 +272,9 @@ def write_curves(history: list[dict], path: Path) -> bool:
         ax.grid(alpha=0.3)
     ax_loss.legend()
     ax_acc.legend()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())
     return True
 
 
@@ -661,7 +650,7 @@ class Trainer:
         if improved:
             save_checkpoint(self.out / "best.pt", {**payload, "protocol": PROTOCOLS[self.config.select_on]})
         save_checkpoint(self.out / "last.pt", payload, keep_previous=True)
-        _write_text(self.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
+        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.history))
         # Drawing takes about half a second: refresh the plot at most every 30 s, and at the end.
         if epoch == self.config.epochs or time.time() - self._curves_written >= 30:
             self._write_curves()
@@ -695,7 +684,7 @@ class Trainer:
         self._setup()
         self._on_main_for_all(self._check_disk)
         if env.is_main:
-            _write_text(self.out / "config.yaml", config.dump_yaml())
+            write_atomic(self.out / "config.yaml", config.dump_yaml())
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"run {self.out}: model {config.model} ({n_params:,} parameters), "
                  f"{len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val / "
@@ -778,7 +767,7 @@ class Trainer:
                 entry.update(val_oa=row["val_oa"], val_macc=row["val_macc"])
             results["test"].append(entry)
         if self.env.is_main:
-            _write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+            write_atomic(self.out / "results.json", json.dumps(results, indent=2) + "\n")
             for entry in results["test"]:
                 self.log(f"test ({entry['protocol']}, epoch {entry['epoch']}): "
                          f"OA {_format_pct(entry['oa'])}  mAcc {_format_pct(entry['macc'])}")
@@ -824,7 +813,7 @@ def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *
         runs.append(result)
     summary = summarise_seeds(seeds, runs)
     if DistEnv.from_env().is_main:
-        _write_text(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
         log(format_seed_table(summary))
     return summary
 
