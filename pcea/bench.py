@@ -129,16 +129,24 @@ def _reset_peak(device: str) -> None:
         pass
 
 
-def _peak_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status ("VmHWM", "VmRSS") in MB, or None without /proc."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # the kernel reports kB
     except OSError:
         pass
+    return None
+
+
+def _peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource  # lifetime peak: an upper bound where /proc is missing
 
     scale = 1 if sys.platform == "darwin" else 1024
@@ -146,14 +154,8 @@ def _peak_mb(device: str) -> float:
 
 
 def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    rss = _proc_status_mb("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def _cpu_seconds() -> tuple[float, float]:
