@@ -11,11 +11,21 @@ reads them only when the process starts (a later ``mallopt`` recovers only
 part of the gain), so ``pcea train/eval/classify/bench`` re-execute
 themselves once with them set; see :func:`reexec_if_needed`.
 
+The same re-exec sets ``OMP_WAIT_POLICY=PASSIVE``. After each parallel
+region PyTorch's OpenMP workers otherwise spin on a core for a while, and the
+compiled FPS and kNN kernels (:mod:`pcea.fast_ops`), which split a batch over
+their own threads right after the layers before them, then share one core
+between two threads: FPS of 32 x 1024 -> 512 took 14 ms on 2 threads instead
+of 7. Sleeping workers cost PyTorch's own passes nothing measurable here (see
+docs/benchmarks.md).
+
 The cost: the process keeps its peak memory until it exits instead of giving
-it back between passes. ``PCEA_ALLOCATOR=system`` turns this off; a user who
-sets any of the three variables, or preloads tcmalloc/jemalloc/mimalloc, keeps
-that choice. On a CUDA or MPS device the activations live in the device's own
-caching allocator, so nothing is done there.
+it back between passes. ``PCEA_ALLOCATOR=system`` turns the re-exec off
+(neither setting is made); a user who sets any of the three malloc variables,
+or preloads tcmalloc/jemalloc/mimalloc, keeps that choice, and so does a user
+who sets ``OMP_WAIT_POLICY``. On a CUDA or MPS device the activations live in
+the device's own caching allocator and FPS runs on the device, so nothing is
+done there.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import platform
 import sys
 from collections.abc import Mapping
 
-__all__ = ["FAST_ENV", "COMMANDS", "allocator_env", "describe_allocator", "reexec_if_needed"]
+__all__ = ["FAST_ENV", "THREAD_ENV", "COMMANDS", "allocator_env", "describe_allocator", "reexec_if_needed"]
 
 # Values well above the largest activation of a B=32 batch (hundreds of MB).
 FAST_ENV = {
@@ -33,6 +43,8 @@ FAST_ENV = {
     "MALLOC_TRIM_THRESHOLD_": str(4 << 30),  # never shrink the heap below 4 GiB of free top
     "MALLOC_TOP_PAD_": str(1 << 30),  # grow the heap in large steps (address space only)
 }
+# Idle OpenMP workers sleep instead of spinning, so pcea's kernel threads get the cores.
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 COMMANDS = ("train", "eval", "classify", "bench")
 MARKER = "PCEA_ALLOCATOR_SET"  # set in the re-executed process: guards against loops
 PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")
@@ -52,32 +64,43 @@ def allocator_env(
         environ: the current environment.
         command: the pcea subcommand.
         device: the ``--device`` the user chose, if any.
-        system: ``sys.platform``; only Linux with glibc reads these variables.
+        system: ``sys.platform``; pcea re-executes itself on Linux only, and
+            only glibc reads the malloc variables.
         libc: the C library's name (default: ``platform.libc_ver()``).
 
     Returns:
-        A full environment (a copy of ``environ`` with the three variables and
-        the loop guard set) when a re-exec helps, else None.
+        A full environment (a copy of ``environ`` with the malloc variables
+        and/or ``OMP_WAIT_POLICY`` and the loop guard set) when a re-exec
+        helps, else None.
     """
     if command not in COMMANDS:
         return None
     if environ.get("PCEA_ALLOCATOR", "").lower() == "system" or MARKER in environ:
         return None
-    if any(name in environ for name in FAST_ENV):
-        return None  # the user chose their own glibc settings
-    if any(lib in environ.get("LD_PRELOAD", "") for lib in PRELOADED):
-        return None  # another allocator is in charge
     if device and device.split(":")[0] in ("cuda", "mps"):
         return None  # activations live in the device allocator
+    if not system.startswith("linux"):
+        return None  # execve replaces the process as intended on Linux only
     libc = platform.libc_ver()[0] if libc is None else libc
-    if not system.startswith("linux") or libc != "glibc":
+    changes = {}
+    user_malloc = any(name in environ for name in FAST_ENV)  # the user chose their own glibc settings
+    preloaded = any(lib in environ.get("LD_PRELOAD", "") for lib in PRELOADED)  # another allocator
+    if libc == "glibc" and not user_malloc and not preloaded:
+        changes.update(FAST_ENV)
+    if "OMP_WAIT_POLICY" not in environ:
+        changes.update(THREAD_ENV)
+    if not changes:
         return None
-    return {**environ, **FAST_ENV, MARKER: "1"}
+    return {**environ, **changes, MARKER: "1"}
 
 
 def describe_allocator(environ: Mapping[str, str] | None = None) -> str:
-    """One line naming the allocator configuration this process runs under."""
+    """One line naming the allocator and OpenMP idle configuration this process runs under."""
     environ = os.environ if environ is None else environ
+    return f"{_describe_malloc(environ)}; {_describe_omp_wait(environ)}"
+
+
+def _describe_malloc(environ: Mapping[str, str]) -> str:
     preload = environ.get("LD_PRELOAD", "")
     for lib in PRELOADED:
         if lib in preload:
@@ -90,6 +113,15 @@ def describe_allocator(environ: Mapping[str, str] | None = None) -> str:
     if environ.get("PCEA_ALLOCATOR", "").lower() == "system":
         return f"{libc} malloc, default settings (PCEA_ALLOCATOR=system)"
     return f"{libc} malloc, default settings"
+
+
+def _describe_omp_wait(environ: Mapping[str, str]) -> str:
+    policy = environ.get("OMP_WAIT_POLICY")
+    if policy is None:
+        return "OpenMP default wait policy"
+    by_pcea = MARKER in environ and policy == THREAD_ENV["OMP_WAIT_POLICY"]
+    who = "set by pcea" if by_pcea else "set by the user"
+    return f"OMP_WAIT_POLICY={policy} ({who})"
 
 
 def reexec_if_needed(command: str, device: str | None, argv: list[str]) -> None:
