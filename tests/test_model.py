@@ -97,18 +97,34 @@ def test_state_dict_round_trip_gives_identical_logits():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_neighbor_embedding_equals_the_plain_grouped_mlp(training):
-    """The pre-gather rewrite against sample_and_group followed by the MLP on every row."""
+    """The pre-gather rewrite against sample_and_group followed by the MLP on every row:
+    the same outputs and, in training mode, the same gradients."""
     torch.manual_seed(0)
     stage = NeighborEmbedding(6, 16, num_centers=20, k=5)
     with torch.no_grad():
         stage.lbr1.bn.running_mean.uniform_(-0.5, 0.5)
     stage.train(training)
-    xyz, feats = torch.randn(3, 50, 3), torch.randn(3, 50, 6)
+    xyz, feats = torch.randn(3, 50, 3), torch.randn(3, 50, 6, requires_grad=True)
+    cotangent = torch.randn(3, 20, 16)
+
+    def grads(out):
+        stage.zero_grad()
+        feats.grad = None
+        (out * cotangent).sum().backward()
+        return [feats.grad] + [p.grad for p in stage.parameters()]
+
     centers, out = stage(xyz, feats)
+    fast_grads = grads(out)
     expected_centers, grouped = sample_and_group(xyz, feats, 20, 5)  # (B, M, k, 12)
-    expected = stage.lbr2(stage.lbr1(grouped)).amax(dim=2)  # (B, M, 16)
+    # The plain form, spelled out: Linear, BatchNorm and ReLU on every row, then the max.
+    rows = grouped.reshape(-1, 12)
+    for lbr in (stage.lbr1, stage.lbr2):
+        rows = torch.relu(lbr.bn(lbr.linear(rows)))
+    expected = rows.view(3, 20, 5, 16).amax(dim=2)  # (B, M, 16)
     assert torch.equal(centers, expected_centers)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for fast, plain in zip(fast_grads, grads(expected), strict=True):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
 
 
 def test_normals_and_max_mean_pooling():
