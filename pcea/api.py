@@ -22,6 +22,7 @@ import torch
 from pcea.errors import PceaError, PceaFileError
 from pcea.io import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, MESH_EXTENSIONS, POINT_EXTENSIONS, load_points
 from pcea.model import ModelConfig, PCTClassifier
+from pcea.precision import amp_support, autocast
 
 __all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "open_checkpoint",
            "print_classification", "resolve_checkpoint"]
@@ -160,7 +161,7 @@ def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[
 def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, top_k: int = 5,
                   num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
                   max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
-                  ) -> Iterator[dict]:
+                  amp: bool = False) -> Iterator[dict]:
     """Classify files batch by batch, yielding one result per file in order.
 
     Args:
@@ -174,6 +175,7 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
         seed: seed of the point sampling and of the voting augmentations.
         max_bytes: larger files are refused.
         max_points: files declaring more points, vertices or faces are refused.
+        amp: bf16 autocast (see :mod:`pcea.precision`); the caller checks that it helps.
 
     Yields:
         ``{"path": str, "top_k": [(class, probability), ...]}`` or, for a file that
@@ -208,10 +210,11 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
                 results.append({"path": os.fspath(path), "error": str(err)})
         if clouds:
             points = torch.from_numpy(np.stack(clouds))  # (B, N, C)
-            if votes > 1:
-                probs = vote_probabilities(model, points, votes=votes, keys=[(seed,)] * len(clouds))
-            else:
-                probs = model.predict(points)  # (B, num_classes)
+            with autocast(next(model.parameters()).device, amp):
+                if votes > 1:
+                    probs = vote_probabilities(model, points, votes=votes, keys=[(seed,)] * len(clouds))
+                else:
+                    probs = model.predict(points)  # (B, num_classes)
             good = iter(probs.numpy())
             for result in results:
                 if "error" not in result:
@@ -223,7 +226,7 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
              checkpoint: str | os.PathLike | PCTClassifier, *, top_k: int = 5,
              num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
              max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
-             device: str | torch.device = "cpu") -> list[dict]:
+             device: str | torch.device = "cpu", amp: bool = False) -> list[dict]:
     """Classify point-cloud or mesh files with a trained model.
 
     Args:
@@ -237,6 +240,8 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
         max_bytes: larger files are refused.
         max_points: files declaring more points, vertices or faces are refused.
         device: where the model runs when it is loaded here.
+        amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`),
+            float32 elsewhere.
 
     Returns:
         One dict per file: ``{"path": str, "top_k": [(class, probability), ...]}``
@@ -251,9 +256,10 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
     if not files:
         raise PceaError("no input files: " + (", ".join(unmatched) or "none given"))
     model = checkpoint if isinstance(checkpoint, PCTClassifier) else load_model(checkpoint, device=device)
+    amp = amp and amp_support(next(model.parameters()).device)[0]
     results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
                                  batch_size=batch_size, seed=seed, max_bytes=max_bytes,
-                                 max_points=max_points))
+                                 max_points=max_points, amp=amp))
     return results + [{"path": text, "error": f"{text}: no such file, or no files matched"}
                       for text in unmatched]
 

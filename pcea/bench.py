@@ -28,12 +28,14 @@ from torch import nn
 
 from pcea.allocator import describe_allocator
 from pcea.errors import PceaError
+from pcea.precision import autocast
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "machine_info"]
 
 MODELS = ("pcea", "pct", "pct-sa")
 ATTENTION = ("external", "offset", "self")
 REFERENCE = "reference"  # the ReferencePCT baseline's name in the results
+PRECISIONS = ("fp32", "bf16")  # bf16: the forward under torch.autocast(dtype=torch.bfloat16)
 _RESULT_TAG = "PCEA_BENCH_RESULT "
 
 
@@ -55,6 +57,7 @@ class BenchConfig:
     warmup: int = 2
     rounds: int = 1
     reference: bool = False
+    precision: Sequence[str] = ("fp32",)  # "fp32" and/or "bf16" (autocast) for the models
     train: bool = True
     isolate: bool = True
     sections: Sequence[str] = field(default=("models", "attention", "ops"))
@@ -73,6 +76,9 @@ class BenchConfig:
         too_small = [n for n in self.points if n < 512]
         if too_small and "models" in self.sections:
             raise PceaError(f"the models need at least 512 points per cloud, got {too_small}")
+        unknown = [p for p in self.precision if p not in PRECISIONS]
+        if unknown or not self.precision:
+            raise PceaError(f"unknown precision(s) {', '.join(unknown) or '(none)'}; choose from fp32, bf16")
         unknown = [name for name in self.sections if name not in ("models", "attention", "ops")]
         if unknown:
             raise PceaError(f"unknown section(s) {', '.join(unknown)}; choose from models, attention, ops")
@@ -203,14 +209,15 @@ def measure_model(case: dict) -> dict:
     """Inference (unfused and fused) and training-step throughput of one model setting."""
     device, batch, num_points = case["device"], case["batch_size"], case["points"]
     repeats, warmup = case["repeats"], case["warmup"]
+    precision = case.get("precision", "fp32")
     torch.manual_seed(0)
     model = _build(case["model"], num_points, case.get("overrides")).to(device)  # overrides: tests
     points = torch.randn(batch, num_points, 3, device=device)
-    row = {"model": case["model"], "batch_size": batch, "points": num_points,
+    row = {"model": case["model"], "precision": precision, "batch_size": batch, "points": num_points,
            "params": sum(p.numel() for p in model.parameters()), "rss_before_mb": _rss_mb()}
 
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision == "bf16"):
         seconds, peak, cpu = _timed(lambda: model(points), repeats=repeats, warmup=warmup, device=device)
         row.update(infer_clouds_s=batch / seconds, infer_ms=seconds * 1e3, infer_peak_mb=peak,
                        infer_user_ms=cpu[0] * 1e3, infer_sys_ms=cpu[1] * 1e3)
@@ -230,7 +237,9 @@ def measure_model(case: dict) -> dict:
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(points), labels).backward()
+            with autocast(device, precision == "bf16"):
+                logits = model(points)
+            nn.functional.cross_entropy(logits.float(), labels).backward()
             optimizer.step()
 
         seconds, peak, cpu = _timed(step, repeats=repeats, warmup=warmup, device=device)
@@ -252,51 +261,59 @@ def measure_interleaved(case: dict) -> dict:
     torch.manual_seed(0)
     points = torch.randn(batch, num_points, 3, device=device)
     labels = torch.randint(0, 40, (batch,), device=device)
-    names = list(case["models"]) + [REFERENCE]
-    models = {name: _build(name, num_points).to(device) for name in names}
+    precisions = list(case.get("precisions", ["fp32"]))
+    # One entry per (model, precision); a model's entries share its weights.
+    entries = [(name, p) for name in list(case["models"]) + [REFERENCE] for p in precisions]
+    models = {name: _build(name, num_points).to(device) for name in dict(entries)}
 
-    def infer(name: str) -> Callable[[], object]:
+    def infer(name: str, precision: str) -> Callable[[], object]:
         model = models[name].eval()
         if name != REFERENCE:
             fuse_batchnorm(model)
 
         def run() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision == "bf16"):
                 model(points)
 
         return run
 
-    def train(name: str) -> Callable[[], object]:
+    def train(name: str, precision: str) -> Callable[[], object]:
         model = models[name].train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(points), labels).backward()
+            with autocast(device, precision == "bf16"):
+                logits = model(points)
+            nn.functional.cross_entropy(logits.float(), labels).backward()
             optimizer.step()
 
         return run
 
-    rows = {name: {"model": name, "batch_size": batch, "points": num_points} for name in names}
+    rows = {entry: {"model": entry[0], "precision": entry[1], "batch_size": batch, "points": num_points}
+            for entry in entries}
     phases = [("infer", infer)] + ([("train", train)] if case["train"] else [])
     for phase, make in phases:
-        runs = {name: make(name) for name in names}
-        times: dict[str, list[float]] = {name: [] for name in names}
+        runs = {entry: make(*entry) for entry in entries}
+        times: dict[tuple, list[float]] = {entry: [] for entry in entries}
         for _ in range(max(1, case["warmup"])):
             for run in runs.values():
                 run()
         for _ in range(case["repeats"]):
-            for name, run in runs.items():  # A, B, A, B
+            for entry, run in runs.items():  # A, B, A, B
                 start = time.perf_counter()
                 run()
                 _sync(device)
-                times[name].append(time.perf_counter() - start)
-        for name in names:
-            rows[name][f"{phase}_clouds_s"] = batch / statistics.median(times[name])
-        for name in names:
-            rows[name][f"{phase}_vs_reference"] = (
-                rows[name][f"{phase}_clouds_s"] / rows[REFERENCE][f"{phase}_clouds_s"]
-            )
+                times[entry].append(time.perf_counter() - start)
+        for entry in entries:
+            rows[entry][f"{phase}_clouds_s"] = batch / statistics.median(times[entry])
+        for name, precision in entries:  # against the reference in the same precision, and in fp32
+            row = rows[(name, precision)]
+            row[f"{phase}_vs_reference"] = (
+                row[f"{phase}_clouds_s"] / rows[(REFERENCE, precision)][f"{phase}_clouds_s"])
+            if (REFERENCE, "fp32") in rows:
+                row[f"{phase}_vs_reference_fp32"] = (
+                    row[f"{phase}_clouds_s"] / rows[(REFERENCE, "fp32")][f"{phase}_clouds_s"])
     return {"rows": list(rows.values())}
 
 
@@ -416,11 +433,12 @@ def run_bench(config: BenchConfig) -> dict:
     if "models" in config.sections:
         names = list(config.models) + ([REFERENCE] if config.reference else [])
         cases += [{"kind": "model", "model": name, "points": n, "batch_size": config.batch_size,
-                   "train": config.train, **common} for n in config.points for name in names]
+                   "precision": p, "train": config.train, **common}
+                  for n in config.points for name in names for p in config.precision]
     if "models" in config.sections and config.reference:
         cases += [{"kind": "interleaved", "models": list(config.models), "points": n,
-                   "batch_size": config.batch_size, "train": config.train, **common}
-                  for n in config.points]
+                   "batch_size": config.batch_size, "precisions": list(config.precision),
+                   "train": config.train, **common} for n in config.points]
     if "attention" in config.sections:
         cases += [{"kind": "attention", "attention": kind, "points": n,
                    "attention_batch": config.attention_batch, "attention_dim": config.attention_dim,
@@ -459,22 +477,27 @@ def format_report(result: dict) -> str:
     if result["models"]:
         lines += ["", "models: clouds/s (median), peak memory MB "
                   + ("(peak RSS of the process)" if m["device"] == "cpu" else "(max_memory_allocated)"),
-                  f"{'model':<10}{'B':>4}{'N':>6}{'infer':>9}{'fused':>9}{'train':>9}"
+                  f"{'model':<10}{'prec':<6}{'B':>4}{'N':>6}{'infer':>9}{'fused':>9}{'train':>9}"
                   f"{'infer MB':>10}{'fused MB':>10}{'train MB':>10}"]
         for r in result["models"]:
             lines.append(
-                f"{r['model']:<10}{r['batch_size']:>4}{r['points']:>6}{_fmt(r['infer_clouds_s']):>9}"
+                f"{r['model']:<10}{r.get('precision', 'fp32'):<6}{r['batch_size']:>4}{r['points']:>6}"
+                f"{_fmt(r['infer_clouds_s']):>9}"
                 f"{_fmt(r.get('fused_clouds_s')):>9}{_fmt(r.get('train_clouds_s')):>9}"
                 f"{_fmt(r['infer_peak_mb'], '.0f'):>10}{_fmt(r.get('fused_peak_mb'), '.0f'):>10}"
                 f"{_fmt(r.get('train_peak_mb'), '.0f'):>10}")
     if result.get("interleaved"):
-        lines += ["", "against the reference in one process, calls alternating (pcea models fused): clouds/s",
-                  f"{'model':<10}{'B':>4}{'N':>6}{'infer':>9}{'ratio':>8}{'train':>9}{'ratio':>8}"]
+        lines += ["", "against the reference in one process, calls alternating (pcea models fused): "
+                  "clouds/s; ratio to the reference in the same precision (and in fp32)",
+                  f"{'model':<10}{'prec':<6}{'B':>4}{'N':>6}{'infer':>9}{'ratio':>8}{'fp32':>7}"
+                  f"{'train':>9}{'ratio':>8}{'fp32':>7}"]
         for r in result["interleaved"]:
             lines.append(
-                f"{r['model']:<10}{r['batch_size']:>4}{r['points']:>6}{_fmt(r['infer_clouds_s']):>9}"
-                f"{_fmt(r['infer_vs_reference'], '.2f'):>8}{_fmt(r.get('train_clouds_s')):>9}"
-                f"{_fmt(r.get('train_vs_reference'), '.2f'):>8}")
+                f"{r['model']:<10}{r.get('precision', 'fp32'):<6}{r['batch_size']:>4}{r['points']:>6}"
+                f"{_fmt(r['infer_clouds_s']):>9}{_fmt(r['infer_vs_reference'], '.2f'):>8}"
+                f"{_fmt(r.get('infer_vs_reference_fp32'), '.2f'):>7}{_fmt(r.get('train_clouds_s')):>9}"
+                f"{_fmt(r.get('train_vs_reference'), '.2f'):>8}"
+                f"{_fmt(r.get('train_vs_reference_fp32'), '.2f'):>7}")
     if result["attention"]:
         lines += ["", "attention layers alone (4 offset blocks, inference): ms per batch, extra memory MB",
                   f"{'attention':<10}{'B':>4}{'tokens':>8}{'ms':>10}{'extra MB':>10}"]

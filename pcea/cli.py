@@ -133,7 +133,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="which epoch best.pt holds: best on val (default), best on test, or last")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast on CUDA")
+                   help="bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs); "
+                        "about 2x faster training on such CPUs")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (falls back to eager)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -207,6 +208,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", metavar="DIR", help="directory for the report files")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs): "
+                        "about 2x faster on such CPUs, logits within ~1e-2 of float32")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -217,7 +221,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, votes=args.votes,
                                  seed=args.seed, batch_size=args.batch_size, device=args.device,
-                                 out=args.out)
+                                 out=args.out, amp=args.amp)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -242,6 +246,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-points", type=_positive_int, default=DEFAULT_MAX_POINTS,
                    help=f"refuse files declaring more points, vertices or faces ({DEFAULT_MAX_POINTS})")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs): "
+                        "about 2x faster on such CPUs, logits within ~1e-2 of float32")
     p.set_defaults(func=_cmd_classify, parser=p)
 
 
@@ -250,11 +257,17 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     from pcea.api import expand_inputs, load_model, print_classification
     from pcea.engine.train import resolve_device
+    from pcea.precision import amp_support
 
     files, unmatched = expand_inputs(args.inputs)
     if not files:
         args.parser.error("no input files matched: " + ", ".join(unmatched))
     model = load_model(args.checkpoint, device=resolve_device(args.device))
+    amp = False
+    if args.amp:
+        amp, why = amp_support(next(model.parameters()).device)
+        if not amp:
+            print(f"pcea: note: --amp ignored, float32 it is: {why}", file=sys.stderr)
     for text in unmatched:
         print(f"pcea: skipped {text}: no such file, or no files matched", file=sys.stderr)
     with warnings.catch_warnings():
@@ -263,7 +276,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         failed = print_classification(files, model, as_json=args.json, top_k=args.top_k,
                                       num_points=args.points, votes=args.votes, seed=args.seed,
                                       batch_size=args.batch_size, max_bytes=args.max_bytes,
-                                      max_points=args.max_points)
+                                      max_points=args.max_points, amp=amp)
     return 1 if failed or unmatched else 0
 
 
@@ -355,6 +368,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=1, help="run all settings this many times, report medians")
     p.add_argument("--reference", action="store_true",
                    help="also time a plain PCT reimplementation (conv1d, full groups, torch FPS)")
+    p.add_argument("--precision", type=_csv(str), default=["fp32"],
+                   help="fp32 and/or bf16 (autocast) for the models, e.g. fp32,bf16 (default fp32)")
     p.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     p.add_argument("--only", type=_csv(str), default=["models", "attention", "ops"],
                    help="sections to run: models,attention,ops")
@@ -376,7 +391,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models=args.model, batch_size=args.batch_size, points=args.points, attention=args.attention,
         attention_batch=args.attention_batch, fps=args.fps, device=args.device, threads=args.threads,
         repeats=args.repeats, warmup=args.warmup, rounds=args.rounds, reference=args.reference,
-        train=args.train, isolate=args.isolate, sections=args.only,
+        precision=args.precision, train=args.train, isolate=args.isolate, sections=args.only,
     )
     result = run_bench(config)
     result["command"] = "pcea " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pcea bench"

@@ -278,7 +278,7 @@ class PCTClassifier(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            probs = self(x.to(device=device, dtype=torch.float32)).softmax(dim=-1).cpu()
+            probs = self(x.to(device=device, dtype=torch.float32)).float().softmax(dim=-1).cpu()
         finally:
             self.train(was_training)
         return probs[0] if single else probs

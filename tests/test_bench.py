@@ -15,7 +15,7 @@ from pcea.errors import PceaError
 
 TINY = BenchConfig(models=("pcea",), batch_size=2, points=(512,), attention=("external", "offset"),
                    attention_batch=2, fps=((2, 128, 16),), repeats=1, warmup=0, reference=True,
-                   train=False, isolate=False)  # the training step: test_measure_model_train_step
+                   precision=("fp32", "bf16"), train=False, isolate=False)  # the training step: test_measure_model_train_step
 
 
 def positive(row: dict, keys: list[str]) -> None:
@@ -26,16 +26,24 @@ def positive(row: dict, keys: list[str]) -> None:
 def test_run_bench_tiny_in_process():
     result = run_bench(TINY)
     assert set(result["machine"]) >= {"cpu", "cores", "threads", "torch", "allocator", "date"}
-    models = {row["model"]: row for row in result["models"]}
-    assert set(models) == {"pcea", "reference"}
+    rows = {(row["model"], row["precision"]): row for row in result["models"]}
+    assert set(rows) == {(m, p) for m in ("pcea", "reference") for p in ("fp32", "bf16")}
+    models = {model: row for (model, prec), row in rows.items() if prec == "fp32"}
     positive(models["pcea"], ["infer_clouds_s", "fused_clouds_s", "infer_peak_mb", "fused_peak_mb", "params"])
     positive(models["reference"], ["infer_clouds_s", "infer_peak_mb"])
+    positive(rows[("pcea", "bf16")], ["infer_clouds_s", "fused_clouds_s"])
     assert "train_clouds_s" not in models["pcea"]
     assert models["reference"]["params"] == 2_876_136  # PCT's size, like the pct preset
-    interleaved = {row["model"]: row for row in result["interleaved"]}
-    assert set(interleaved) == {"pcea", "reference"}
-    positive(interleaved["pcea"], ["infer_clouds_s", "infer_vs_reference"])
-    assert interleaved["reference"]["infer_vs_reference"] == 1.0
+    interleaved = {(row["model"], row["precision"]): row for row in result["interleaved"]}
+    assert set(interleaved) == set(rows)
+    positive(interleaved[("pcea", "fp32")], ["infer_clouds_s", "infer_vs_reference"])
+    for prec in ("fp32", "bf16"):
+        assert interleaved[("reference", prec)]["infer_vs_reference"] == 1.0
+    bf16 = interleaved[("pcea", "bf16")]  # its two ratios: to the bf16 and to the fp32 reference
+    assert bf16["infer_vs_reference"] == pytest.approx(
+        bf16["infer_clouds_s"] / interleaved[("reference", "bf16")]["infer_clouds_s"])
+    assert bf16["infer_vs_reference_fp32"] == pytest.approx(
+        bf16["infer_clouds_s"] / interleaved[("reference", "fp32")]["infer_clouds_s"])
     kinds = [(r["attention"], r["tokens"]) for r in result["attention"]]
     assert kinds == [("external", 512), ("offset", 512)]
     for row in result["attention"]:
@@ -45,7 +53,7 @@ def test_run_bench_tiny_in_process():
     for row in ops.values():
         positive(row, ["torch_ms"] + (["fast_ms"] if "fast_ms" in row else []))
     report = format_report(result)
-    assert "allocator" in report and "reference" in report and "fps" in report
+    assert "allocator" in report and "reference" in report and "fps" in report and "bf16" in report
 
 
 def test_measure_model_train_step():
@@ -102,6 +110,8 @@ def test_unwritable_json_names_the_file(tmp_path, capsys):
 def test_bench_config_validate_direct():
     with pytest.raises(PceaError, match="positive"):
         BenchConfig(repeats=0).validate()
+    with pytest.raises(PceaError, match="precision.*fp16.*fp32, bf16"):
+        BenchConfig(precision=("fp16",)).validate()
 
 
 def test_reference_matches_pct_preset_size_and_runs():

@@ -53,7 +53,8 @@ class TrainConfig:
             best test OA ("test", the papers' protocol, for comparison only) or
             the last epoch ("last").
         device: "auto" (CUDA, then MPS, then CPU), or a torch device string.
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast where the device runs bf16 natively (CUDA, AVX512-BF16/AMX
+            CPUs; see :mod:`pcea.precision`), float32 elsewhere.
         compile: ``torch.compile`` the model, falling back to eager on failure.
         threads: CPU threads for torch (None leaves torch's default).
         workers: DataLoader worker processes.

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from pcea.atomic import write_atomic
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.errors import PceaError
 from pcea.model import PCTClassifier
+from pcea.precision import amp_support, autocast
 
 __all__ = [
     "evaluate",
@@ -79,14 +81,15 @@ def vote_probabilities(model: torch.nn.Module, points: torch.Tensor, *, votes: i
     for vote in range(votes):
         copies = np.stack([transform(cloud.copy(), np.random.default_rng((*key, vote)))
                            for cloud, key in zip(clouds, keys, strict=True)])  # (B, N, C)
-        probs = model(torch.from_numpy(copies).to(device, torch.float32)).softmax(dim=-1).cpu()
+        logits = model(torch.from_numpy(copies).to(device, torch.float32))  # bf16 under --amp
+        probs = logits.float().softmax(dim=-1).cpu()
         total = probs if total is None else total + probs
     return total / votes  # (B, num_classes)
 
 
 @torch.no_grad()
-def evaluate(model: PCTClassifier, dataset, *, votes: int = 1, seed: int = 0, batch_size: int = 32
-             ) -> dict[str, np.ndarray]:
+def evaluate(model: PCTClassifier, dataset, *, votes: int = 1, seed: int = 0, batch_size: int = 32,
+             amp: bool = False) -> dict[str, np.ndarray]:
     """Class probabilities for every item of a dataset, with and without voting.
 
     Args:
@@ -95,6 +98,7 @@ def evaluate(model: PCTClassifier, dataset, *, votes: int = 1, seed: int = 0, ba
         votes: 1 for the single pass only; K > 1 also computes K-copy voting.
         seed: seeds the voting augmentations (copy v of item i uses the key (seed, i, v)).
         batch_size: clouds per forward pass.
+        amp: run under bf16 autocast (:mod:`pcea.precision`); float32 otherwise.
 
     Returns:
         ``labels`` (n,), ``single`` (n, num_classes) probabilities and, with votes > 1,
@@ -108,10 +112,11 @@ def evaluate(model: PCTClassifier, dataset, *, votes: int = 1, seed: int = 0, ba
     labels, single, voted = [], [], []
     start = 0
     for points, target in loader:  # (B, N, C), (B,)
-        single.append(model(points.to(device)).softmax(dim=-1).cpu())
-        if votes > 1:
-            keys = [(seed, start + b) for b in range(len(points))]
-            voted.append(vote_probabilities(model, points, votes=votes, keys=keys))
+        with autocast(device, amp):
+            single.append(model(points.to(device)).float().softmax(dim=-1).cpu())
+            if votes > 1:
+                keys = [(seed, start + b) for b in range(len(points))]
+                voted.append(vote_probabilities(model, points, votes=votes, keys=keys))
         labels.append(target)
         start += len(points)
     out = {"labels": torch.cat(labels).numpy(), "single": torch.cat(single).numpy()}
@@ -216,7 +221,8 @@ def write_report(report: dict, out: str | os.PathLike) -> dict[str, Path]:
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: str = "test",
                         votes: int = 1, seed: int = 0, batch_size: int = 32, device: str = "auto",
-                        out: str | os.PathLike | None = None, write: bool = True) -> dict:
+                        out: str | os.PathLike | None = None, write: bool = True, amp: bool = False,
+                        log=None) -> dict:
     """Evaluate a checkpoint on a dataset split and write the report next to it.
 
     Args:
@@ -229,6 +235,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         device: "auto", "cpu", "cuda", "cuda:1", "mps".
         out: directory of the report files; the checkpoint's directory by default.
         write: False to only return the report.
+        amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`);
+            elsewhere a note goes to ``log`` and the evaluation runs in float32.
+        log: called with one-line notes (default: print to stderr).
 
     Returns:
         The report (the contents of ``eval.json``); ``report["files"]`` lists what was written.
@@ -243,6 +252,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     if votes < 1:
         raise PceaError(f"--votes {votes}: must be at least 1")
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
+    if amp:
+        amp, why = amp_support(next(model.parameters()).device)
+        if not amp:
+            (log or (lambda line: print(line, file=sys.stderr)))(f"note: --amp ignored, float32 it is: {why}")
     if os.fspath(data) == "synthetic":
         from pcea.data.synth import ensure_synthetic
 
@@ -255,7 +268,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
                         f"{len(model.class_names)} ({', '.join(model.class_names[:4])}, ...)")
     if len(dataset) == 0:
         raise PceaError(f"{dataset.root}: the {split} split is empty")
-    preds = evaluate(model, dataset, votes=votes, seed=seed, batch_size=batch_size)
+    preds = evaluate(model, dataset, votes=votes, seed=seed, batch_size=batch_size, amp=amp)
     results = {"single_pass": summarize(preds["labels"], preds["single"], model.class_names, "single pass")}
     if votes > 1:
         results["voted"] = summarize(preds["labels"], preds["voted"], model.class_names,
@@ -270,6 +283,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         "num_shapes": len(dataset),
         "num_points": config.num_points,
         "votes": votes,
+        "precision": "bf16 autocast" if amp else "float32",
         "vote_seed": seed if votes > 1 else None,
         "class_names": list(model.class_names),
         "results": results,
@@ -284,7 +298,7 @@ def format_report(report: dict) -> str:
     """A few lines for the terminal: where the figures come from and OA/mAcc of each protocol."""
     lines = [f"checkpoint  {report['checkpoint']} (epoch {report['epoch']}, {report['selection']})",
              f"data        {report['data']}, {report['split']} split, {report['num_shapes']} shapes, "
-             f"{report['num_points']} points"]
+             f"{report['num_points']} points, {report.get('precision', 'float32')}"]
     for result in report["results"].values():
         lines.append(f"{result['label']:<40}  OA {result['overall_accuracy']:7.2%}  "
                      f"mAcc {result['mean_class_accuracy']:7.2%}")

@@ -49,6 +49,7 @@ from pcea.engine.config import RUNTIME_KEYS, TrainConfig
 from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buffers
 from pcea.engine.metrics import accuracy_from_counts
 from pcea.errors import PceaError, PceaFileError
+from pcea.precision import amp_support
 
 __all__ = [
     "PROTOCOLS",
@@ -419,10 +420,11 @@ class Trainer:
         if env.enabled and config.batch_size // env.world_size < 2:
             raise PceaError(f"batch_size={config.batch_size} over {env.world_size} processes leaves "
                             "fewer than 2 clouds per process (BatchNorm needs 2)")
-        self.amp = config.amp and self.device.type == "cuda"
-        if config.amp and not self.amp:
-            self.log(f"note: --amp (bf16 autocast) only applies on CUDA; running in float32 on "
-                     f"{self.device.type}")
+        self.amp = False
+        if config.amp:
+            self.amp, why = amp_support(self.device)
+            if not self.amp:
+                self.log(f"note: --amp ignored, training in float32: {why}")
 
         torch.manual_seed(config.seed)
         random.seed(config.seed)

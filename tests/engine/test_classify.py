@@ -140,3 +140,23 @@ def test_directory_with_a_symlink_loop(checkpoint, mixed_dir, capsys):
     assert main(["classify", str(checkpoint), str(mixed_dir / "sub"), "--json"]) == 0
     paths = sorted(json.loads(line)["path"] for line in capsys.readouterr().out.splitlines())
     assert paths == [str(mixed_dir / "sub" / "cloud.npy"), str(mixed_dir / "sub" / "cloud.ply")]
+
+
+def test_amp_classifies_in_bf16_where_native_and_says_why_not_elsewhere(checkpoint, mixed_dir, capsys,
+                                                                         monkeypatch):
+    from pcea import precision
+
+    cube = str(mixed_dir / "cube.off")
+    assert main(["classify", str(checkpoint), cube, "--json", "--top-k", "4"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)["top_k"]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert main(["classify", str(checkpoint), cube, "--json", "--top-k", "4", "--amp"]) == 0
+    out, err = capsys.readouterr()
+    bf16 = json.loads(out)["top_k"]
+    assert err == "" and bf16 != fp32  # bf16 changes the probabilities, a little
+    assert [e["probability"] for e in bf16] == pytest.approx([e["probability"] for e in fp32], abs=0.05)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert main(["classify", str(checkpoint), cube, "--json", "--top-k", "4", "--amp"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["top_k"] == fp32
+    assert err.count("\n") == 1 and "--amp ignored" in err and "no native bf16" in err

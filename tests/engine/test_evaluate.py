@@ -138,3 +138,22 @@ def test_dataset_with_other_classes_is_refused(run_dir, tiny_h5, tmp_path):
     (other / "shape_names.txt").write_text("a\nb\nc\nd\n")
     with pytest.raises(pcea.PceaError, match="not the model's 4"):
         evaluate_checkpoint(run_dir, other, write=False)
+
+
+def test_amp_evaluates_in_bf16_where_native_and_notes_why_not_elsewhere(run_dir, tiny_h5, monkeypatch):
+    from pcea import precision
+
+    fp32 = evaluate_checkpoint(run_dir, tiny_h5, write=False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    bf16 = evaluate_checkpoint(run_dir, tiny_h5, write=False, amp=True)
+    assert (fp32["precision"], bf16["precision"]) == ("float32", "bf16 autocast")
+    # Not exact, but close: the tiny model's test accuracy moves by at most a couple of shapes.
+    accuracy = [r["results"]["single_pass"]["overall_accuracy"] for r in (fp32, bf16)]
+    assert abs(accuracy[0] - accuracy[1]) <= 2 / fp32["num_shapes"]
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    notes = []
+    report = evaluate_checkpoint(run_dir, tiny_h5, write=False, amp=True, log=notes.append)
+    assert report["precision"] == "float32"
+    assert report["results"] == fp32["results"]
+    assert len(notes) == 1 and "--amp ignored" in notes[0] and "no native bf16" in notes[0]

@@ -255,7 +255,31 @@ def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, st
     assert saved["epoch"] >= 2
 
 
-def test_compile_failure_falls_back_to_eager_and_amp_is_cuda_only(tiny_h5, tmp_path, monkeypatch):
+def test_amp_trains_under_bf16_autocast_where_the_cpu_has_it(tiny_h5, tmp_path, monkeypatch):
+    from pcea import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    dtypes = []
+    build = Trainer._build_model
+
+    def build_and_watch(self, num_classes):
+        model = build(self, num_classes)
+        model.head[-1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(Trainer, "_build_model", build_and_watch)
+    lines: list[str] = []
+    trainer = Trainer(tiny_config(tiny_h5, epochs=1, amp=True), tmp_path / "amp", log=lines.append)
+    results = trainer.run()
+    assert trainer.amp and dtypes and set(dtypes) == {torch.bfloat16}
+    assert not any("--amp ignored" in line for line in lines)
+    assert math.isfinite(results["test"][0]["oa"])
+
+
+def test_compile_failure_falls_back_to_eager_and_amp_needs_native_bf16(tiny_h5, tmp_path, monkeypatch):
+    from pcea import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     class FailsOnFirstCall(torch.nn.Module):
         def __init__(self, module):
             super().__init__()
@@ -271,5 +295,5 @@ def test_compile_failure_falls_back_to_eager_and_amp_is_cuda_only(tiny_h5, tmp_p
                         log=lines.append)
     text = "\n".join(lines)
     assert "continuing in eager mode" in text
-    assert "--amp (bf16 autocast) only applies on CUDA" in text
+    assert "--amp ignored, training in float32: this CPU" in text and "no native bf16" in text
     assert 0 <= results["test"][0]["oa"] <= 1
