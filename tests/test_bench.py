@@ -13,9 +13,10 @@ from pcea.bench_reference import ReferencePCT
 from pcea.cli import main
 from pcea.errors import PceaError
 
+# The training step is tested in test_measure_model_train_step.
 TINY = BenchConfig(models=("pcea",), batch_size=2, points=(512,), attention=("external", "offset"),
                    attention_batch=2, fps=((2, 128, 16),), repeats=1, warmup=0, reference=True,
-                   precision=("fp32", "bf16"), train=False, isolate=False)  # the training step: test_measure_model_train_step
+                   precision=("fp32", "bf16"), train=False, isolate=False)
 
 
 def positive(row: dict, keys: list[str]) -> None:
