@@ -159,8 +159,8 @@ class NeighborEmbedding(nn.Module):
         per_point = feats @ w_offset.t()  # (B, N, out): W_a f_j for every point
         center_feats = gather(feats, center_idx)  # (B, M, C)
         per_center = center_feats @ (w_center - w_offset).t()  # (B, M, out): (W_b - W_a) f_i
-        if bias is not None:
-            per_center = per_center + bias
+        if bias is not None:  # in the matmul's dtype: an fp32 bias would promote bf16 (autocast)
+            per_center = per_center + bias.to(per_center.dtype)
         h = gather(per_point, neighbor_idx)  # (B, M, k, out), a fresh tensor ...
         h += per_center.unsqueeze(2)  # ... so the centre term is added in place
         h = self.lbr2.linear_norm(self.lbr1.norm_act(h))  # (B, M, k, out)
