@@ -113,6 +113,38 @@ def test_knn_ties_keep_lower_index_and_k_equals_n():
         assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
 
 
+def _surface_clouds(gen: torch.Generator, batch: int, n: int) -> torch.Tensor:
+    """Points on a sphere, a square and a segment: dense in some grid cells, absent from most."""
+    sphere = torch.nn.functional.normalize(torch.randn(batch, n // 2, 3, generator=gen), dim=-1)
+    square = torch.rand(batch, n // 4, 3, generator=gen) * torch.tensor([2.0, 2.0, 0.0]) - 1.0
+    segment = torch.rand(batch, n - n // 2 - n // 4, 1, generator=gen) * torch.tensor([[0.0, 0.0, 3.0]])
+    return torch.cat([sphere, square, segment], dim=1)
+
+
+@pytest.mark.parametrize("n, m, k", [(1024, 512, 32), (512, 256, 32), (300, 40, 5), (64, 64, 64)])
+def test_knn_grid_search_is_exact_on_surfaces_flat_clouds_and_far_queries(n, m, k):
+    """The grid kernel stops early: it must still find exactly the brute-force neighbours where
+    the points crowd a few cells, where a cloud has no extent along an axis, and for queries
+    far outside the cloud."""
+    gen = torch.Generator().manual_seed(n + k)
+    ref = _surface_clouds(gen, 3, n)
+    query = ref[:, torch.randperm(n, generator=gen)[:m]]
+    assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
+    flat = ref * torch.tensor([1.0, 1.0, 0.0])  # z = 0 everywhere: one cell along z
+    assert torch.equal(fast_ops.knn_cpu(query * torch.tensor([1.0, 1.0, 0.0]), flat, k),
+                       brute_knn(query * torch.tensor([1.0, 1.0, 0.0]), flat, k))
+    far = torch.rand(3, m, 3, generator=gen) * 20 - 10  # most queries outside the bounding box
+    assert torch.equal(fast_ops.knn_cpu(far, ref, k), brute_knn(far, ref, k))
+
+
+def test_knn_one_repeated_point_and_tiny_offsets():
+    same = torch.full((1, 100, 3), 0.25)  # every distance equal: the k lowest indices
+    assert torch.equal(fast_ops.knn_cpu(same[:, :7], same, 9), torch.arange(9).expand(1, 7, 9))
+    gen = torch.Generator().manual_seed(9)
+    near = 0.5 + 1e-6 * torch.randn(2, 200, 3, generator=gen)  # distances near float32 rounding
+    assert torch.equal(fast_ops.knn_cpu(near[:, :50], near, 16), brute_knn(near[:, :50], near, 16))
+
+
 def test_knn_batch_independence():
     gen = torch.Generator().manual_seed(5)
     ref = torch.rand(8, 128, 3, generator=gen)
