@@ -24,7 +24,7 @@ from sklearn.metrics import confusion_matrix
 from pcea.atomic import write_atomic
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.errors import PceaError
-from pcea.model import PCTClassifier
+from pcea.model import PCTClassifier, fuse_batchnorm
 from pcea.precision import amp_support, autocast
 
 __all__ = [
@@ -252,6 +252,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     if votes < 1:
         raise PceaError(f"--votes {votes}: must be at least 1")
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
+    fuse_batchnorm(model)  # eval mode, BatchNorm folded: the same logits within 1e-5, faster
     if amp:
         amp, why = amp_support(next(model.parameters()).device)
         if not amp:
