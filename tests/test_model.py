@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pcea
-from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier
+from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier, fuse_batchnorm
 from pcea.ops import sample_and_group
 
 TINY = dict(num_points=128, centers=(64, 32), neighbors=(8, 8), embed_dim=16,
@@ -125,6 +125,38 @@ def test_neighbor_embedding_equals_the_plain_grouped_mlp(training):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     for fast, plain in zip(fast_grads, grads(expected), strict=True):
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_inference_in_chunks_equals_the_plain_grouped_mlp(monkeypatch, fused):
+    """Without autograd in eval mode the stage runs a few centres at a time; 7 centres of 5
+    neighbours per chunk here, so 60 centres make 8 full chunks and a ragged one."""
+    import pcea.model
+
+    monkeypatch.setattr(pcea.model, "_CHUNK_ELEMENTS", 7 * 5 * 16)
+    torch.manual_seed(0)
+    stage = NeighborEmbedding(6, 16, num_centers=20, k=5)
+    with torch.no_grad():
+        for lbr in (stage.lbr1, stage.lbr2):
+            lbr.bn.running_mean.uniform_(-0.5, 0.5)
+            lbr.bn.running_var.uniform_(0.5, 2.0)
+    stage.eval()
+    if fused:
+        fuse_batchnorm(stage)
+    calls = []
+    chunked = stage._grouped_max_in_chunks
+    monkeypatch.setattr(stage, "_grouped_max_in_chunks", lambda *a: calls.append(1) or chunked(*a))
+    xyz, feats = torch.randn(3, 50, 3), torch.randn(3, 50, 6)
+    with torch.no_grad():
+        centers, out = stage(xyz, feats)
+        expected_centers, grouped = sample_and_group(xyz, feats, 20, 5)  # (B, M, k, 12)
+        rows = grouped.reshape(-1, 12)
+        for lbr in (stage.lbr1, stage.lbr2):
+            rows = torch.relu(lbr.bn(lbr.linear(rows)))  # the unfused modules, eval statistics
+        expected = rows.view(3, 20, 5, 16).amax(dim=2)
+    assert calls == [1]
+    assert torch.equal(centers, expected_centers)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_normals_and_max_mean_pooling():
