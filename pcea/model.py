@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
+from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, max_over
 from pcea.ops import gather, group_index
 
 __all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "fuse_batchnorm", "PRESETS"]
@@ -107,21 +107,6 @@ class ModelConfig:
 _CHUNK_ELEMENTS = 1 << 20
 
 
-def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """The max over ``dim`` (dropped), by whichever op is cheaper for the pass at hand.
-
-    Without autograd, ``amax`` (5.5x faster than ``max(dim)`` on the stage-1
-    groups here). Under autograd, ``max(dim)``: its backward scatters the
-    gradient into the argmax rows, while ``amax``'s compares, counts and
-    divides over every row to share ties, which cost more than it saves. The
-    values are the same; only a tie's gradient differs (all of it to the first
-    maximum instead of shared), as in PCT's own max pooling.
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return x.max(dim=dim).values
-    return x.amax(dim=dim)
-
-
 class NeighborEmbedding(nn.Module):
     """One neighbour-embedding stage of PCT: sample, group, shared MLP, max over neighbours.
 
@@ -179,8 +164,7 @@ class NeighborEmbedding(nn.Module):
         """max over k of the MLP on every row, before the last activation: (B, M, out)."""
         h = gather(per_point, neighbor_idx)  # (B, M, k, out), a fresh tensor ...
         h += per_center.unsqueeze(2)  # ... so the centre term is added in place
-        h = self.lbr2.linear_norm(self.lbr1.norm_act(h))  # (B, M, k, out)
-        return max_over(h, dim=2)  # (B, M, out)
+        return self.lbr2.linear_norm_max(self.lbr1.norm_act(h), dim=2)  # (B, M, k, out) -> (B, M, out)
 
     def _grouped_max_in_chunks(self, per_point: torch.Tensor, per_center: torch.Tensor,
                                neighbor_idx: torch.Tensor) -> torch.Tensor:
@@ -200,15 +184,20 @@ class NeighborEmbedding(nn.Module):
         points = per_point.reshape(B * N, C)
         centers = per_center.reshape(B * M, C)
         step = max(1, _CHUNK_ELEMENTS // (k * C))  # centres per chunk
+        # Fused, the last bias is added after the max (see LBR.linear_norm_max).
+        weight, bias = self.lbr2.weight_and_bias() if self.lbr2.is_fused else (None, None)
         out = None
         for start in range(0, B * M, step):
             stop = min(start + step, B * M)
             h = points.index_select(0, flat_idx[start:stop].reshape(-1)).view(stop - start, k, C)
             h += centers[start:stop].unsqueeze(1)
-            h = self.lbr2.linear_norm(self.lbr1.norm_act(h))  # (chunk, k, out)
+            h = self.lbr1.norm_act(h)  # (chunk, k, C)
+            h = self.lbr2.linear_norm(h) if weight is None else nn.functional.linear(h, weight)
             if out is None:  # the dtype the layers produce (bf16 under autocast)
                 out = torch.empty(B * M, h.shape[-1], dtype=h.dtype, device=h.device)
-            torch.amax(h, dim=1, out=out[start:stop])
+            torch.amax(h, dim=1, out=out[start:stop])  # (chunk, k, out) -> (chunk, out)
+        if bias is not None:
+            out += bias.to(out.dtype)
         return out.view(B, M, -1)
 
 
@@ -290,8 +279,7 @@ class PCTClassifier(nn.Module):
         x = torch.cat(outputs[1:] + outputs[:1], dim=-1)  # (B, 256, 1280)
         if c.pool == "max":
             # LeakyReLU is monotone: applying it after the max gives the same values.
-            x = self.fuse.linear_norm(x)  # (B, 256, 1024)
-            return self.fuse.activation(max_over(x, dim=1))  # (B, 1024)
+            return self.fuse.activation(self.fuse.linear_norm_max(x, dim=1))  # (B, 256, 1280) -> (B, 1024)
         x = self.fuse(x)  # (B, 256, 1024)
         return torch.cat([max_over(x, dim=1), x.mean(dim=1)], dim=-1)  # (B, 2048)
 

@@ -104,3 +104,23 @@ def test_lbr_on_any_rank_matches_flat_batchnorm():
     out = lbr(x)
     flat = lbr.bn(lbr.linear(x.reshape(-1, 6)))
     torch.testing.assert_close(out, nn.functional.leaky_relu(flat, 0.2).view(2, 5, 7, 8))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_linear_norm_max_equals_the_max_of_every_row(fused):
+    """Fused, the bias comes after the max; a negative BatchNorm scale must still give the max
+    of the normalised rows (the reason the unfused path normalises every row first)."""
+    torch.manual_seed(0)
+    lbr = LBR(8, 6)
+    with torch.no_grad():
+        lbr.bn.weight.copy_(torch.tensor([1.0, -1.0, 2.0, -0.5, 0.3, -3.0]))
+        lbr.bn.bias.uniform_(-1, 1)
+        lbr.bn.running_mean.uniform_(-1, 1)
+        lbr.bn.running_var.uniform_(0.5, 2)
+    lbr.eval()
+    x = torch.randn(4, 10, 8)
+    with torch.no_grad():
+        expected = lbr.linear_norm(x).amax(dim=1)  # unfused: every row, then the max
+        if fused:
+            lbr.fuse()
+        torch.testing.assert_close(lbr.linear_norm_max(x, dim=1), expected, atol=1e-5, rtol=1e-5)
