@@ -11,21 +11,24 @@ reads them only when the process starts (a later ``mallopt`` recovers only
 part of the gain), so ``pcea train/eval/classify/bench`` re-execute
 themselves once with them set; see :func:`reexec_if_needed`.
 
-The same re-exec sets ``OMP_WAIT_POLICY=PASSIVE``. After each parallel
-region PyTorch's OpenMP workers otherwise spin on a core for a while, and the
-compiled FPS and kNN kernels (:mod:`pcea.fast_ops`), which split a batch over
-their own threads right after the layers before them, then share one core
-between two threads: FPS of 32 x 1024 -> 512 took 14 ms on 2 threads instead
-of 7. Sleeping workers cost PyTorch's own passes nothing measurable here (see
-docs/benchmarks.md).
+The same re-exec sets ``GOMP_SPINCOUNT=10000``. After each parallel region
+the OpenMP workers of PyTorch's pip wheels (GNU libgomp) otherwise spin on
+their cores for a long while, and the compiled FPS and kNN kernels
+(:mod:`pcea.fast_ops`), which split a batch over their own threads right after
+the layers before them, then share one core between two threads: FPS of
+32 x 1024 -> 512 took 13 ms on 2 threads instead of 7. Sleeping at once
+(``OMP_WAIT_POLICY=PASSIVE``) fixed FPS but cost the model's many short
+parallel regions a wake-up each; a short spin of 10,000 iterations keeps the
+workers for back-to-back regions and frees the cores in time for FPS (both
+measured in docs/benchmarks.md).
 
 The cost: the process keeps its peak memory until it exits instead of giving
 it back between passes. ``PCEA_ALLOCATOR=system`` turns the re-exec off
 (neither setting is made); a user who sets any of the three malloc variables,
 or preloads tcmalloc/jemalloc/mimalloc, keeps that choice, and so does a user
-who sets ``OMP_WAIT_POLICY``. On a CUDA or MPS device the activations live in
-the device's own caching allocator and FPS runs on the device, so nothing is
-done there.
+who sets ``GOMP_SPINCOUNT``, ``OMP_WAIT_POLICY`` or ``KMP_BLOCKTIME``. On a
+CUDA or MPS device the activations live in the device's own caching allocator
+and FPS runs on the device, so nothing is done there.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ FAST_ENV = {
     "MALLOC_TRIM_THRESHOLD_": str(4 << 30),  # never shrink the heap below 4 GiB of free top
     "MALLOC_TOP_PAD_": str(1 << 30),  # grow the heap in large steps (address space only)
 }
-# Idle OpenMP workers sleep instead of spinning, so pcea's kernel threads get the cores.
-THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Idle OpenMP workers spin briefly, then sleep, so pcea's kernel threads get the cores.
+THREAD_ENV = {"GOMP_SPINCOUNT": "10000"}
+THREAD_CHOICES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")  # a user's own: kept
 COMMANDS = ("train", "eval", "classify", "bench")
 MARKER = "PCEA_ALLOCATOR_SET"  # set in the re-executed process: guards against loops
 PRELOADED = ("tcmalloc", "jemalloc", "mimalloc")
@@ -70,7 +74,7 @@ def allocator_env(
 
     Returns:
         A full environment (a copy of ``environ`` with the malloc variables
-        and/or ``OMP_WAIT_POLICY`` and the loop guard set) when a re-exec
+        and/or ``GOMP_SPINCOUNT`` and the loop guard set) when a re-exec
         helps, else None.
     """
     if command not in COMMANDS:
@@ -87,7 +91,7 @@ def allocator_env(
     preloaded = any(lib in environ.get("LD_PRELOAD", "") for lib in PRELOADED)  # another allocator
     if libc == "glibc" and not user_malloc and not preloaded:
         changes.update(FAST_ENV)
-    if "OMP_WAIT_POLICY" not in environ:
+    if not any(name in environ for name in THREAD_CHOICES):
         changes.update(THREAD_ENV)
     if not changes:
         return None
@@ -95,7 +99,7 @@ def allocator_env(
 
 
 def describe_allocator(environ: Mapping[str, str] | None = None) -> str:
-    """One line naming the allocator and OpenMP idle configuration this process runs under."""
+    """One line naming the allocator and OpenMP idle-worker configuration this process runs under."""
     environ = os.environ if environ is None else environ
     return f"{_describe_malloc(environ)}; {_describe_omp_wait(environ)}"
 
@@ -116,12 +120,11 @@ def _describe_malloc(environ: Mapping[str, str]) -> str:
 
 
 def _describe_omp_wait(environ: Mapping[str, str]) -> str:
-    policy = environ.get("OMP_WAIT_POLICY")
-    if policy is None:
+    chosen = [f"{name}={environ[name]}" for name in THREAD_CHOICES if name in environ]
+    if not chosen:
         return "OpenMP default wait policy"
-    by_pcea = MARKER in environ and policy == THREAD_ENV["OMP_WAIT_POLICY"]
-    who = "set by pcea" if by_pcea else "set by the user"
-    return f"OMP_WAIT_POLICY={policy} ({who})"
+    by_pcea = MARKER in environ and chosen == [f"{k}={v}" for k, v in THREAD_ENV.items()]
+    return f"OpenMP idle workers: {', '.join(chosen)} ({'set by pcea' if by_pcea else 'set by the user'})"
 
 
 def reexec_if_needed(command: str, device: str | None, argv: list[str]) -> None:

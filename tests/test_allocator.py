@@ -15,7 +15,7 @@ def test_cpu_commands_get_the_fast_configuration(command):
     env = allocator_env({"PATH": "/bin"}, command, **LINUX)
     assert env is not None
     assert {name: env[name] for name in FAST_ENV} == FAST_ENV
-    assert env["OMP_WAIT_POLICY"] == THREAD_ENV["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env["GOMP_SPINCOUNT"] == THREAD_ENV["GOMP_SPINCOUNT"] == "10000"
     assert env["PATH"] == "/bin" and env[MARKER] == "1"
 
 
@@ -24,20 +24,22 @@ def test_cpu_commands_get_the_fast_configuration(command):
     [
         ({"MALLOC_TRIM_THRESHOLD_": "0"}, False, True),  # the user's own glibc settings are kept
         ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}, False, True),  # another allocator is in charge
-        ({"OMP_WAIT_POLICY": "ACTIVE"}, True, False),  # the user's own wait policy is kept
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, True, False),  # the user's own OpenMP choices are kept
+        ({"GOMP_SPINCOUNT": "0"}, True, False),
+        ({"KMP_BLOCKTIME": "0"}, True, False),
     ],
 )
 def test_a_users_own_choice_is_kept_and_the_rest_is_set(environ, malloc, omp):
     env = allocator_env(environ, "train", **LINUX)
     assert env is not None and env[MARKER] == "1"
     assert all(name in env for name in FAST_ENV) == malloc
-    assert env["OMP_WAIT_POLICY"] == environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert ("GOMP_SPINCOUNT" in env and env["GOMP_SPINCOUNT"] == "10000") == omp
     assert all(env[name] == value for name, value in environ.items())
 
 
 def test_musl_gets_the_wait_policy_only():
     env = allocator_env({}, "train", **dict(system="linux", libc="musl"))
-    assert env is not None and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env is not None and env["GOMP_SPINCOUNT"] == "10000"
     assert not any(name in env for name in FAST_ENV)
 
 
@@ -50,7 +52,7 @@ def test_musl_gets_the_wait_policy_only():
         ({"PCEA_ALLOCATOR": "SYSTEM"}, "bench", None, LINUX),
         ({MARKER: "1"}, "train", None, LINUX),  # already re-executed: no loop
         ({"MALLOC_TRIM_THRESHOLD_": "0", "OMP_WAIT_POLICY": "ACTIVE"}, "train", None, LINUX),  # the user's
-        ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4", "OMP_WAIT_POLICY": "PASSIVE"}, "eval", None, LINUX),
+        ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4", "GOMP_SPINCOUNT": "0"}, "eval", None, LINUX),
         ({}, "train", "cuda", LINUX),
         ({}, "train", "cuda:1", LINUX),
         ({}, "train", "mps", LINUX),
@@ -101,6 +103,6 @@ def test_describe_allocator():
     assert "set by the user" in describe_allocator({"MALLOC_TOP_PAD_": "1"})
     assert "PCEA_ALLOCATOR=system" in describe_allocator({"PCEA_ALLOCATOR": "system"})
     assert "default" in describe_allocator({})
-    assert "OMP_WAIT_POLICY=PASSIVE (set by pcea)" in describe_allocator({**THREAD_ENV, MARKER: "1"})
+    assert "GOMP_SPINCOUNT=10000 (set by pcea)" in describe_allocator({**THREAD_ENV, MARKER: "1"})
     assert "OMP_WAIT_POLICY=ACTIVE (set by the user)" in describe_allocator({"OMP_WAIT_POLICY": "ACTIVE"})
     assert "OpenMP default" in describe_allocator({})
