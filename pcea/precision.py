@@ -1,12 +1,14 @@
 """Numeric precision: float32 by default, bf16 autocast (``--amp``) where the hardware has it.
 
 float32 is the reference: every optimisation in pcea keeps the float32 logits
-within 1e-5 of the plain formulation. bf16 autocast runs the matmuls with
-bfloat16 inputs and float32 accumulation (softmax, normalisations and the loss
-stay in float32 under PyTorch's autocast rules). It is not exact (logits move
-by about 1e-2), but on hardware with native bf16 it roughly doubles CPU
-throughput: 54 -> 109 clouds/s inference and 15 -> 32 clouds/s training for the
-default model on this project's 2-core AVX512-BF16 machine (docs/benchmarks.md).
+within 1e-5 of the plain formulation. bf16 autocast keeps the weights in
+float32 and runs the matmuls on bfloat16 inputs; on the CPU the activations
+that follow them (BatchNorm, softmax) then stay in bfloat16 too, while the loss
+is computed in float32 (PyTorch's CPU autocast rules, checked with torch
+2.13). It is not exact (logits move by about 1e-2), but on hardware with native bf16 it more than doubles CPU
+throughput: 65 -> 172 clouds/s inference and 15.5 -> 35.5 clouds/s training
+for the default model on this project's 2-core AVX512-BF16 machine
+(docs/benchmarks.md).
 Without native instructions the CPU emulates bf16 and gets slower than float32,
 so pcea only turns it on where it helps.
 """
