@@ -107,6 +107,12 @@ class ModelConfig:
 _CHUNK_ELEMENTS = 1 << 20
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch >= 2.3 can tell; older: no)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 class NeighborEmbedding(nn.Module):
     """One neighbour-embedding stage of PCT: sample, group, shared MLP, max over neighbours.
 
@@ -151,7 +157,7 @@ class NeighborEmbedding(nn.Module):
         per_center = center_feats @ (w_center - w_offset).t()  # (B, M, out): (W_b - W_a) f_i
         if bias is not None:  # in the matmul's dtype: an fp32 bias would promote bf16 (autocast)
             per_center = per_center + bias.to(per_center.dtype)
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or feats.device.type != "cpu" or _compiling():
             out = self._grouped_max(per_point, per_center, neighbor_idx)  # (B, M, out)
         else:
             out = self._grouped_max_in_chunks(per_point, per_center, neighbor_idx)  # (B, M, out)
@@ -175,7 +181,10 @@ class NeighborEmbedding(nn.Module):
         21 % (stage 1) and 16 % (stage 2) faster here. The rows are the same, so
         the result is the same up to the matmul's summation order (within 1e-5).
         BatchNorm in training mode needs all rows at once, and autograd would keep
-        every chunk anyway, so :meth:`forward` uses this only without either.
+        every chunk anyway, so :meth:`forward` uses this only without either, and
+        only on the CPU: a GPU has no such cache to fit, and would launch a few
+        hundred small kernels instead of six large ones (nor would torch.compile
+        want the loop unrolled into its graph).
         """
         B, N, C = per_point.shape
         M, k = neighbor_idx.shape[1:]
