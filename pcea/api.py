@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -20,7 +21,14 @@ import numpy as np
 import torch
 
 from pcea.errors import PceaError, PceaFileError
-from pcea.io import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, MESH_EXTENSIONS, POINT_EXTENSIONS, load_points
+from pcea.io import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_POINTS,
+    MESH_EXTENSIONS,
+    POINT_EXTENSIONS,
+    PceaWarning,
+    load_points,
+)
 from pcea.model import ModelConfig, PCTClassifier, fuse_batchnorm
 from pcea.precision import amp_support, autocast
 
@@ -242,8 +250,8 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
         max_bytes: larger files are refused.
         max_points: files declaring more points, vertices or faces are refused.
         device: where the model runs when it is loaded here.
-        amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`),
-            float32 elsewhere.
+        amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`);
+            elsewhere a :class:`pcea.PceaWarning` says why and it runs in float32.
 
     Returns:
         One dict per file: ``{"path": str, "top_k": [(class, probability), ...]}``
@@ -258,7 +266,10 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
     if not files:
         raise PceaError("no input files: " + (", ".join(unmatched) or "none given"))
     model = checkpoint if isinstance(checkpoint, PCTClassifier) else load_model(checkpoint, device=device)
-    amp = amp and amp_support(next(model.parameters()).device)[0]
+    if amp:
+        amp, why = amp_support(next(model.parameters()).device)
+        if not amp:
+            warnings.warn(f"amp=True ignored, classifying in float32: {why}", PceaWarning, stacklevel=2)
     results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
                                  batch_size=batch_size, seed=seed, max_bytes=max_bytes,
                                  max_points=max_points, amp=amp))

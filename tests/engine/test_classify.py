@@ -160,3 +160,13 @@ def test_amp_classifies_in_bf16_where_native_and_says_why_not_elsewhere(checkpoi
     out, err = capsys.readouterr()
     assert json.loads(out)["top_k"] == fp32
     assert err.count("\n") == 1 and "--amp ignored" in err and "no native bf16" in err
+
+
+def test_library_amp_warns_and_stays_float32_without_native_bf16(checkpoint, mixed_dir, monkeypatch):
+    from pcea import precision
+
+    cube = mixed_dir / "cube.off"
+    fp32 = pcea.classify([cube], checkpoint, top_k=4)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(pcea.PceaWarning, match="amp=True ignored.*no native bf16"):
+        assert pcea.classify([cube], checkpoint, top_k=4, amp=True) == fp32
