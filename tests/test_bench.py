@@ -121,3 +121,23 @@ def test_reference_matches_pct_preset_size_and_runs():
     assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in preset.parameters())
     logits = reference.eval()(torch.randn(2, 512, 3))
     assert logits.shape == (2, 40) and torch.isfinite(logits).all()
+
+
+def test_plot_bench_draws_the_recorded_attention_curves(tmp_path):
+    """scripts/plot_bench.py on the JSON that docs/benchmarks.md shows: a PNG, and a clear
+    one-line error for a file without attention results."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "plot_bench.py"
+    out = tmp_path / "attention.png"
+    done = subprocess.run([sys.executable, str(script), str(root / "docs/bench/attention.json"), str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = subprocess.run([sys.executable, str(script), str(root / "docs/bench/s2_models_r5.json"),
+                           str(tmp_path / "none.png")], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "no attention results" in done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "none.png").exists()
