@@ -168,8 +168,9 @@ class NeighborEmbedding(nn.Module):
     def _grouped_max(self, per_point: torch.Tensor, per_center: torch.Tensor,
                      neighbor_idx: torch.Tensor) -> torch.Tensor:
         """max over k of the MLP on every row, before the last activation: (B, M, out)."""
-        h = gather(per_point, neighbor_idx)  # (B, M, k, out), a fresh tensor ...
-        h += per_center.unsqueeze(2)  # ... so the centre term is added in place
+        # Out of place: gather returns a view of its index_select, and an in-place add
+        # on a view would make autograd clone the whole tensor in the backward pass.
+        h = gather(per_point, neighbor_idx) + per_center.unsqueeze(2)  # (B, M, k, out)
         return self.lbr2.linear_norm_max(self.lbr1.norm_act(h), dim=2)  # (B, M, k, out) -> (B, M, out)
 
     def _grouped_max_in_chunks(self, per_point: torch.Tensor, per_center: torch.Tensor,
