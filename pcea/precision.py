@@ -6,7 +6,7 @@ float32 and runs the matmuls on bfloat16 inputs; on the CPU the activations
 that follow them (BatchNorm, softmax) then stay in bfloat16 too, while the loss
 is computed in float32 (PyTorch's CPU autocast rules, checked with torch
 2.13). It is not exact (logits move by about 1e-2), but on hardware with native bf16 it more than doubles CPU
-throughput: 65 -> 172 clouds/s inference and 15.5 -> 35.5 clouds/s training
+throughput: 68 -> 183 clouds/s inference and 16.8 -> 38.7 clouds/s training
 for the default model on this project's 2-core AVX512-BF16 machine
 (docs/benchmarks.md).
 Without native instructions the CPU emulates bf16 and gets slower than float32,
