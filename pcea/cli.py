@@ -256,7 +256,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     import warnings
 
     from pcea.api import expand_inputs, load_model, print_classification
-    from pcea.engine.train import resolve_device
+    from pcea.engine.distributed import resolve_device
     from pcea.precision import amp_support
 
     files, unmatched = expand_inputs(args.inputs)

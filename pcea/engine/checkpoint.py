@@ -25,10 +25,12 @@ import hashlib
 import io
 import os
 import pickle
+import random
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pcea.atomic import atomic_write_bytes
@@ -42,7 +44,9 @@ __all__ = [
     "load_checkpoint",
     "load_latest",
     "previous_path",
+    "rng_state",
     "save_checkpoint",
+    "set_rng_state",
 ]
 
 FORMAT = "pcea-checkpoint/1"
@@ -239,3 +243,40 @@ def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "
         except PceaFileError as err:
             problems.append(str(err))
     raise PceaFileError(path, "no usable checkpoint to resume from: " + "; ".join(problems))
+
+
+def rng_state(loader_generator: torch.Generator) -> dict:
+    """Every random state a run depends on (Python, NumPy, torch, CUDA, the loader's
+    generator), in a form ``torch.load(weights_only=True)`` accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "loader": loader_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": state["numpy"]["key"].numpy().astype(np.uint32), "pos": state["numpy"]["pos"]},
+        "has_gauss": state["numpy"]["has_gauss"],
+        "gauss": state["numpy"]["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+

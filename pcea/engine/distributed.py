@@ -17,7 +17,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-__all__ = ["DistEnv", "ShardSampler", "average_batchnorm_buffers"]
+from pcea.errors import PceaError
+
+__all__ = ["DistEnv", "ShardSampler", "average_batchnorm_buffers", "resolve_device"]
 
 
 @dataclass
@@ -113,3 +115,30 @@ def average_batchnorm_buffers(model: nn.Module, env: DistEnv) -> None:
             for buffer in (module.running_mean, module.running_var):
                 env.sum_(buffer.data)
                 buffer.data /= env.world_size
+
+
+def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
+    """``"auto"`` -> CUDA (this rank's GPU under torchrun), else MPS, else CPU.
+
+    Raises:
+        PceaError: an unknown device string or one that is not available.
+    """
+    env = env or DistEnv()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+        if torch.backends.mps.is_available() and not env.enabled:
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PceaError(f"--device {name!r}: not a device (try auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PceaError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PceaError(f"--device {name}: MPS is not available on this machine")
+    if device.type == "cuda" and env.enabled and device.index is None:
+        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return device
+

@@ -247,7 +247,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     """
     from pcea.api import open_checkpoint
     from pcea.data import open_dataset
-    from pcea.engine.train import resolve_device
+    from pcea.engine.distributed import resolve_device
 
     if votes < 1:
         raise PceaError(f"--votes {votes}: must be at least 1")

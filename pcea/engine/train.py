@@ -1,13 +1,8 @@
 """The training loop behind ``pcea train``: data, optimiser, selection, checkpoints, resume.
 
-One run writes into its directory::
-
-    config.yaml     the resolved TrainConfig
-    metrics.jsonl   one JSON line per completed epoch
-    curves.png      loss, accuracies and learning rate per epoch
-    last.pt         the last completed epoch (last.prev.pt: the one before)
-    best.pt         the epoch chosen by ``select_on`` (validation OA by default)
-    results.json    test figures at the end, each labelled with its protocol
+What one run writes is listed in :mod:`pcea.engine.rundir`; the data of a run
+(validation split, augmentation) is :mod:`pcea.engine.splits`, and
+``--seeds`` sweeps are :mod:`pcea.engine.seeds`.
 
 Resuming is exact: every epoch's shuffling and augmentation depend only on
 (seed, epoch, sample), and the checkpoint holds the optimiser, scheduler and
@@ -17,7 +12,6 @@ weights as one that never stopped.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -25,7 +19,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -43,242 +36,21 @@ from pcea.engine.checkpoint import (
     load_checkpoint,
     load_latest,
     previous_path,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from pcea.engine.config import RUNTIME_KEYS, TrainConfig
-from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buffers
+from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buffers, resolve_device
 from pcea.engine.metrics import accuracy_from_counts
+from pcea.engine.rundir import prepare_run_dir, write_curves
+from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
 from pcea.errors import PceaError, PceaFileError
 from pcea.precision import amp_support
 
-__all__ = [
-    "PROTOCOLS",
-    "AugmentedSubset",
-    "Trainer",
-    "prepare_run_dir",
-    "resolve_device",
-    "run_train_command",
-    "split_train_val",
-    "train",
-    "train_seeds",
-]
+__all__ = ["PROTOCOLS", "Trainer", "run_train_command", "train"]
 
 PROTOCOLS = {"val": "best on val", "test": "best on test", "last": "last epoch"}
-RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "last.prev.pt", "best.pt",
-             "results.json")
-
-
-def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
-    """``"auto"`` -> CUDA (this rank's GPU under torchrun), else MPS, else CPU.
-
-    Raises:
-        PceaError: an unknown device string or one that is not available.
-    """
-    env = env or DistEnv()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", env.local_rank % torch.cuda.device_count())
-        if torch.backends.mps.is_available() and not env.enabled:
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PceaError(f"--device {name!r}: not a device (try auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PceaError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PceaError(f"--device {name}: MPS is not available on this machine")
-    if device.type == "cuda" and env.enabled and device.index is None:
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-    return device
-
-
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False,
-                    needed_bytes: int = 0) -> Path:
-    """Create the run directory and make sure a run can write there, before any training.
-
-    Args:
-        out: the run directory.
-        resume: the directory holds a run to continue.
-        force: start over in a directory that already holds a run.
-        needed_bytes: free space required (a few checkpoints' worth).
-
-    Returns:
-        The directory.
-
-    Raises:
-        PceaError: it already holds a run (without resume/force), it is not
-            writable, or the disk is too full.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PceaFileError(out, "exists and is not a directory")
-    holds_run = any((out / name).exists() for name in ("config.yaml", "last.pt", "last.prev.pt"))
-    if resume and not holds_run:
-        raise PceaFileError(out, "no run to resume here (no config.yaml or last.pt)")
-    if holds_run and not resume and not force:
-        raise PceaFileError(out, f"already holds a run; continue it with --resume {out} "
-                                 "or start over with --force")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise PceaFileError(out, f"run directory is not writable: {err.strerror or err}") from None
-    free = shutil.disk_usage(out).free
-    if free < needed_bytes:
-        raise PceaFileError(out, f"only {free / 1e6:.0f} MB free, a run needs about "
-                                 f"{needed_bytes / 1e6:.0f} MB for its checkpoints")
-    if force and not resume:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    for name in RUN_FILES:  # temporary files of a process that was killed while writing
-        for stale in out.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-    return out
-
-
-def split_train_val(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded hold-out of ``val_split`` of the training set for model selection.
-
-    Returns:
-        (train indices, validation indices), each sorted.
-
-    Raises:
-        PceaError: a class is too small to be split.
-    """
-    indices = np.arange(len(labels))
-    if val_split <= 0:
-        return indices, indices[:0]
-    from sklearn.model_selection import train_test_split
-
-    try:
-        train_idx, val_idx = train_test_split(indices, test_size=val_split, stratify=labels,
-                                              random_state=seed)
-    except ValueError as err:
-        raise PceaError(f"cannot hold out a stratified validation split of {val_split}: {err}; "
-                        "use a smaller --val-split or --val-split 0 --select-on last") from None
-    return np.sort(train_idx), np.sort(val_idx)
-
-
-class AugmentedSubset(Dataset):
-    """Some items of a dataset, optionally augmented with a per-(seed, epoch, item) random source.
-
-    The random source of item ``i`` in epoch ``e`` is
-    ``np.random.default_rng((seed, e, i))`` with ``i`` the index in the base
-    dataset, so the augmentation does not depend on the number of DataLoader
-    workers, the order, or whether the run was resumed.
-
-    Args:
-        base: items ``(FloatTensor (N, C), int label)``.
-        indices: which items of ``base`` to use.
-        transform: ``(points (N, C), rng) -> points``, or None.
-        seed: run seed.
-    """
-
-    def __init__(self, base: Dataset, indices: np.ndarray, *, transform=None, seed: int = 0):
-        self.base = base
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        index = int(self.indices[i])
-        points, label = self.base[index]
-        if self.transform is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            out = self.transform(np.asarray(points, dtype=np.float32), rng)
-            points = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
-        return points, int(label)
-
-
-def _rng_state(loader_generator: torch.Generator) -> dict:
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "loader": loader_generator.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state({
-        "bit_generator": "MT19937",
-        "state": {"key": state["numpy"]["key"].numpy().astype(np.uint32), "pos": state["numpy"]["pos"]},
-        "has_gauss": state["numpy"]["has_gauss"],
-        "gauss": state["numpy"]["gauss"],
-    })
-    torch.set_rng_state(state["torch"])
-    loader_generator.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # The shuffling order of an epoch depends on (seed, epoch) only.
-    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
-
-
-def write_curves(history: list[dict], path: Path) -> bool:
-    """Plot loss, accuracies and learning rate per epoch to a PNG, atomically.
-
-    Returns:
-        False when matplotlib is not installed (the ``plot`` extra), else True.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return False
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    ax_loss.set_title("loss")
-    for key, label in [("train_acc", "train accuracy"), ("val_oa", "val OA"), ("val_macc", "val mAcc"),
-                       ("test_oa", "test OA"), ("test_macc", "test mAcc")]:
-        values = [row.get(key) for row in history]
-        if any(v is not None and not math.isnan(v) for v in values):
-            ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], label=label)
-    ax_acc.set_title("accuracy (%)")
-    ax_lr.plot(epochs, [row["lr"] for row in history])
-    ax_lr.set_title("learning rate")
-    for ax in (ax_loss, ax_acc, ax_lr):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_acc.legend()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    write_atomic(path, png.getvalue())
-    return True
-
-
 def _format_pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
@@ -518,7 +290,7 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        _set_rng_state(payload["rng"], self.loader_generator)
+        set_rng_state(payload["rng"], self.loader_generator)
         self.history = list(payload["metrics"]["history"])
         self.best = dict(payload["metrics"]["best"])
         self.start_epoch = int(payload["epoch"])
@@ -556,7 +328,7 @@ class Trainer:
 
         env = self.env
         self.train_set.set_epoch(epoch)
-        self.loader_generator.manual_seed(_epoch_seed(self.config.seed, epoch))
+        self.loader_generator.manual_seed(epoch_seed(self.config.seed, epoch))
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(epoch)
         self.net.train()
@@ -639,7 +411,7 @@ class Trainer:
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(self.loader_generator),
+            "rng": rng_state(self.loader_generator),
             "metrics": {"history": self.history, "best": self.best,
                         "last": self.history[-1] if self.history else {}},
             "protocol": protocol,
@@ -786,70 +558,6 @@ def train(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = 
                    stop_after=stop_after).run()
 
 
-def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *, force: bool = False,
-                log: Callable[[str], None] = print) -> dict:
-    """Train one run per seed in ``out/seed<S>`` and summarise each figure as mean ± std and best.
-
-    A seed whose run directory already holds a finished run (results.json) is
-    not trained again, so an interrupted sweep continues where it stopped.
-
-    Returns:
-        {"seeds": [...], "rows": [{"metric", "values", "mean", "std", "best"}]}, also
-        written to ``out/seeds.json``; the table is logged.
-    """
-    out = Path(out)
-    runs = []
-    for seed in seeds:
-        run_dir = out / f"seed{seed}"
-        done = run_dir / "results.json"
-        if done.exists() and not force:
-            log(f"seed {seed}: already finished, reading {done}")
-            runs.append(json.loads(done.read_text()))
-            continue
-        resume = (run_dir / "last.pt").exists() and not force
-        log(f"seed {seed}: {'resuming' if resume else 'training'} {run_dir}")
-        seeded = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
-        result = train(None if resume else seeded, run_dir, resume=resume, force=force, log=log)
-        if result.get("interrupted"):
-            raise PceaError(f"seed {seed} was interrupted; rerun the same command to continue")
-        runs.append(result)
-    summary = summarise_seeds(seeds, runs)
-    if DistEnv.from_env().is_main:
-        write_atomic(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
-        log(format_seed_table(summary))
-    return summary
-
-
-def summarise_seeds(seeds: list[int], runs: list[dict]) -> dict:
-    """Mean, sample standard deviation (n - 1) and best of every test figure over seeds."""
-    rows = []
-    for entry_index, entry in enumerate(runs[0]["test"]):
-        for key, name in (("oa", "OA"), ("macc", "mAcc")):
-            values = [run["test"][entry_index][key] for run in runs]
-            rows.append({
-                "metric": f"test {name} ({entry['protocol']})",
-                "values": values,
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "best": float(np.max(values)),
-            })
-    return {"seeds": list(seeds), "rows": rows}
-
-
-def format_seed_table(summary: dict) -> str:
-    seeds = summary["seeds"]
-    header = f"{'metric':<30} {'mean ± std':>17} {'best':>8}  "
-    header += "  ".join(f"{'seed ' + str(s):>8}" for s in seeds)
-    lines = [header, "-" * len(header)]
-    for row in summary["rows"]:
-        mean_std = f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
-        values = "  ".join(f"{100 * v:>8.2f}" for v in row["values"])
-        lines.append(f"{row['metric']:<30} {mean_std:>17} {100 * row['best']:>8.2f}  {values}")
-    lines.append(f"(percent; std over {len(seeds)} seeds with n - 1; 'best' is the best single seed, "
-                 "as papers often report)")
-    return "\n".join(lines)
-
-
 def run_train_command(*, out: str | None, resume: str | None, force: bool, config_file: str | None,
                       overrides: dict, seeds: list[int] | None, log: Callable[[str], None] = print) -> int:
     """``pcea train``: merge defaults, the config file and the flags, then train (or resume).
@@ -881,6 +589,8 @@ def run_train_command(*, out: str | None, resume: str | None, force: bool, confi
         values.update(overrides)
         config = TrainConfig.from_dict(values, source=config_file or "command line")
         if seeds:
+            from pcea.engine.seeds import train_seeds
+
             train_seeds(config, out, seeds, force=force, log=log)
             return 0
         if DistEnv.from_env().is_main:

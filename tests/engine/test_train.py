@@ -18,7 +18,7 @@ from engine_tiny import TINY_MODEL, tiny_config
 from pcea.cli import main
 from pcea.engine.checkpoint import FORMAT, load_checkpoint, previous_path
 from pcea.engine.config import TrainConfig, load_config_file
-from pcea.engine.train import Trainer, split_train_val, train, train_seeds
+from pcea.engine.train import Trainer, train
 from pcea.errors import PceaError, PceaFileError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,17 +73,6 @@ def test_a_run_writes_every_file_with_sane_metrics(finished_run, tiny_h5):
     assert load_checkpoint(previous_path(out / "last.pt"))["epoch"] == 1
     assert set(last["rng"]) >= {"python", "numpy", "torch", "loader"}
     assert [row["epoch"] for row in last["metrics"]["history"]] == [1, 2]
-
-
-def test_validation_split_is_stratified_seeded_and_disjoint():
-    labels = torch.arange(4).repeat_interleave(10).numpy()
-    train_idx, val_idx = split_train_val(labels, 0.2, seed=3)
-    assert len(val_idx) == 8 and set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == 40
-    assert sorted(labels[val_idx].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert (split_train_val(labels, 0.2, seed=3)[1] == val_idx).all()
-    assert (split_train_val(labels, 0.2, seed=4)[1] != val_idx).any()
-    with pytest.raises(PceaError, match="stratified validation split"):
-        split_train_val(labels[9:11], 0.5, seed=0)  # one cloud of each of two classes
 
 
 def _weights(path: Path) -> dict:
@@ -169,24 +158,6 @@ def test_run_directory_checks_happen_before_training(finished_run, tiny_h5, tmp_
         train(tiny_config(tiny_h5), blocker / "run")
     with pytest.raises(PceaFileError, match="no run to resume"):
         train(None, tmp_path / "empty", resume=True)
-
-
-def test_seeds_table_reports_mean_std_and_best(tiny_h5, tmp_path):
-    lines: list[str] = []
-    summary = train_seeds(tiny_config(tiny_h5, epochs=1, select_on="last"), tmp_path / "sweep", [0, 1],
-                          log=lines.append)
-    assert (tmp_path / "sweep" / "seed0" / "results.json").exists()
-    assert (tmp_path / "sweep" / "seed1" / "results.json").exists()
-    row = summary["rows"][0]
-    assert row["metric"] == "test OA (last epoch)"
-    values = [json.loads((tmp_path / "sweep" / f"seed{s}" / "results.json").read_text())["test"][0]["oa"]
-              for s in (0, 1)]
-    assert row["values"] == values
-    assert row["mean"] == pytest.approx(sum(values) / 2)
-    assert row["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
-    assert row["best"] == max(values)
-    assert "mean ± std" in "\n".join(lines)
-    assert json.loads((tmp_path / "sweep" / "seeds.json").read_text()) == summary
 
 
 def test_config_file_unknown_key_and_precedence(tmp_path):

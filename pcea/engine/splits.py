@@ -1,0 +1,85 @@
+"""The training data of one run: the validation hold-out, and augmentation that resume cannot change.
+
+Every random choice depends only on (seed, epoch, item): the shuffling order of
+an epoch on (seed, epoch) (:func:`epoch_seed`), the augmentation of an item on
+(seed, epoch, index) (:class:`AugmentedSubset`). So the number of DataLoader
+workers and an interruption with ``--resume`` leave the run unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pcea.errors import PceaError
+
+__all__ = ["AugmentedSubset", "epoch_seed", "split_train_val"]
+
+def split_train_val(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded hold-out of ``val_split`` of the training set for model selection.
+
+    Returns:
+        (train indices, validation indices), each sorted.
+
+    Raises:
+        PceaError: a class is too small to be split.
+    """
+    indices = np.arange(len(labels))
+    if val_split <= 0:
+        return indices, indices[:0]
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train_idx, val_idx = train_test_split(indices, test_size=val_split, stratify=labels,
+                                              random_state=seed)
+    except ValueError as err:
+        raise PceaError(f"cannot hold out a stratified validation split of {val_split}: {err}; "
+                        "use a smaller --val-split or --val-split 0 --select-on last") from None
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+class AugmentedSubset(Dataset):
+    """Some items of a dataset, optionally augmented with a per-(seed, epoch, item) random source.
+
+    The random source of item ``i`` in epoch ``e`` is
+    ``np.random.default_rng((seed, e, i))`` with ``i`` the index in the base
+    dataset, so the augmentation does not depend on the number of DataLoader
+    workers, the order, or whether the run was resumed.
+
+    Args:
+        base: items ``(FloatTensor (N, C), int label)``.
+        indices: which items of ``base`` to use.
+        transform: ``(points (N, C), rng) -> points``, or None.
+        seed: run seed.
+    """
+
+    def __init__(self, base: Dataset, indices: np.ndarray, *, transform=None, seed: int = 0):
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = int(self.indices[i])
+        points, label = self.base[index]
+        if self.transform is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            out = self.transform(np.asarray(points, dtype=np.float32), rng)
+            points = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        return points, int(label)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    # The shuffling order of an epoch depends on (seed, epoch) only.
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+
