@@ -31,7 +31,7 @@ from pcea.data.synth import ensure_synthetic
 from pcea.precision import amp_support
 
 # bf16 autocast (--amp) where this CPU runs it natively: an epoch then takes 23 s instead of
-# 57 s here, so the demo trains 10 epochs in bf16 (4.2 min in all) and 7 in float32 (7.5 min).
+# 50 s here, so the demo trains 10 epochs in bf16 (4.2 min in all) and 7 in float32 (6.4 min).
 AMP = os.environ.get("DEMO_AMP", "1") != "0" and amp_support("cpu")[0]
 EPOCHS = int(os.environ.get("DEMO_EPOCHS", "10" if AMP else "7"))
 POINTS = int(os.environ.get("DEMO_POINTS", "512"))
