@@ -45,15 +45,21 @@ __all__ = [
 ]
 
 
-def channels_last_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """Apply BatchNorm1d to channels-last features of any rank.
+def channels_last_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, activation=None) -> torch.Tensor:
+    """Apply BatchNorm1d, then optionally an in-place activation, to channels-last features of any rank.
 
     BatchNorm1d normalises each channel over every other axis; flattening
     (..., C) to (rows, C) gives exactly those statistics without the transposes
-    and copies that a (B, C, N) layout would need.
+    and copies that a (B, C, N) layout would need. The activation runs on the
+    BatchNorm's own (rows, C) output, before the view back: an in-place op on
+    a view makes autograd rebuild the whole base tensor in the backward pass
+    (CopySlices).
     """
     shape = x.shape
-    return bn(x.reshape(-1, shape[-1])).view(shape)  # (..., C) -> (rows, C) -> (..., C)
+    x = bn(x.reshape(-1, shape[-1]))  # (..., C) -> (rows, C)
+    if activation is not None:
+        x = activation(x)
+    return x.view(shape)  # (rows, C) -> (..., C)
 
 
 def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -175,14 +181,7 @@ class LBR(nn.Module):
     def _norm(self, x: torch.Tensor, *, act: bool) -> torch.Tensor:
         if self.is_fused:
             return self.activation(x) if act else x
-        shape = x.shape
-        x = self.bn(x.reshape(-1, shape[-1]))  # (..., C) -> (rows, C), as channels_last_batch_norm
-        if act:
-            # In place on the BatchNorm's own output, before the view: an in-place
-            # op on a view makes autograd rebuild the whole base tensor in the
-            # backward pass (CopySlices), which took a quarter of a training step.
-            x = self.activation(x)
-        return x.view(shape)  # (..., C)
+        return channels_last_batch_norm(self.bn, x, self.activation if act else None)  # (..., C)
 
     def activation(self, x: torch.Tensor, *, inplace: bool = True) -> torch.Tensor:
         """ReLU or LeakyReLU. In place by default, so x must be a fresh tensor
