@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, max_over
-from pcea.ops import gather, group_index
+from pcea.ops import flat_index, gather, group_index
 
 __all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "fuse_batchnorm", "PRESETS"]
 
@@ -189,8 +189,7 @@ class NeighborEmbedding(nn.Module):
         """
         B, N, C = per_point.shape
         M, k = neighbor_idx.shape[1:]
-        flat_idx = (neighbor_idx + (torch.arange(B, device=per_point.device) * N).view(B, 1, 1))
-        flat_idx = flat_idx.view(B * M, k)  # rows of the flattened (B * N, C) points
+        flat_idx = flat_index(neighbor_idx, N).view(B * M, k)  # rows of the flattened (B * N, C) points
         points = per_point.reshape(B * N, C)
         centers = per_center.reshape(B * M, C)
         step = max(1, _CHUNK_ELEMENTS // (k * C))  # centres per chunk

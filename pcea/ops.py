@@ -18,6 +18,7 @@ import torch
 from pcea import fast_ops
 
 __all__ = [
+    "flat_index",
     "farthest_point_sample",
     "knn",
     "gather",
@@ -168,18 +169,34 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         idx: (B, *S) int64 indices into N, any trailing shape S.
 
     Returns:
-        (B, *S, C) with ``out[b, s] = x[b, idx[b, s]]``.
+        (B, *S, C) with ``out[b, s] = x[b, idx[b, s]]``: a view of a fresh tensor,
+        so under autograd add to it out of place (an in-place op on a view makes
+        the backward pass copy the whole tensor).
     """
     if x.dim() != 3:
         raise ValueError(f"x must have shape (B, N, C), got {tuple(x.shape)}")
     if idx.dim() < 2 or idx.shape[0] != x.shape[0]:
         raise ValueError(f"idx must have shape (B, ...) with B={x.shape[0]}, got {tuple(idx.shape)}")
     B, N, C = x.shape
-    # Offsetting each cloud's indices by b * N turns the batched gather into one
-    # index_select on the flattened (B * N, C) rows, which avoids expanding idx to C.
-    offset = (torch.arange(B, device=x.device) * N).view(B, *([1] * (idx.dim() - 1)))
-    flat = (idx + offset).reshape(-1)  # (B * prod(S),)
+    flat = flat_index(idx, N).reshape(-1)  # (B * prod(S),)
     return x.reshape(B * N, C).index_select(0, flat).view(*idx.shape, C)
+
+
+def flat_index(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Batched indices into N points as indices into the flattened (B * N) rows.
+
+    Offsetting each cloud's indices by b * N turns a batched gather into one
+    index_select on the (B * N, C) rows, which avoids expanding idx to C.
+
+    Args:
+        idx: (B, *S) int64 indices into N.
+        n: N, the points per cloud.
+
+    Returns:
+        (B, *S) indices into B * N rows.
+    """
+    offset = torch.arange(idx.shape[0], device=idx.device) * n  # (B,)
+    return idx + offset.view(-1, *([1] * (idx.dim() - 1)))
 
 
 def group_index(xyz: torch.Tensor, num_centers: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
