@@ -30,7 +30,7 @@ from pcea.io import (
     load_points,
 )
 from pcea.model import ModelConfig, PCTClassifier, fuse_batchnorm
-from pcea.precision import amp_support, autocast
+from pcea.precision import autocast, use_amp
 
 __all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "open_checkpoint",
            "print_classification", "resolve_checkpoint"]
@@ -266,10 +266,8 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
     if not files:
         raise PceaError("no input files: " + (", ".join(unmatched) or "none given"))
     model = checkpoint if isinstance(checkpoint, PCTClassifier) else load_model(checkpoint, device=device)
-    if amp:
-        amp, why = amp_support(next(model.parameters()).device)
-        if not amp:
-            warnings.warn(f"amp=True ignored, classifying in float32: {why}", PceaWarning, stacklevel=2)
+    amp = use_amp(amp, next(model.parameters()).device, lambda why: warnings.warn(
+        f"amp=True ignored, classifying in float32: {why}", PceaWarning, stacklevel=4))
     results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
                                  batch_size=batch_size, seed=seed, max_bytes=max_bytes,
                                  max_points=max_points, amp=amp))

@@ -257,17 +257,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     from pcea.api import expand_inputs, load_model, print_classification
     from pcea.engine.distributed import resolve_device
-    from pcea.precision import amp_support
+    from pcea.precision import use_amp
 
     files, unmatched = expand_inputs(args.inputs)
     if not files:
         args.parser.error("no input files matched: " + ", ".join(unmatched))
     model = load_model(args.checkpoint, device=resolve_device(args.device))
-    amp = False
-    if args.amp:
-        amp, why = amp_support(next(model.parameters()).device)
-        if not amp:
-            print(f"pcea: note: --amp ignored, float32 it is: {why}", file=sys.stderr)
+    amp = use_amp(args.amp, next(model.parameters()).device,
+                  lambda why: print(f"pcea: note: --amp ignored, float32 it is: {why}", file=sys.stderr))
     for text in unmatched:
         print(f"pcea: skipped {text}: no such file, or no files matched", file=sys.stderr)
     with warnings.catch_warnings():

@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import platform
 import sys
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "amp_support", "autocast"]
+__all__ = ["cpu_has_native_bf16", "amp_support", "autocast", "use_amp"]
 
 _X86_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -66,6 +67,20 @@ def amp_support(device: torch.device | str) -> tuple[bool, str]:
         return False, (f"this CPU ({platform.machine()}) has no native bf16 instructions "
                        "(avx512_bf16, amx_bf16 or Arm bf16), so bf16 would be slower than float32")
     return False, f"bf16 autocast is not supported by pcea on {device.type}"
+
+
+def use_amp(requested: bool, device: torch.device | str, note: Callable[[str], None]) -> bool:
+    """Whether to run under bf16 autocast: ``requested`` and it helps on ``device``.
+
+    When it was requested but does not help, ``note`` gets the one-line reason
+    (each caller words and routes it: a log line, stderr, a warning).
+    """
+    if not requested:
+        return False
+    helps, why = amp_support(device)
+    if not helps:
+        note(why)
+    return helps
 
 
 def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:

@@ -56,3 +56,13 @@ def test_bf16_logits_stay_close_to_float32(name):
     assert low.dtype == torch.bfloat16
     error = (low.float() - reference).abs().max() / reference.abs().max()
     assert 0 < error < 0.05, error  # it does change the numbers, by a little
+
+
+def test_use_amp_notes_why_only_when_it_was_asked_for_and_cannot_help(monkeypatch):
+    notes = []
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.use_amp(False, "cpu", notes.append) is False and notes == []
+    assert precision.use_amp(True, "cpu", notes.append) is False
+    assert len(notes) == 1 and "no native bf16" in notes[0]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.use_amp(True, "cpu", notes.append) is True and len(notes) == 1

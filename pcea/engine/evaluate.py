@@ -25,7 +25,7 @@ from pcea.atomic import write_atomic
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.errors import PceaError
 from pcea.model import PCTClassifier, fuse_batchnorm
-from pcea.precision import amp_support, autocast
+from pcea.precision import autocast, use_amp
 
 __all__ = [
     "evaluate",
@@ -253,10 +253,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         raise PceaError(f"--votes {votes}: must be at least 1")
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
     fuse_batchnorm(model)  # eval mode, BatchNorm folded: the same logits within 1e-5, faster
-    if amp:
-        amp, why = amp_support(next(model.parameters()).device)
-        if not amp:
-            (log or (lambda line: print(line, file=sys.stderr)))(f"note: --amp ignored, float32 it is: {why}")
+    log = log or (lambda line: print(line, file=sys.stderr))
+    amp = use_amp(amp, next(model.parameters()).device,
+                  lambda why: log(f"note: --amp ignored, float32 it is: {why}"))
     if os.fspath(data) == "synthetic":
         from pcea.data.synth import ensure_synthetic
 

@@ -46,7 +46,7 @@ from pcea.engine.metrics import accuracy_from_counts
 from pcea.engine.rundir import prepare_run_dir, write_curves
 from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
 from pcea.errors import PceaError, PceaFileError
-from pcea.precision import amp_support
+from pcea.precision import use_amp
 
 __all__ = ["PROTOCOLS", "Trainer", "run_train_command", "train"]
 
@@ -192,11 +192,8 @@ class Trainer:
         if env.enabled and config.batch_size // env.world_size < 2:
             raise PceaError(f"batch_size={config.batch_size} over {env.world_size} processes leaves "
                             "fewer than 2 clouds per process (BatchNorm needs 2)")
-        self.amp = False
-        if config.amp:
-            self.amp, why = amp_support(self.device)
-            if not self.amp:
-                self.log(f"note: --amp ignored, training in float32: {why}")
+        self.amp = use_amp(config.amp, self.device,
+                           lambda why: self.log(f"note: --amp ignored, training in float32: {why}"))
 
         torch.manual_seed(config.seed)
         random.seed(config.seed)

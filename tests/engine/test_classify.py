@@ -168,5 +168,6 @@ def test_library_amp_warns_and_stays_float32_without_native_bf16(checkpoint, mix
     cube = mixed_dir / "cube.off"
     fp32 = pcea.classify([cube], checkpoint, top_k=4)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    with pytest.warns(pcea.PceaWarning, match="amp=True ignored.*no native bf16"):
+    with pytest.warns(pcea.PceaWarning, match="amp=True ignored.*no native bf16") as caught:
         assert pcea.classify([cube], checkpoint, top_k=4, amp=True) == fp32
+    assert caught[0].filename == __file__  # the warning points at the caller's line
