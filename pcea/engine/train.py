@@ -520,10 +520,13 @@ class Trainer:
 
     def _finish(self, seconds: float) -> dict:
         config = self.config
+        # Every rank returns the results rank 0 writes: its wall time too, which differs by
+        # a few tenths of a second from the other ranks' own.
+        seconds = self.env.broadcast_object(round(seconds, 1))
         results: dict = {"run": str(self.out), "model": config.model, "data": config.data,
                          "seed": config.seed, "epochs": config.epochs, "select_on": config.select_on,
                          "num_test": len(self.test_set), "class_names": self.class_names,
-                         "train_seconds_this_session": round(seconds, 1), "test": []}
+                         "train_seconds_this_session": seconds, "test": []}
         last_oa, last_macc = self.evaluate(self.test_loader)
         results["test"].append({"protocol": "last epoch", "epoch": config.epochs,
                                 "oa": last_oa, "macc": last_macc})
