@@ -205,6 +205,30 @@ def _build(name: str, num_points: int, overrides: dict | None = None) -> nn.Modu
     return build_model(name, num_points=num_points, **(overrides or {}))
 
 
+def _train_step(model: nn.Module, points: torch.Tensor, labels: torch.Tensor, *, bf16: bool,
+                device: str) -> Callable[[], None]:
+    """One SGD step on a fixed batch, the training figure that every section times.
+
+    Args:
+        model: put in training mode here.
+        points: (B, N, 3) clouds.
+        labels: (B,) classes.
+        bf16: the forward pass under bf16 autocast (the loss stays float32).
+        device: where the model runs.
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, bf16):
+            logits = model(points)  # (B, num_classes)
+        nn.functional.cross_entropy(logits.float(), labels).backward()
+        optimizer.step()
+
+    return step
+
+
 def measure_model(case: dict) -> dict:
     """Inference (unfused and fused) and training-step throughput of one model setting."""
     device, batch, num_points = case["device"], case["batch_size"], case["points"]
@@ -230,18 +254,9 @@ def measure_model(case: dict) -> dict:
                        fused_user_ms=cpu[0] * 1e3, fused_sys_ms=cpu[1] * 1e3)
 
     if case["train"]:
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         num_classes = model.config.num_classes if hasattr(model, "config") else 40
         labels = torch.randint(0, num_classes, (batch,), device=device)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision == "bf16"):
-                logits = model(points)
-            nn.functional.cross_entropy(logits.float(), labels).backward()
-            optimizer.step()
-
+        step = _train_step(model, points, labels, bf16=precision == "bf16", device=device)
         seconds, peak, cpu = _timed(step, repeats=repeats, warmup=warmup, device=device)
         row.update(train_clouds_s=batch / seconds, train_ms=seconds * 1e3, train_peak_mb=peak,
                        train_user_ms=cpu[0] * 1e3, train_sys_ms=cpu[1] * 1e3)
@@ -278,17 +293,7 @@ def measure_interleaved(case: dict) -> dict:
         return run
 
     def train(name: str, precision: str) -> Callable[[], object]:
-        model = models[name].train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def run() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision == "bf16"):
-                logits = model(points)
-            nn.functional.cross_entropy(logits.float(), labels).backward()
-            optimizer.step()
-
-        return run
+        return _train_step(models[name], points, labels, bf16=precision == "bf16", device=device)
 
     rows = {entry: {"model": entry[0], "precision": entry[1], "batch_size": batch, "points": num_points}
             for entry in entries}
