@@ -187,24 +187,25 @@ class NeighborEmbedding(nn.Module):
         hundred small kernels instead of six large ones (nor would torch.compile
         want the loop unrolled into its graph).
         """
-        B, N, C = per_point.shape
+        B, N, D = per_point.shape  # D: the stage's output width
         M, k = neighbor_idx.shape[1:]
-        flat_idx = flat_index(neighbor_idx, N).view(B * M, k)  # rows of the flattened (B * N, C) points
-        points = per_point.reshape(B * N, C)
-        centers = per_center.reshape(B * M, C)
-        step = max(1, _CHUNK_ELEMENTS // (k * C))  # centres per chunk
+        flat_idx = flat_index(neighbor_idx, N).view(B * M, k)  # rows of the flattened (B * N, D) points
+        points = per_point.reshape(B * N, D)
+        centers = per_center.reshape(B * M, D)
+        step = max(1, _CHUNK_ELEMENTS // (k * D))  # centres per chunk
         # Fused, the last bias is added after the max (see LBR.linear_norm_max).
         weight, bias = self.lbr2.weight_and_bias() if self.lbr2.is_fused else (None, None)
         out = None
         for start in range(0, B * M, step):
             stop = min(start + step, B * M)
-            h = points.index_select(0, flat_idx[start:stop].reshape(-1)).view(stop - start, k, C)
-            h += centers[start:stop].unsqueeze(1)
-            h = self.lbr1.norm_act(h)  # (chunk, k, C)
+            rows = flat_idx[start:stop].reshape(-1)  # (chunk * k,)
+            h = points.index_select(0, rows).view(stop - start, k, D)  # (chunk, k, D)
+            h += centers[start:stop].unsqueeze(1)  # no autograd here, so in place is free
+            h = self.lbr1.norm_act(h)  # (chunk, k, D)
             h = self.lbr2.linear_norm(h) if weight is None else nn.functional.linear(h, weight)
             if out is None:  # the dtype the layers produce (bf16 under autocast)
                 out = torch.empty(B * M, h.shape[-1], dtype=h.dtype, device=h.device)
-            torch.amax(h, dim=1, out=out[start:stop])  # (chunk, k, out) -> (chunk, out)
+            torch.amax(h, dim=1, out=out[start:stop])  # (chunk, k, D) -> (chunk, D)
         if bias is not None:
             out += bias.to(out.dtype)
         return out.view(B, M, -1)
