@@ -290,17 +290,22 @@ def test_wrong_negative_or_enormous_header_counts(kind, vertices, faces):
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 
 
+def file_with_coordinate(kind: str, row: int, column: int, value: float, name: str):
+    """The octahedron (or point cloud) written as ``kind`` with one coordinate set to ``value``."""
+    vertices, cloud = OCTA_VERTICES.copy(), CLOUD.copy()
+    vertices[row, column] = value
+    cloud[row, column] = value
+    ext, content = build(kind, vertices, cloud)
+    return hostile_file(name + ext, content)
+
+
 @pytest.mark.parametrize("kind", ["off", "ply-ascii-mesh", "ply-binary-mesh", "ply-binary-points",
                                   "ply-ascii-points", "obj", "stl-ascii", "stl-binary", "glb", "xyz",
                                   "txt", "pts", "csv", "npy", "npz"])
 @FEW_EXAMPLES
 @given(row=st.integers(0, 5), column=st.integers(0, 2), value=NON_FINITE)
 def test_nan_or_inf_coordinates_are_refused(kind, row, column, value):
-    vertices, cloud = OCTA_VERTICES.copy(), CLOUD.copy()
-    vertices[row, column] = value
-    cloud[row, column] = value
-    ext, content = build(kind, vertices, cloud)
-    with hostile_file("nonfinite" + ext, content) as path:
+    with file_with_coordinate(kind, row, column, value, "nonfinite") as path:
         assert check_load_points(path) == "refused"
 
 
@@ -313,11 +318,7 @@ EXTREME = st.sampled_from([1e300, -1e300, 1e-300, 3.4e38, -3.4e38, 1e39, 1e-45, 
 @given(row=st.integers(0, 5), column=st.integers(0, 2), value=EXTREME)
 def test_extreme_finite_coordinates(kind, row, column, value):
     """Finite values at the edges of float32/float64 must not turn into inf or NaN on the way."""
-    vertices, cloud = OCTA_VERTICES.copy(), CLOUD.copy()
-    vertices[row, column] = value
-    cloud[row, column] = value
-    ext, content = build(kind, vertices, cloud)
-    with hostile_file("extreme" + ext, content) as path:
+    with file_with_coordinate(kind, row, column, value, "extreme") as path:
         event(check_load_points(path))
 
 
