@@ -37,11 +37,21 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["available", "farthest_point_sample_cpu", "knn_cpu"]
+__all__ = ["available", "compiling", "farthest_point_sample_cpu", "knn_cpu", "run_split"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_pid = 0  # a forked child inherits the pool object but not its threads
+
+
+def compiling() -> bool:
+    """Whether torch.compile is tracing this call (torch >= 2.3 can tell; older: no).
+
+    The compiled kernels and pcea's other CPU shortcuts stay out of a traced
+    graph: torch.compile cannot see into numba, and makes its own choices.
+    """
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def available() -> bool:
@@ -305,7 +315,7 @@ def _kernels() -> tuple | None:
     return jit(_fps_kernel), jit(_knn_kernel)
 
 
-def _run_split(kernel, args: tuple, total: int) -> None:
+def run_split(kernel, args: tuple, total: int) -> None:
     """Run ``kernel(*args, start, stop)`` over 0..total in ``torch.get_num_threads()`` chunks."""
     global _pool, _pool_size, _pool_pid
     workers = max(1, min(torch.get_num_threads(), total))
@@ -339,7 +349,7 @@ def farthest_point_sample_cpu(xyz: torch.Tensor, m: int, first: torch.Tensor) ->
     B = xyz.shape[0]
     xyz_t = xyz.detach().transpose(1, 2).contiguous().numpy()  # (B, N, 3) -> (B, 3, N)
     out = np.empty((B, m), dtype=np.int64)
-    _run_split(_kernels()[0], (xyz_t, first.cpu().numpy().astype(np.int64), m, out), B)
+    run_split(_kernels()[0], (xyz_t, first.cpu().numpy().astype(np.int64), m, out), B)
     return torch.from_numpy(out)
 
 
@@ -358,5 +368,5 @@ def knn_cpu(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     q = query.detach().contiguous().numpy()
     r_t = ref.detach().to(query.dtype).transpose(1, 2).contiguous().numpy()  # (B, N, 3) -> (B, 3, N)
     out = np.empty((B, M, k), dtype=np.int64)
-    _run_split(_kernels()[1], (q, r_t, k, out), B * M)
+    run_split(_kernels()[1], (q, r_t, k, out), B * M)
     return torch.from_numpy(out)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pcea import fused_bn
+
 __all__ = [
     "LBR",
     "ExternalAttention",
@@ -165,9 +167,14 @@ class LBR(nn.Module):
         so ``max_k fl(y_k + b) = fl(max_k y_k + b)`` exactly for ``y = W x``, and the
         matmul writes its output once instead of first filling it with the bias
         (addmm's copy). Unfused, the BatchNorm's scale may be negative, so it
-        is applied to every row before the max.
+        is applied to every row before the max; in a CPU training step that
+        goes through :func:`pcea.fused_bn.norm_max` (the same values in fewer
+        passes) when ``dim`` is the axis just before the channels.
         """
         if not self.is_fused:
+            if dim % x.dim() == x.dim() - 2 and fused_bn.applies(x, self.bn):  # a CPU training step
+                y = nn.functional.linear(x, self.linear.weight, self.linear.bias)  # (..., k, out)
+                return fused_bn.norm_max(y, self.bn)  # (..., out)
             return max_over(self.linear_norm(x), dim)
         y = max_over(nn.functional.linear(x, self.fused_weight), dim)
         return y + self.fused_bias.to(y.dtype)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcea import fast_ops, fused_bn
 from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, max_over
 from pcea.ops import flat_index, gather, group_index
 
@@ -107,12 +108,6 @@ class ModelConfig:
 _CHUNK_ELEMENTS = 1 << 20
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing this call (torch >= 2.3 can tell; older: no)."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
-
-
 class NeighborEmbedding(nn.Module):
     """One neighbour-embedding stage of PCT: sample, group, shared MLP, max over neighbours.
 
@@ -157,7 +152,7 @@ class NeighborEmbedding(nn.Module):
         per_center = center_feats @ (w_center - w_offset).t()  # (B, M, out): (W_b - W_a) f_i
         if bias is not None:  # in the matmul's dtype: an fp32 bias would promote bf16 (autocast)
             per_center = per_center + bias.to(per_center.dtype)
-        if self.training or torch.is_grad_enabled() or feats.device.type != "cpu" or _compiling():
+        if self.training or torch.is_grad_enabled() or feats.device.type != "cpu" or fast_ops.compiling():
             out = self._grouped_max(per_point, per_center, neighbor_idx)  # (B, M, out)
         else:
             out = self._grouped_max_in_chunks(per_point, per_center, neighbor_idx)  # (B, M, out)
@@ -168,10 +163,15 @@ class NeighborEmbedding(nn.Module):
     def _grouped_max(self, per_point: torch.Tensor, per_center: torch.Tensor,
                      neighbor_idx: torch.Tensor) -> torch.Tensor:
         """max over k of the MLP on every row, before the last activation: (B, M, out)."""
-        # Out of place: gather returns a view of its index_select, and an in-place add
-        # on a view would make autograd clone the whole tensor in the backward pass.
-        h = gather(per_point, neighbor_idx) + per_center.unsqueeze(2)  # (B, M, k, out)
-        return self.lbr2.linear_norm_max(self.lbr1.norm_act(h), dim=2)  # (B, M, k, out) -> (B, M, out)
+        if fused_bn.applies(per_point, self.lbr1.bn):  # a CPU training step: two passes, not six
+            h = fused_bn.gather_norm_act(per_point, per_center, neighbor_idx, self.lbr1.bn,
+                                         self.lbr1.negative_slope)  # (B, M, k, out)
+        else:
+            # Out of place: gather returns a view of its index_select, and an in-place add
+            # on a view would make autograd clone the whole tensor in the backward pass.
+            h = gather(per_point, neighbor_idx) + per_center.unsqueeze(2)  # (B, M, k, out)
+            h = self.lbr1.norm_act(h)  # (B, M, k, out)
+        return self.lbr2.linear_norm_max(h, dim=2)  # (B, M, k, out) -> (B, M, out)
 
     def _grouped_max_in_chunks(self, per_point: torch.Tensor, per_center: torch.Tensor,
                                neighbor_idx: torch.Tensor) -> torch.Tensor:
