@@ -34,10 +34,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pcea import fused_bn
+from pcea import fast_ops, fused_bn
 
 __all__ = [
     "LBR",
+    "Linear",
+    "linear",
     "ExternalAttention",
     "OffsetAttention",
     "SelfAttention",
@@ -62,6 +64,54 @@ def channels_last_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, activation=Non
     if activation is not None:
         x = activation(x)
     return x.view(shape)  # (rows, C) -> (..., C)
+
+
+# Fewest rows for which oneDNN's 1x1 convolution beats F.linear here (docs/benchmarks.md).
+_CONV_MIN_ROWS = 1024
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``nn.functional.linear``, run by oneDNN as a 1x1 convolution for float32 on the CPU.
+
+    PyTorch sends a float32 Linear on the CPU to MKL's sgemm, which on this
+    project's AMD Zen 5 runs at 120-220 GFLOP/s; oneDNN's 1x1 convolution over
+    a channels-last view of the same rows runs at 360-490 GFLOP/s, forward and
+    backward (docs/benchmarks.md). It is the same sums of float32 products
+    (the tests compare it with ``F.linear`` in float64). Elsewhere it is
+    ``F.linear``: on GPUs, under autocast (bf16 already goes to oneDNN), while
+    torch.compile traces, without oneDNN, and below 1024 rows, where the
+    convolution's set-up costs more than it saves.
+
+    Args:
+        x: (..., in) rows.
+        weight: (out, in).
+        bias: (out,) or None.
+
+    Returns:
+        (..., out).
+    """
+    *lead, in_dim = x.shape
+    rows = x.numel() // max(in_dim, 1)
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or rows < _CONV_MIN_ROWS
+        or torch.is_autocast_enabled("cpu")
+        or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+        or fast_ops.compiling()
+    ):
+        return nn.functional.linear(x, weight, bias)
+    # (rows, in) -> (1, in, 1, rows): a channels-last image one pixel high, no copy.
+    image = x.reshape(1, 1, rows, in_dim).permute(0, 3, 1, 2)
+    out = nn.functional.conv2d(image, weight[:, :, None, None], bias)  # (1, out, 1, rows), channels-last
+    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])  # (..., out), a view
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state_dict) whose forward is :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 def max_over(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -98,7 +148,7 @@ class LBR(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, *, bias: bool = False, negative_slope: float = 0.0):
         super().__init__()
-        self.linear = nn.Linear(in_dim, out_dim, bias=bias)
+        self.linear = Linear(in_dim, out_dim, bias=bias)
         self.bn = nn.BatchNorm1d(out_dim)
         self.negative_slope = negative_slope
         self.register_buffer("fused_weight", None, persistent=False)  # (out, in) once fused
@@ -149,7 +199,7 @@ class LBR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight_and_bias()
-        return self._norm(nn.functional.linear(x, weight, bias), act=True)  # (..., in) -> (..., out)
+        return self._norm(linear(x, weight, bias), act=True)  # (..., in) -> (..., out)
 
     def linear_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Linear and BatchNorm without the activation: (..., in) -> (..., out).
@@ -158,7 +208,7 @@ class LBR(nn.Module):
         them to the max instead of to every row (same values, one pass less).
         """
         weight, bias = self.weight_and_bias()
-        return self._norm(nn.functional.linear(x, weight, bias), act=False)  # (..., out)
+        return self._norm(linear(x, weight, bias), act=False)  # (..., out)
 
     def linear_norm_max(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """The max over ``dim`` of :meth:`linear_norm`, activation left to the caller.
@@ -173,10 +223,10 @@ class LBR(nn.Module):
         """
         if not self.is_fused:
             if dim % x.dim() == x.dim() - 2 and fused_bn.applies(x, self.bn):  # a CPU training step
-                y = nn.functional.linear(x, self.linear.weight, self.linear.bias)  # (..., k, out)
+                y = linear(x, self.linear.weight, self.linear.bias)  # (..., k, out)
                 return fused_bn.norm_max(y, self.bn)  # (..., out)
             return max_over(self.linear_norm(x), dim)
-        y = max_over(nn.functional.linear(x, self.fused_weight), dim)
+        y = max_over(linear(x, self.fused_weight), dim)
         return y + self.fused_bias.to(y.dtype)
 
     def norm_act(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,13 +273,13 @@ class ExternalAttention(nn.Module):
         self.heads = heads
         self.eps = eps
         head_dim = dim // heads
-        self.memory_key = nn.Linear(head_dim, memory, bias=False)  # M_k: C/h -> S
-        self.memory_value = nn.Linear(memory, head_dim, bias=False)  # M_v: S -> C/h
+        self.memory_key = Linear(head_dim, memory, bias=False)  # M_k: C/h -> S
+        self.memory_value = Linear(memory, head_dim, bias=False)  # M_v: S -> C/h
         with torch.no_grad():
             self.memory_value.weight.copy_(self.memory_key.weight.t())
         if heads > 1:
-            self.in_proj = nn.Linear(dim, dim)
-            self.out_proj = nn.Linear(dim, dim)
+            self.in_proj = Linear(dim, dim)
+            self.out_proj = Linear(dim, dim)
 
     def attention_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The two stages of the double normalisation, for inspection and tests.
@@ -275,8 +325,8 @@ class OffsetAttention(nn.Module):
 
     def __init__(self, dim: int, *, eps: float = 1e-9):
         super().__init__()
-        self.query_key = nn.Linear(dim, dim // 4, bias=False)  # shared W_q = W_k
-        self.value = nn.Linear(dim, dim)
+        self.query_key = Linear(dim, dim // 4, bias=False)  # shared W_q = W_k
+        self.value = Linear(dim, dim)
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -301,8 +351,8 @@ class SelfAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out_proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape

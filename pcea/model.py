@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pcea import fast_ops, fused_bn
-from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, max_over
+from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, linear, max_over
 from pcea.ops import flat_index, gather, group_index
 
 __all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "fuse_batchnorm", "PRESETS"]
@@ -147,9 +147,9 @@ class NeighborEmbedding(nn.Module):
         center_idx, neighbor_idx = group_index(xyz, self.num_centers, self.k)  # (B, M), (B, M, k)
         weight, bias = self.lbr1.weight_and_bias()  # BatchNorm folded in when fused
         w_offset, w_center = weight.split(self.in_dim, dim=1)  # (out, C) each
-        per_point = feats @ w_offset.t()  # (B, N, out): W_a f_j for every point
+        per_point = linear(feats, w_offset)  # (B, N, out): W_a f_j for every point
         center_feats = gather(feats, center_idx)  # (B, M, C)
-        per_center = center_feats @ (w_center - w_offset).t()  # (B, M, out): (W_b - W_a) f_i
+        per_center = linear(center_feats, w_center - w_offset)  # (B, M, out): (W_b - W_a) f_i
         if bias is not None:  # in the matmul's dtype: an fp32 bias would promote bf16 (autocast)
             per_center = per_center + bias.to(per_center.dtype)
         if self.training or torch.is_grad_enabled() or feats.device.type != "cpu" or fast_ops.compiling():
@@ -202,7 +202,7 @@ class NeighborEmbedding(nn.Module):
             h = points.index_select(0, rows).view(stop - start, k, D)  # (chunk, k, D)
             h += centers[start:stop].unsqueeze(1)  # no autograd here, so in place is free
             h = self.lbr1.norm_act(h)  # (chunk, k, D)
-            h = self.lbr2.linear_norm(h) if weight is None else nn.functional.linear(h, weight)
+            h = self.lbr2.linear_norm(h) if weight is None else linear(h, weight)
             if out is None:  # the dtype the layers produce (bf16 under autocast)
                 out = torch.empty(B * M, h.shape[-1], dtype=h.dtype, device=h.device)
             torch.amax(h, dim=1, out=out[start:stop])  # (chunk, k, D) -> (chunk, D)
