@@ -133,7 +133,7 @@ def test_plot_bench_draws_the_recorded_attention_curves(tmp_path):
     root = Path(__file__).resolve().parents[1]
     script = root / "scripts" / "plot_bench.py"
     out = tmp_path / "attention.png"
-    done = subprocess.run([sys.executable, str(script), str(root / "docs/bench/attention.json"), str(out)],
+    done = subprocess.run([sys.executable, str(script), str(root / "docs/bench/s3_attention.json"), str(out)],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
