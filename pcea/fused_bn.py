@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcea import fast_ops
+from pcea import fast_ops, precision
 
 __all__ = ["applies", "gather_norm_act", "norm_max"]
 
@@ -69,7 +69,7 @@ def applies(x: torch.Tensor, bn: nn.Module) -> bool:
         and bn.track_running_stats
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and not torch.is_autocast_enabled("cpu")
+        and not precision.cpu_autocast_active()
         and not fast_ops.compiling()
         and fast_ops.available()
         and _kernels() is not None

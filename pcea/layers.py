@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pcea import fast_ops, fused_bn
+from pcea import fast_ops, fused_bn, precision
 
 __all__ = [
     "LBR",
@@ -96,7 +96,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         x.device.type != "cpu"
         or x.dtype != torch.float32
         or rows < _CONV_MIN_ROWS
-        or torch.is_autocast_enabled("cpu")
+        or precision.cpu_autocast_active()
         or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
         or fast_ops.compiling()
     ):

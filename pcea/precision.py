@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "amp_support", "autocast", "use_amp"]
+__all__ = ["cpu_has_native_bf16", "amp_support", "autocast", "cpu_autocast_active", "use_amp"]
 
 _X86_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -88,3 +88,15 @@ def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractCo
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def cpu_autocast_active() -> bool:
+    """Whether CPU autocast is on at this point of the program.
+
+    pcea's float32-only CPU shortcuts step aside under it. torch >= 2.4 asks
+    ``is_autocast_enabled("cpu")``; older versions have a call of their own.
+    """
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4: is_autocast_enabled() takes no device
+        return torch.is_autocast_cpu_enabled()

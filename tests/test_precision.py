@@ -66,3 +66,10 @@ def test_use_amp_notes_why_only_when_it_was_asked_for_and_cannot_help(monkeypatc
     assert len(notes) == 1 and "no native bf16" in notes[0]
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision.use_amp(True, "cpu", notes.append) is True and len(notes) == 1
+
+
+def test_cpu_autocast_active_follows_the_context():
+    assert not precision.cpu_autocast_active()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert precision.cpu_autocast_active()
+    assert not precision.cpu_autocast_active()
