@@ -74,10 +74,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``nn.functional.linear``, run by oneDNN as a 1x1 convolution for float32 on the CPU.
 
     PyTorch sends a float32 Linear on the CPU to MKL's sgemm, which on this
-    project's AMD Zen 5 runs at 120-220 GFLOP/s; oneDNN's 1x1 convolution over
-    a channels-last view of the same rows runs at 360-490 GFLOP/s, forward and
-    backward (docs/benchmarks.md). It is the same sums of float32 products
-    (the tests compare it with ``F.linear`` in float64). Elsewhere it is
+    project's AMD Zen 5 runs forward and backward at 140-220 GFLOP/s; oneDNN's
+    1x1 convolution over a channels-last view of the same rows runs at 340-460
+    GFLOP/s (docs/benchmarks.md, "Where the speed-up of session 3 comes from").
+    It is the same sums of float32 products (the tests compare it with
+    ``F.linear`` in float64). Elsewhere it is
     ``F.linear``: on GPUs, under autocast (bf16 already goes to oneDNN), while
     torch.compile traces, without oneDNN, and below 1024 rows, where the
     convolution's set-up costs more than it saves.

@@ -163,7 +163,7 @@ class NeighborEmbedding(nn.Module):
     def _grouped_max(self, per_point: torch.Tensor, per_center: torch.Tensor,
                      neighbor_idx: torch.Tensor) -> torch.Tensor:
         """max over k of the MLP on every row, before the last activation: (B, M, out)."""
-        if fused_bn.applies(per_point, self.lbr1.bn):  # a CPU training step: two passes, not six
+        if fused_bn.applies(per_point, self.lbr1.bn):  # a CPU training step: fewer passes over the rows
             h = fused_bn.gather_norm_act(per_point, per_center, neighbor_idx, self.lbr1.bn,
                                          self.lbr1.negative_slope)  # (B, M, k, out)
         else:
