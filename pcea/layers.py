@@ -31,6 +31,8 @@ Choices of ours, since EANet released no point-cloud code:
 
 from __future__ import annotations
 
+import platform
+
 import torch
 from torch import nn
 
@@ -68,6 +70,9 @@ def channels_last_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, activation=Non
 
 # Fewest rows for which oneDNN's 1x1 convolution beats F.linear here (docs/benchmarks.md).
 _CONV_MIN_ROWS = 1024
+# Where the convolution was measured faster: x86-64. On Arm, PyTorch's CPU convolutions and
+# matmuls go to other libraries (ACL, Accelerate, OpenBLAS), unmeasured here, so F.linear stays.
+_CONV_LINEAR_CPU = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,9 +84,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     GFLOP/s (docs/benchmarks.md, "Where the speed-up of session 3 comes from").
     It is the same sums of float32 products (the tests compare it with
     ``F.linear`` in float64). Elsewhere it is
-    ``F.linear``: on GPUs, under autocast (bf16 already goes to oneDNN), while
-    torch.compile traces, without oneDNN, and below 1024 rows, where the
-    convolution's set-up costs more than it saves.
+    ``F.linear``: on GPUs, on CPUs other than x86-64 (not measured), under
+    autocast (bf16 already goes to oneDNN), while torch.compile traces, without
+    oneDNN, and below 1024 rows, where the convolution's set-up costs more than
+    it saves.
 
     Args:
         x: (..., in) rows.
@@ -95,6 +101,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // max(in_dim, 1)
     if (
         x.device.type != "cpu"
+        or not _CONV_LINEAR_CPU
         or x.dtype != torch.float32
         or rows < _CONV_MIN_ROWS
         or precision.cpu_autocast_active()
