@@ -1,50 +1,21 @@
-"""Reading a user's file into a normalised point cloud.
+"""The per-format parsers behind :func:`pcea.io.load_points` and :func:`pcea.io.load_mesh`.
 
-Meshes (``.off .ply .obj .stl .glb``) are sampled uniformly by surface area; point
-files (``.ply`` without faces, ``.xyz .txt .pts .csv .npy .npz``) are subsampled.
-Either way the result gets the normalisation of the training data
-(:func:`pcea.data.transforms.normalize_unit_sphere`).
-
-Files from the internet are messy or hostile, so every reader here
-
-* checks the size of the file and the counts its header declares *before*
-  allocating anything (a PLY header declaring 10^9 vertices fails at once),
-* reads the messy variants real datasets contain: OFF with CRLF line ends or the
-  glued ``OFF490 518 0`` first line of the Princeton ModelNet40 release, ASCII PLY
-  with extra vertex properties, OBJ whose ``.mtl`` or texture image is missing,
-  ASCII STL in E-notation, point files with CRLF, a header line, and comma, space,
-  semicolon or tab separators,
-* turns every failure into a :class:`pcea.errors.PceaFileError` naming the file.
+ASCII OFF (with the ModelNet40 variants), the binary STL header, the PLY header and
+PLY vertices, ``.npy``, ``.npz`` and text point files, and the checks they share on
+declared counts and finite values. Each takes a path that :mod:`pcea.io` has already
+checked for existence, extension and size, and raises :class:`pcea.errors.PceaFileError`
+naming it. They are kept apart from :mod:`pcea.io` so that the public API reads in one
+sitting; this module imports nothing from :mod:`pcea.io`, so there is no import cycle.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from pcea.data.transforms import normalize_unit_sphere
-from pcea.errors import PceaError, PceaFileError
-
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "DEFAULT_MAX_POINTS",
-    "MESH_EXTENSIONS",
-    "POINT_EXTENSIONS",
-    "PceaWarning",
-    "load_mesh",
-    "load_points",
-    "sample_surface",
-]
-
-MESH_EXTENSIONS = (".off", ".ply", ".obj", ".stl", ".glb")
-POINT_EXTENSIONS = (".ply", ".xyz", ".txt", ".pts", ".csv", ".npy", ".npz")
-DEFAULT_MAX_BYTES = 512 * 1024**2
-DEFAULT_MAX_POINTS = 10_000_000
+from pcea.errors import PceaFileError
 
 # The keys tried, in order, when an .npz holds several arrays.
 _NPZ_POINT_KEYS = ("points", "data", "xyz", "pc", "pos", "vertices")
@@ -58,179 +29,7 @@ _PLY_TYPES = {
 }
 
 
-class PceaWarning(UserWarning):
-    """Something pcea worked around in a user's file (the CLI prints these)."""
-
-
-def load_points(
-    path: str | os.PathLike,
-    num_points: int = 1024,
-    seed: int = 0,
-    normals: bool = False,
-    *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_points: int = DEFAULT_MAX_POINTS,
-) -> np.ndarray:
-    """Read a mesh or point file into a normalised cloud of ``num_points`` points.
-
-    Meshes are sampled by area with face normals; point files are subsampled
-    without replacement (with replacement, and a :class:`PceaWarning`, when the
-    file holds fewer points than asked for). The same ``seed`` gives the same points.
-
-    Args:
-        path: the file; its extension picks the reader (see ``MESH_EXTENSIONS`` and
-            ``POINT_EXTENSIONS``; a ``.ply`` without faces is read as points).
-        num_points: points in the result.
-        seed: seed of the sampling.
-        normals: also return normals (columns 3:6); a point file then needs 6 columns.
-        max_bytes: larger files are refused.
-        max_points: files declaring more vertices, faces or points are refused.
-
-    Returns:
-        (num_points, 3) float32, or (num_points, 6) with normals, centred and scaled
-        into the unit sphere.
-
-    Raises:
-        PceaFileError: the file is missing, too large, unreadable or degenerate.
-        PceaError: num_points is below 1.
-    """
-    if num_points < 1:
-        raise PceaError(f"num_points={num_points}: must be at least 1")
-    path = Path(path)
-    suffix = _check_file(path, max_bytes, MESH_EXTENSIONS + POINT_EXTENSIONS)
-    rng = np.random.default_rng(seed)
-    mesh = None
-    if suffix == ".ply":
-        header = _read_ply_header(path, max_points)
-        if header["faces"] > 0:
-            mesh = _load_mesh_checked(path, suffix, max_points)
-        else:
-            cloud = _load_ply_points(path, header, normals)
-    elif suffix in MESH_EXTENSIONS:
-        mesh = _load_mesh_checked(path, suffix, max_points)
-    else:
-        cloud = _load_point_file(path, suffix, normals, max_bytes, max_points)
-
-    if mesh is not None:
-        points, face_normals, _ = _sample_scaled(mesh, num_points, rng, path)
-        cloud = np.concatenate([points, face_normals], axis=1) if normals else points
-    else:
-        cloud = _subsample(path, cloud, num_points, rng)
-        # A uniform scale first, in float64, so that huge but finite coordinates
-        # (1e300) neither overflow float32 nor the squares in the normalisation.
-        scale = np.abs(cloud[:, :3]).max()
-        if scale > 0:
-            cloud[:, :3] /= scale
-    cloud = normalize_unit_sphere(cloud)
-    if not np.isfinite(cloud).all():  # only normals can still be huge
-        raise PceaFileError(path, "values too large for float32")
-    return cloud
-
-
-def load_mesh(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
-              max_points: int = DEFAULT_MAX_POINTS):
-    """Read a triangle mesh (``.off .ply .obj .stl .glb``), geometry only.
-
-    OFF files are parsed by pcea (trimesh rejects the glued ``OFF490 518 0`` header
-    of ModelNet40); the others go through trimesh with materials skipped, so a
-    missing ``.mtl`` or texture image does not matter. Polygons are triangulated.
-
-    Args:
-        path: the mesh file.
-        max_bytes: larger files are refused.
-        max_points: files declaring more vertices or faces are refused.
-
-    Returns:
-        A ``trimesh.Trimesh`` with at least one face, finite vertices and face
-        indices in range (not yet checked for surface area).
-
-    Raises:
-        PceaFileError: the file is missing, too large, unreadable or empty.
-    """
-    path = Path(path)
-    suffix = _check_file(path, max_bytes, MESH_EXTENSIONS)
-    if suffix == ".ply":
-        header = _read_ply_header(path, max_points)
-        if header["faces"] == 0:
-            raise PceaFileError(path, "PLY file has no faces (a point cloud, not a mesh); "
-                                      "use load_points")
-    return _load_mesh_checked(path, suffix, max_points)
-
-
-def sample_surface(mesh, n: int, seed: int | np.random.Generator = 0, *,
-                   path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sample points uniformly over a mesh's surface (faces chosen by area).
-
-    A face is drawn with probability proportional to its area, then a point
-    uniformly inside it with the square-root barycentric construction (Osada et al.
-    2002, "Shape distributions", eq. 1).
-
-    Args:
-        mesh: a ``trimesh.Trimesh`` (only ``vertices`` and ``faces`` are used).
-        n: number of points.
-        seed: an int seed or a ``numpy.random.Generator``.
-        path: the file the mesh came from, named in errors.
-
-    Returns:
-        points (n, 3) float32 and the unit normals of their faces (n, 3) float32.
-
-    Raises:
-        PceaFileError: the mesh has no faces or zero surface area.
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    points, face_normals, scale = _sample_scaled(mesh, n, rng, path)
-    return (points * scale).astype(np.float32), face_normals.astype(np.float32)
-
-
-def _sample_scaled(mesh, n: int, rng: np.random.Generator, path) -> tuple[np.ndarray, np.ndarray, float]:
-    """:func:`sample_surface` on the mesh divided by its largest coordinate (so areas cannot
-    overflow): float64 points (n, 3) in that unit, normals (n, 3), and the scale."""
-    where = path if path is not None else "<mesh>"
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    faces = np.asarray(mesh.faces, dtype=np.int64)
-    if len(faces) == 0:
-        raise PceaFileError(where, "mesh has no faces")
-    scale = float(np.abs(vertices).max()) or 1.0
-    corners = vertices[faces] / scale                          # (F, 3 corners, 3)
-    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # (F, 3)
-    double_area = np.hypot(np.hypot(cross[:, 0], cross[:, 1]), cross[:, 2])  # (F,), no under/overflow
-    total = double_area.sum()
-    if not total > 0:
-        raise PceaFileError(where, "mesh has zero surface area (all faces degenerate)")
-    chosen = rng.choice(len(faces), size=n, p=double_area / total)  # (n,)
-    r1 = np.sqrt(rng.random((n, 1)))
-    r2 = rng.random((n, 1))
-    a, b, c = corners[chosen, 0], corners[chosen, 1], corners[chosen, 2]  # (n, 3) each
-    points = (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c    # (n, 3)
-    face_normals = cross[chosen] / double_area[chosen, None]   # (n, 3), unit length
-    return points, face_normals, scale
-
-
 # --- checks shared by every reader ---------------------------------------------------------
-
-
-def _check_file(path: Path, max_bytes: int, allowed: tuple[str, ...]) -> str:
-    """The file's lower-case extension, after checking it exists, is a file, and is not too big."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise PceaFileError(path, "no such file") from None
-    except OSError as err:  # a symlink loop, a permission problem, a name too long
-        raise PceaFileError(path, f"cannot open ({err.strerror or err})") from None
-    if path.is_dir():
-        raise PceaFileError(path, "is a directory, expected a file")
-    if not path.is_file():
-        raise PceaFileError(path, "is not a regular file")
-    suffix = path.suffix.lower()
-    if suffix not in allowed:
-        raise PceaFileError(path, f"unknown extension {suffix or '(none)'!r}; "
-                                  f"expected one of {' '.join(sorted(set(allowed)))}")
-    if info.st_size == 0:
-        raise PceaFileError(path, "file is empty")
-    if info.st_size > max_bytes:
-        raise PceaFileError(path, f"file is {info.st_size:,} bytes, over the limit of "
-                                  f"{max_bytes:,} (raise max_bytes to read it)")
-    return suffix
 
 
 def _check_count(path: Path, what: str, count: int, max_points: int) -> None:
@@ -246,61 +45,12 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         raise PceaFileError(path, "coordinates contain NaN or infinite values")
 
 
-def _subsample(path: Path, cloud: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """``num_points`` rows of ``cloud``: without replacement when there are enough."""
-    count = len(cloud)
-    if count == 0:
-        raise PceaFileError(path, "file contains no points")
-    if count < num_points:
-        warnings.warn(f"{path}: only {count} points, {num_points} requested; "
-                      "sampling with replacement", PceaWarning, stacklevel=3)
-        index = rng.choice(count, size=num_points, replace=True)
-    else:
-        index = rng.choice(count, size=num_points, replace=False)
-    return cloud[index]
-
-
-# --- meshes -------------------------------------------------------------------------------
-
-
-def _load_mesh_checked(path: Path, suffix: str, max_points: int):
-    """Read a mesh and check it has faces, finite vertices and valid indices."""
-    import trimesh
-
-    if suffix == ".off":
-        vertices, faces = _read_off(path, max_points)
-    else:
-        if suffix == ".stl":
-            _check_stl_header(path, max_points)
-        # trimesh logs a traceback for some broken files before raising; the error below says it once
-        logger = logging.getLogger("trimesh")
-        level = logger.level
-        logger.setLevel(logging.CRITICAL)
-        try:
-            loaded = trimesh.load(str(path), file_type=suffix[1:], force="mesh",
-                                  process=False, skip_materials=True)
-        except Exception as err:  # trimesh raises anything on garbage: turn all of it into one error
-            raise PceaFileError(path, f"cannot read as {suffix[1:].upper()}: {_describe(err)}") from None
-        finally:
-            logger.setLevel(level)
-        if not isinstance(loaded, trimesh.Trimesh):
-            raise PceaFileError(path, "file contains no triangle mesh")
-        vertices = np.asarray(loaded.vertices, dtype=np.float64)
-        faces = np.asarray(loaded.faces, dtype=np.int64)
-    if len(vertices) == 0 or len(faces) == 0:
-        raise PceaFileError(path, "mesh is empty (no vertices or no faces)")
-    if faces.ndim != 2 or faces.shape[1] != 3:
-        raise PceaFileError(path, f"faces have shape {faces.shape}, expected (F, 3)")
-    if faces.min() < 0 or faces.max() >= len(vertices):
-        bad = int(faces.min()) if faces.min() < 0 else int(faces.max())
-        raise PceaFileError(path, f"a face refers to vertex {bad} but there are {len(vertices)} vertices")
-    _check_finite(path, vertices)
-    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
-
-
 def _describe(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}"[:200] if text else type(err).__name__
+
+
+# --- meshes -------------------------------------------------------------------------------
 
 
 _OFF_FIRST = re.compile(r"^\s*(?:ST)?C?N?4?n?OFF", re.IGNORECASE)
@@ -511,27 +261,6 @@ def _load_ply_points(path: Path, header: dict, normals: bool) -> np.ndarray:
 # --- point files --------------------------------------------------------------------------
 
 
-def _load_point_file(path: Path, suffix: str, normals: bool, max_bytes: int, max_points: int) -> np.ndarray:
-    """A point file as (N, 3) or (N, 6) float64, checked for shape and finiteness."""
-    if suffix == ".npy":
-        array = _load_npy(path, max_points)
-    elif suffix == ".npz":
-        array = _load_npz(path, max_bytes, max_points)
-    else:
-        array = _load_text_points(path, max_points)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2 or array.shape[1] < 3:
-        raise PceaFileError(path, f"points have shape {array.shape}, expected (N, 3) or (N, 6)")
-    width = 6 if normals else 3
-    if array.shape[1] < width:
-        raise PceaFileError(path, f"normals requested but the points have {array.shape[1]} columns "
-                                  "(x y z nx ny nz needs 6)")
-    cloud = np.asarray(array[:, :width], dtype=np.float64)
-    _check_finite(path, cloud)
-    return cloud
-
-
 def _load_npy(path: Path, max_points: int) -> np.ndarray:
     try:
         # A memory map reads only the header, so the shape is checked before any data is read.
@@ -622,4 +351,3 @@ def _is_numeric_row(line: str) -> bool:
     except ValueError:
         return False
     return True
-
