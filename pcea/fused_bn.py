@@ -266,17 +266,18 @@ class _GatherNormAct(torch.autograd.Function):
         B, M, k = idx.shape
         C = points.shape[-1]
         rows = B * M * k
-        p, c, i = _numpy(points), _numpy(centers), _numpy(idx)
-        sums = np.empty((B * M, C))
+        p, c, i = _numpy(points), _numpy(centers), _numpy(idx)  # (B, N, C), (B, M, C), (B, M, k)
+        sums = np.empty((B * M, C))  # per group, float64
         squares = np.empty((B * M, C))
         _run("_gather_stats_kernel", (p, c, i, sums, squares), B * M)
-        mean, invstd, scale, shift = _batch_stats(sums, squares, rows, bn, points.dtype)
-        out = torch.empty(B * M, k, C, dtype=points.dtype)
+        mean, invstd, scale, shift = _batch_stats(sums, squares, rows, bn, points.dtype)  # (C,) each
+        out = torch.empty(B, M, k, C, dtype=points.dtype)  # returned as allocated, not as a view
         slope = points.new_tensor(slope).numpy()[()]  # the points' float type, for numba
-        _run("_gather_norm_act_kernel", (p, c, i, scale.numpy(), shift.numpy(), slope, out.numpy()), B * M)
+        _run("_gather_norm_act_kernel",
+             (p, c, i, scale.numpy(), shift.numpy(), slope, out.numpy().reshape(B * M, k, C)), B * M)
         ctx.save_for_backward(points, centers, weight, idx)
         ctx.stats = (mean, invstd, scale, shift, slope)
-        return out.view(B, M, k, C)
+        return out  # (B, M, k, C)
 
     @staticmethod
     def backward(ctx, grad):
@@ -287,7 +288,7 @@ class _GatherNormAct(torch.autograd.Function):
         rows = B * M * k
         dtype = points.dtype
         p, c, i = _numpy(points), _numpy(centers), _numpy(idx)
-        g = _numpy(grad.reshape(B * M, k, C))
+        g = _numpy(grad).reshape(B * M, k, C)  # (B, M, k, C) -> groups of k rows
         mean_t = mean.to(dtype).numpy()
         sums = np.empty((B * M, C))
         dots = np.empty((B * M, C))

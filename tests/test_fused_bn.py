@@ -179,3 +179,15 @@ def test_the_model_trains_through_the_fused_functions_with_the_same_gradients(mo
         torch.testing.assert_close(p.grad, q.grad, atol=1e-10, rtol=1e-8, msg=name)
     for (name, a), b in zip(model.named_buffers(), plain.buffers(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=name)
+
+
+def test_outputs_are_fresh_tensors_an_in_place_activation_may_change():
+    """Autograd forbids in-place ops on a view a custom function returns; the model applies
+    its activations in place, so both functions return their tensor as allocated."""
+    points, centers, idx = grouped_inputs()
+    out = fused_bn.gather_norm_act(points, centers, idx, make_bn(10))
+    assert out._base is None
+    pooled = fused_bn.norm_max(out, make_bn(10))  # (B, M, C)
+    assert pooled._base is None
+    torch.relu_(pooled).sum().backward()  # raises if either output were a view
+    assert points.grad is not None and torch.isfinite(points.grad).all()
