@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from autograd_graph import backward_node_names
 from torch import nn
 
 import pcea
@@ -140,17 +141,6 @@ def test_applies_only_to_a_cpu_float_training_step_with_autograd(monkeypatch):
     assert not fused_bn.applies(x, bn)
 
 
-def _backward_nodes(tensor):
-    seen, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return {type(node).__name__ for node in seen}
-
-
 def test_the_model_trains_through_the_fused_functions_with_the_same_gradients(monkeypatch):
     """One training step of the default model, fused and with the plain ops: both stages and
     the fusion layer go through the fused functions, and loss, gradients and running
@@ -167,7 +157,7 @@ def test_the_model_trains_through_the_fused_functions_with_the_same_gradients(mo
         torch.manual_seed(1)  # the same dropout masks
         loss = nn.functional.cross_entropy(net(points), labels)
         loss.backward()
-        return loss, _backward_nodes(loss)
+        return loss, backward_node_names(loss)
 
     loss, nodes = step(model)
     assert {"_GatherNormActBackward", "_NormMaxBackward"} <= nodes

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from autograd_graph import backward_node_names
 from torch import nn
 
 from pcea import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
@@ -126,16 +127,6 @@ def test_linear_norm_max_equals_the_max_of_every_row(fused):
         torch.testing.assert_close(lbr.linear_norm_max(x, dim=1), expected, atol=1e-5, rtol=1e-5)
 
 
-def _grad_fn_names(tensor):
-    names, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and type(node).__name__ not in names:
-            names.add(type(node).__name__)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("shape", [(2048, 24), (4, 300, 24), (2, 16, 40, 24)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_equals_f_linear_values_and_gradients(shape, bias):
@@ -150,7 +141,7 @@ def test_linear_equals_f_linear_values_and_gradients(shape, bias):
     b = torch.randn(40, requires_grad=True) if bias else None
     out = linear(x, weight, b)
     if pcea.layers._CONV_LINEAR_CPU and torch.backends.mkldnn.is_available():
-        assert "ConvolutionBackward0" in _grad_fn_names(out)
+        assert "ConvolutionBackward0" in backward_node_names(out)
     assert out.shape == (*shape[:-1], 40) and out.is_contiguous()
     params = [x, weight] + ([b] if bias else [])
     doubles = [p.detach().double().requires_grad_() for p in params]
@@ -168,15 +159,16 @@ def test_linear_is_f_linear_where_the_convolution_does_not_pay(monkeypatch):
     from pcea.layers import linear
 
     weight = torch.randn(8, 6, requires_grad=True)
-    assert "ConvolutionBackward0" not in _grad_fn_names(linear(torch.randn(1023, 6), weight))  # too few rows
+    too_few_rows = torch.randn(1023, 6)
+    assert "ConvolutionBackward0" not in backward_node_names(linear(too_few_rows, weight))
     rows64 = torch.randn(2048, 6, dtype=torch.float64)
-    assert "ConvolutionBackward0" not in _grad_fn_names(linear(rows64, weight.double()))
+    assert "ConvolutionBackward0" not in backward_node_names(linear(rows64, weight.double()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert "ConvolutionBackward0" not in _grad_fn_names(linear(torch.randn(2048, 6), weight))
+        assert "ConvolutionBackward0" not in backward_node_names(linear(torch.randn(2048, 6), weight))
     with torch.backends.mkldnn.flags(enabled=False):
-        assert "ConvolutionBackward0" not in _grad_fn_names(linear(torch.randn(2048, 6), weight))
+        assert "ConvolutionBackward0" not in backward_node_names(linear(torch.randn(2048, 6), weight))
     monkeypatch.setattr(pcea.layers, "_CONV_LINEAR_CPU", False)  # an Arm CPU
-    assert "ConvolutionBackward0" not in _grad_fn_names(linear(torch.randn(2048, 6), weight))
+    assert "ConvolutionBackward0" not in backward_node_names(linear(torch.randn(2048, 6), weight))
 
 
 def test_linear_module_keeps_nn_linear_parameters():

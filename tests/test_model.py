@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from autograd_graph import backward_node_names
 
 import pcea
 from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier, fuse_batchnorm
@@ -199,23 +200,11 @@ def test_build_model_rejects_bad_options(kwargs, match):
         pcea.build_model(**kwargs)
 
 
-def _graph_nodes(tensor: torch.Tensor) -> set[str]:
-    seen, names, todo = set(), set(), [tensor.grad_fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(node.name())
-        todo.extend(next_fn for next_fn, _ in node.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_training_graph_has_no_copy_of_a_whole_tensor(name):
     """No in-place op on a view in the training forward: autograd would otherwise clone the base
     tensor in the backward pass (CopySlices), the B x M x k x C groups included."""
     model = pcea.build_model(name, num_classes=4, **TINY).train()
-    nodes = _graph_nodes(model(torch.randn(2, 128, 3)).sum())
+    nodes = backward_node_names(model(torch.randn(2, 128, 3)).sum())
     assert "MmBackward0" in nodes  # the walk does reach the layers
     assert not any("CopySlices" in node or "AsStrided" in node for node in nodes), nodes
