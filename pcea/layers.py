@@ -231,7 +231,7 @@ class LBR(nn.Module):
         """
         if not self.is_fused:
             if dim % x.dim() == x.dim() - 2 and fused_bn.applies(x, self.bn):  # a CPU training step
-                y = linear(x, self.linear.weight, self.linear.bias)  # (..., k, out)
+                y = self.linear(x)  # (..., k, out)
                 return fused_bn.norm_max(y, self.bn)  # (..., out)
             return max_over(self.linear_norm(x), dim)
         y = max_over(linear(x, self.fused_weight), dim)
