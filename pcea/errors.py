@@ -25,3 +25,7 @@ class PceaFileError(PceaError, ValueError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class MissingSplitError(PceaFileError):
+    """A dataset directory without the split asked for (a copy holding only the train split)."""

@@ -13,6 +13,7 @@ from pcea.data.modelnet import (  # noqa: E402
     MODELNET10_CLASSES,
     ModelNet40H5,
     ModelNet40Mesh,
+    ModelNet40Princeton,
     ModelNet40Resampled,
     open_dataset,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "MODELNET10_CLASSES",
     "ModelNet40H5",
     "ModelNet40Mesh",
+    "ModelNet40Princeton",
     "ModelNet40Resampled",
     "default_root",
     "open_dataset",

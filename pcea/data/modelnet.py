@@ -1,14 +1,20 @@
 """ModelNet40 (and ModelNet10) in the three layouts users arrive with.
 
 * :class:`ModelNet40H5`: ``modelnet40_ply_hdf5_2048`` (PointNet, DGCNN, PCT).
-* :class:`ModelNet40Mesh`: the Princeton release, ``<class>/{train,test}/<class>_NNNN.off``.
+* :class:`ModelNet40Princeton`: the Princeton folders, ``<class>/{train,test}/<class>_NNNN.<ext>``,
+  one mesh or point file per shape in any format :func:`pcea.io.load_points` reads (the
+  release's ``.off`` meshes, or the public conversions to ``.npy``, ``.ply``, ``.txt``, ``.pcd``).
 * :class:`ModelNet40Resampled`: ``modelnet40_normal_resampled`` (PointNet++), one text file per shape.
 
 All three share one interface: an item is ``(points FloatTensor (num_points, C), label int)``
-with C = 3, or 6 with normals; ``.class_names``, ``.labels`` and ``.root``;
+with C = 3, or 6 with normals; ``.class_names``, ``.labels``, ``.root`` and ``.up``;
 ``set_epoch(epoch)``; and the transform of item ``i`` is called with
 ``np.random.default_rng((seed, epoch, i))``, so a run is reproducible whatever the
-number of DataLoader workers. ``classes=`` selects a subset (ModelNet10 is
+number of DataLoader workers. Each layout declares the up axis its release uses
+(``UP``: y for h5 and resampled, z for the Princeton folders) and every cloud is turned
+from it into pcea's y-up frame (:func:`pcea.data.transforms.to_canonical`); ``up=``
+overrides the declared axis for a copy that was converted in another frame.
+``classes=`` selects a subset (ModelNet10 is
 ``classes=MODELNET10_CLASSES``) with labels renumbered 0..K-1 in the dataset's class order.
 
 Each item holds the *first* ``num_points`` points of the stored cloud (the h5 release
@@ -33,13 +39,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pcea.data.transforms import normalize_unit_sphere
-from pcea.errors import PceaError, PceaFileError
+from pcea.data.transforms import UP_AXES, normalize_unit_sphere, to_canonical
+from pcea.errors import MissingSplitError, PceaError, PceaFileError
 
 __all__ = [
     "MODELNET10_CLASSES",
     "ModelNet40H5",
     "ModelNet40Mesh",
+    "ModelNet40Princeton",
     "ModelNet40Resampled",
     "open_dataset",
 ]
@@ -54,13 +61,17 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 class _PointCloudDataset(Dataset):
     """The shared interface; subclasses fill ``class_names``, ``labels`` and ``_clouds``."""
 
+    UP: str = "y"            # the up axis of the layout's public release
     root: Path
     class_names: list[str]
     labels: np.ndarray       # (n,) int64
     _clouds: np.ndarray      # (n, num_points, 3 or 6) float32
 
     def __init__(self, root, split: str, num_points: int, transform: Transform | None,
-                 normals: bool, seed: int):
+                 normals: bool, seed: int, up: str | None = None):
+        if up is not None and up not in UP_AXES:
+            raise PceaError(f"up={up!r}: expected one of {', '.join(UP_AXES)}")
+        self.up = up or self.UP
         if split not in SPLITS:
             raise PceaError(f"split={split!r}: expected 'train' or 'test'")
         if num_points < 1:
@@ -75,6 +86,10 @@ class _PointCloudDataset(Dataset):
         self.normals = normals
         self.seed = seed
         self.epoch = 0
+
+    def _to_canonical(self, clouds: np.ndarray) -> np.ndarray:
+        """(n, num_points, C) clouds in the dataset's frame -> pcea's y-up frame."""
+        return to_canonical(clouds, self.up) if len(clouds) else clouds
 
     def set_epoch(self, epoch: int) -> None:
         """Change the random augmentation of every item (call at the start of each epoch)."""
@@ -93,7 +108,7 @@ class _PointCloudDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
                 f"shapes={len(self)}, classes={len(self.class_names)}, num_points={self.num_points}, "
-                f"normals={self.normals})")
+                f"normals={self.normals}, up={self.up!r})")
 
     def _select(self, all_names: list[str], labels: np.ndarray, classes: Sequence[str] | None) -> np.ndarray:
         """Set ``class_names``/``labels`` for a class subset; returns the kept item indices."""
@@ -176,11 +191,13 @@ class ModelNet40H5(_PointCloudDataset):
         normals: also return the normals (columns 3:6); needs the ``normal`` dataset.
         classes: names of a class subset (e.g. ModelNet10), labels renumbered 0..K-1.
         seed: seed of the per-item augmentation.
+        up: the up axis of the stored clouds (default ``UP``, y as in the release).
     """
 
     def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
-                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0):
-        super().__init__(root, split, num_points, transform, normals, seed)
+                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0,
+                 up: str | None = None):
+        super().__init__(root, split, num_points, transform, normals, seed, up)
         import h5py
 
         names = _read_names(self.root / "shape_names.txt")
@@ -198,7 +215,7 @@ class ModelNet40H5(_PointCloudDataset):
             clouds.append(cloud)
             labels.append(label)
         keep = self._select(names, np.concatenate(labels), classes)
-        self._clouds = np.concatenate(clouds)[keep]
+        self._clouds = self._to_canonical(np.concatenate(clouds)[keep])
 
     def _files(self) -> list[Path]:
         listing = self.root / f"{self.split}_files.txt"
@@ -210,7 +227,7 @@ class ModelNet40H5(_PointCloudDataset):
             return files
         files = sorted(self.root.glob(f"ply_data_{self.split}*.h5"))
         if not files:
-            raise PceaFileError(self.root, f"no {listing.name} and no ply_data_{self.split}*.h5 files")
+            raise MissingSplitError(self.root, f"no {listing.name} and no ply_data_{self.split}*.h5 files")
         return files
 
     def _read(self, path: Path, h5, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +277,12 @@ def _check_stored(path: Path, key: str, dataset) -> None:
                                   f"file stores {stored:,} bytes of it (truncated or never written)")
 
 
-# --- Princeton meshes ---------------------------------------------------------------------
+# --- Princeton folders --------------------------------------------------------------------
+
+def _shape_extensions() -> tuple[str, ...]:
+    from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS
+
+    return tuple(dict.fromkeys(MESH_EXTENSIONS + POINT_EXTENSIONS))
 
 
 def mesh_classes(root: Path) -> list[str]:
@@ -269,10 +291,26 @@ def mesh_classes(root: Path) -> list[str]:
                   if entry.is_dir() and any((entry / split).is_dir() for split in SPLITS))
 
 
-def mesh_files(root: Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
-    """``(path, label)`` of every ``.off`` file of one split, in class then name order."""
+def shape_files(root: Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
+    """``(path, label)`` of every shape file of one split, in class then name order.
+
+    A shape file is a regular file whose extension :func:`pcea.io.load_points` reads;
+    anything else in the folders (READMEs, hidden files) is ignored.
+
+    Raises:
+        PceaFileError: no class has a ``split`` folder (a copy holding only the train split).
+    """
+    if not any((root / name / split).is_dir() for name in class_names):
+        present = [other for other in SPLITS if any((root / name / other).is_dir() for name in class_names)]
+        raise MissingSplitError(root, f"no {split}/ folder in any class directory; this copy holds only the "
+                                  f"{' and '.join(present) or 'no'} split")
+    extensions = _shape_extensions()
     return [(path, label) for label, name in enumerate(class_names)
-            for path in sorted((root / name / split).glob("*.off"))]
+            for path in sorted((root / name / split).glob("*"))
+            if path.suffix.lower() in extensions and not path.name.startswith(".") and path.is_file()]
+
+
+mesh_files = shape_files  # the name prepare.py and older code use
 
 
 def mesh_seed(path: Path, root: Path, seed: int) -> int:
@@ -280,47 +318,60 @@ def mesh_seed(path: Path, root: Path, seed: int) -> int:
     return zlib.crc32(f"{seed}/{path.relative_to(root).as_posix()}".encode())
 
 
-class ModelNet40Mesh(_PointCloudDataset):
-    """The Princeton layout ``<root>/<class>/{train,test}/<class>_NNNN.off``.
+class ModelNet40Princeton(_PointCloudDataset):
+    """The Princeton layout ``<root>/<class>/{train,test}/<class>_NNNN.<ext>``.
 
-    Each mesh is sampled once by area (:func:`pcea.io.load_points`, which reads the
-    glued ``OFF490 518 0`` headers of the release), normalised, and kept in memory;
-    its sample seed depends on ``seed`` and the file's name. This happens on every
-    construction, in one process, for all 12,311 meshes of ModelNet40: convert them
-    once, on all cores, with
-    ``pcea prepare modelnet40 --src ModelNet40/ --out DIR`` and train on the h5
-    layout instead. A mesh that cannot be read is skipped with a
-    :class:`pcea.io.PceaWarning` naming it.
+    One file per shape, in any format :func:`pcea.io.load_points` reads: the release's
+    ``.off`` meshes (sampled by area, glued ``OFF490 518 0`` headers included), or point
+    files such as the public ``.npy``, ``.ply``, ``.txt`` and ``.pcd`` conversions
+    (subsampled). Every shape is normalised and kept in memory; its sample seed depends
+    on ``seed`` and the file's name. The release is z-up (``UP``), so clouds are turned
+    into pcea's y-up frame. Meshes are sampled on every construction, in one process,
+    which takes minutes for ModelNet40's 12,311 meshes: convert them once, on all cores,
+    with ``pcea prepare modelnet40 --src ModelNet40/ --out DIR`` and train on the h5
+    layout instead (point files load in seconds). A file that cannot be read is skipped
+    with a :class:`pcea.io.PceaWarning` naming it.
 
-    Args: as :class:`ModelNet40H5` (``root`` holds the class directories).
+    Args: as :class:`ModelNet40H5` (``root`` holds the class directories; ``up``
+    defaults to z).
+
+    Raises:
+        PceaFileError: no class directories, or none of them has a ``split`` folder.
     """
 
+    UP = "z"
+
     def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
-                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0):
-        super().__init__(root, split, num_points, transform, normals, seed)
+                 normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0,
+                 up: str | None = None):
+        super().__init__(root, split, num_points, transform, normals, seed, up)
         from pcea.io import PceaWarning, load_points
 
         names = mesh_classes(self.root)
         if not names:
             raise PceaFileError(self.root, "no class directories with train/ or test/ folders")
-        files = mesh_files(self.root, split, names)
+        files = shape_files(self.root, split, names)
         keep = self._select(names, np.array([label for _, label in files], dtype=np.int64), classes)
         clouds, kept_labels, skipped = [], [], []
         for index, label in zip(keep, self.labels, strict=True):
             path, _ = files[index]
             try:
                 clouds.append(load_points(path, num_points, seed=mesh_seed(path, self.root, seed),
-                                          normals=normals))
+                                          normals=normals, up="y"))  # turned below, all at once
             except PceaError as err:
                 skipped.append(str(err))
                 continue
             kept_labels.append(label)
         if skipped:
-            warnings.warn(f"{self.root}: skipped {len(skipped)} unreadable meshes: " + "; ".join(skipped[:5])
+            warnings.warn(f"{self.root}: skipped {len(skipped)} unreadable files: " + "; ".join(skipped[:5])
                           + (" ..." if len(skipped) > 5 else ""), PceaWarning, stacklevel=2)
         self.labels = np.asarray(kept_labels, dtype=np.int64)
         channels = 6 if normals else 3
-        self._clouds = np.stack(clouds) if clouds else np.zeros((0, num_points, channels), np.float32)
+        self._clouds = self._to_canonical(
+            np.stack(clouds) if clouds else np.zeros((0, num_points, channels), np.float32))
+
+
+ModelNet40Mesh = ModelNet40Princeton  # the earlier name, when only .off meshes were read
 
 
 # --- resampled text files -----------------------------------------------------------------
@@ -354,8 +405,8 @@ class ModelNet40Resampled(_PointCloudDataset):
 
     def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
                  normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0,
-                 *, cache_dir: str | os.PathLike | None = None):
-        super().__init__(root, split, num_points, transform, normals, seed)
+                 up: str | None = None, *, cache_dir: str | os.PathLike | None = None):
+        super().__init__(root, split, num_points, transform, normals, seed, up)
         prefix = resampled_prefix(self.root)
         if prefix is None:
             raise PceaFileError(self.root, "no modelnet40_shape_names.txt or modelnet10_shape_names.txt")
@@ -376,7 +427,7 @@ class ModelNet40Resampled(_PointCloudDataset):
         keep = self._select(names, np.array(labels, dtype=np.int64), classes)
         cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".pcea-cache"
         clouds = self._cached(shape_ids, cache_dir)         # (n_all, num_points, 6)
-        self._clouds = clouds[keep][:, :, : 6 if normals else 3]
+        self._clouds = self._to_canonical(clouds[keep][:, :, : 6 if normals else 3])
 
     def _cached(self, shape_ids: list[str], cache_dir: Path) -> np.ndarray:
         key = hashlib.sha256("\n".join([f"v1 {self.num_points}", *shape_ids]).encode()).hexdigest()[:16]
@@ -432,14 +483,15 @@ class ModelNet40Resampled(_PointCloudDataset):
 
 # --- layout detection ---------------------------------------------------------------------
 
-LAYOUTS = {"h5": ModelNet40H5, "resampled": ModelNet40Resampled, "mesh": ModelNet40Mesh}
+LAYOUTS = {"h5": ModelNet40H5, "resampled": ModelNet40Resampled, "mesh": ModelNet40Princeton}
 EXPECTED = ("expected one of: the h5 layout (shape_names.txt, train_files.txt, ply_data_train0.h5, ...); "
             "the resampled layout (modelnet40_shape_names.txt, modelnet40_train.txt, "
-            "<class>/<class>_0001.txt); the mesh layout (<class>/train/<class>_0001.off)")
+            "<class>/<class>_0001.txt); the Princeton layout (<class>/train/<class>_0001.off, "
+            "or one .npy/.ply/.txt/.pcd point file per shape)")
 
 
 def detect_layout(path: Path) -> str | None:
-    """The layout ``path`` itself holds ("h5", "resampled" or "mesh"), or None."""
+    """The layout ``path`` itself holds ("h5", "resampled" or "mesh", the Princeton folders), or None."""
     if not path.is_dir():
         return None
     if (path / "shape_names.txt").is_file() and (
@@ -448,8 +500,12 @@ def detect_layout(path: Path) -> str | None:
     if resampled_prefix(path) is not None:
         return "resampled"
     try:
-        if any(any((path / name / split).glob("*.off")) for name in mesh_classes(path) for split in SPLITS):
-            return "mesh"
+        extensions = _shape_extensions()
+        for name in mesh_classes(path):
+            for split in SPLITS:
+                folder = path / name / split
+                if folder.is_dir() and any(f.suffix.lower() in extensions for f in folder.iterdir()):
+                    return "mesh"
     except OSError:
         return None
     return None
@@ -508,10 +564,10 @@ def open_dataset(path: str | os.PathLike, split: str = "train", **kwargs) -> _Po
         path: a directory holding one of the three layouts, or a parent of one
             (see :func:`find_layout`).
         split: "train" or "test".
-        **kwargs: ``num_points``, ``transform``, ``normals``, ``classes``, ``seed``.
+        **kwargs: ``num_points``, ``transform``, ``normals``, ``classes``, ``seed``, ``up``.
 
     Returns:
-        A :class:`ModelNet40H5`, :class:`ModelNet40Resampled` or :class:`ModelNet40Mesh`.
+        A :class:`ModelNet40H5`, :class:`ModelNet40Resampled` or :class:`ModelNet40Princeton`.
 
     Raises:
         PceaError: no layout recognised (the message says what each looks like).

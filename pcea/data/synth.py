@@ -2,8 +2,9 @@
 
 The shapes themselves (primitives, one builder per class, :func:`make_shape`) live in
 :mod:`pcea.data.shapes`; this module samples them and writes the dataset. Shapes are
-built z-up and turned y-up before they are written, because the ModelNet40 h5 release
-that the PCT family trains on is y-up; all three layouts written here share that frame.
+built z-up and turned y-up, pcea's frame; each layout is written in the frame of its
+public release, so that the loaders' turns are exercised as on the real data: the h5 and
+resampled clouds y-up, the Princeton OFF meshes z-up (turned back before they are written).
 
 Layout written by :func:`generate` (``out/``)::
 
@@ -34,7 +35,7 @@ from pcea.io import sample_surface
 
 __all__ = ["CLASS_NAMES", "FORMAT", "generate", "ensure_synthetic", "make_shape"]
 
-FORMAT = "pcea-shapes/1"
+FORMAT = "pcea-shapes/2"  # 2: the OFF meshes are z-up, as in the Princeton release
 PARAMS_FILE = "pcea-shapes.json"
 TEST_FRACTION = 0.2
 H5_SHAPES_PER_FILE = 2048  # as in the ModelNet40 h5 release
@@ -48,6 +49,13 @@ def _write_off(path: Path, mesh: Mesh) -> None:
     lines += [f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in mesh.vertices]
     lines += [f"3 {a} {b} {c}\n" for a, b, c in mesh.faces]
     path.write_text("".join(lines))
+
+
+def z_up(mesh: Mesh) -> Mesh:
+    """A copy of a y-up mesh turned z-up, the frame of the Princeton release: (x, y, z) -> (x, -z, y)."""
+    turned = mesh.copy()
+    turned.vertices = np.asarray(mesh.vertices)[:, [0, 2, 1]] * np.array([1.0, -1.0, 1.0])
+    return turned
 
 
 def _shape_name(name: str, number: int) -> str:
@@ -68,7 +76,7 @@ def _build_one(task: tuple[Path, str, int, int, int, str]) -> np.ndarray:
     xyz, normals = sample_surface(mesh, points, rng)
     cloud = normalize_unit_sphere(np.concatenate([xyz, normals], axis=1))
     stem = _shape_name(name, index + 1)
-    _write_off(out / "mesh" / name / split / f"{stem}.off", mesh)
+    _write_off(out / "mesh" / name / split / f"{stem}.off", z_up(mesh))
     np.savetxt(out / "resampled" / name / f"{stem}.txt", cloud, fmt="%.6f", delimiter=",")
     return cloud
 

@@ -3,7 +3,11 @@
 Meshes (``.off .ply .obj .stl .glb``) are sampled uniformly by surface area; point
 files (``.ply`` without faces, ``.xyz .txt .pts .csv .npy .npz``) are subsampled.
 Either way the result gets the normalisation of the training data
-(:func:`pcea.data.transforms.normalize_unit_sphere`).
+(:func:`pcea.data.transforms.normalize_unit_sphere`) and is turned into pcea's y-up frame
+(:func:`pcea.data.transforms.to_canonical`) from the file's up axis: ``up="z"`` or ``"y"``, or
+``"auto"`` (the default), which takes y for ``.obj`` and ``.glb`` (the formats' convention)
+and z for every other format (STL, OFF and PLY from CAD tools and scanners, the Princeton
+ModelNet meshes, PCD from PCL and Open3D).
 
 Files from the internet are messy or hostile, so every reader here
 
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcea.data.transforms import normalize_unit_sphere
+from pcea.data.transforms import UP_AXES, normalize_unit_sphere, to_canonical
 from pcea.errors import PceaError, PceaFileError
 from pcea.io.formats import (
     _check_finite,
@@ -47,10 +51,12 @@ from pcea.io.formats import (
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_POINTS",
+    "DEFAULT_UP",
     "MESH_EXTENSIONS",
     "POINT_EXTENSIONS",
     "PceaWarning",
     "load_mesh",
+    "default_up",
     "load_points",
     "sample_surface",
 ]
@@ -59,6 +65,22 @@ MESH_EXTENSIONS = (".off", ".ply", ".obj", ".stl", ".glb")
 POINT_EXTENSIONS = (".ply", ".xyz", ".txt", ".pts", ".csv", ".npy", ".npz")
 DEFAULT_MAX_BYTES = 512 * 1024**2
 DEFAULT_MAX_POINTS = 10_000_000
+DEFAULT_UP = "auto"
+_Y_UP_EXTENSIONS = (".obj", ".glb")  # Wavefront OBJ and glTF are y-up by convention
+
+
+def default_up(path: str | os.PathLike) -> str:
+    """The up axis ``up="auto"`` assumes for a file: "y" for OBJ and glTF, "z" for the rest."""
+    return "y" if Path(path).suffix.lower() in _Y_UP_EXTENSIONS else "z"
+
+
+def resolve_up(path: str | os.PathLike, up: str) -> str:
+    """``up`` itself, or the file's default when it is "auto"; PceaError for anything else."""
+    if up == "auto":
+        return default_up(path)
+    if up not in UP_AXES:
+        raise PceaError(f"up={up!r}: expected auto, {' or '.join(UP_AXES)}")
+    return up
 
 
 class PceaWarning(UserWarning):
@@ -73,8 +95,9 @@ def load_points(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_points: int = DEFAULT_MAX_POINTS,
+    up: str = DEFAULT_UP,
 ) -> np.ndarray:
-    """Read a mesh or point file into a normalised cloud of ``num_points`` points.
+    """Read a mesh or point file into a normalised, y-up cloud of ``num_points`` points.
 
     Meshes are sampled by area with face normals; point files are subsampled
     without replacement (with replacement, and a :class:`PceaWarning`, when the
@@ -88,10 +111,12 @@ def load_points(
         normals: also return normals (columns 3:6); a point file then needs 6 columns.
         max_bytes: larger files are refused.
         max_points: files declaring more vertices, faces or points are refused.
+        up: the file's up axis, "y" or "z", or "auto" (:func:`default_up`: y for OBJ and
+            glTF, z otherwise); the cloud is turned from it into pcea's y-up frame.
 
     Returns:
-        (num_points, 3) float32, or (num_points, 6) with normals, centred and scaled
-        into the unit sphere.
+        (num_points, 3) float32, or (num_points, 6) with normals, centred, scaled
+        into the unit sphere, y up.
 
     Raises:
         PceaFileError: the file is missing, too large, unreadable or degenerate.
@@ -100,6 +125,7 @@ def load_points(
     if num_points < 1:
         raise PceaError(f"num_points={num_points}: must be at least 1")
     path = Path(path)
+    up = resolve_up(path, up)
     suffix = _check_file(path, max_bytes, MESH_EXTENSIONS + POINT_EXTENSIONS)
     rng = np.random.default_rng(seed)
     mesh = None
@@ -127,7 +153,7 @@ def load_points(
     cloud = normalize_unit_sphere(cloud)
     if not np.isfinite(cloud).all():  # only normals can still be huge
         raise PceaFileError(path, "values too large for float32")
-    return cloud
+    return to_canonical(cloud, up)
 
 
 def load_mesh(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
