@@ -125,7 +125,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, help="points per cloud")
     p.add_argument("--normals", action=argparse.BooleanOptionalAction, default=None,
                    help="use normals as 3 extra input channels")
-    p.add_argument("--lr", type=float, help="initial SGD learning rate (cosine-annealed)")
+    p.add_argument("--lr", type=float, help="peak learning rate (cosine-annealed)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd (PCT's, default) or adamw")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="linear warm-up epochs, then a per-step cosine (default 0: PCT's per-epoch cosine)")
     p.add_argument("--seed", type=int)
     p.add_argument("--seeds", help="comma-separated seeds: one run each in OUT/seed<S>, then mean ± std")
     p.add_argument("--val-split", type=float, help="fraction of train held out for selection (0.1)")
@@ -146,7 +149,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pcea.engine.config import parse_model_options
     from pcea.engine.train import run_train_command
 
-    names = ["data", "model", "epochs", "batch_size", "points", "normals", "lr", "seed", "val_split",
+    names = ["data", "model", "epochs", "batch_size", "points", "normals", "lr", "optimizer", "warmup_epochs",
+             "seed", "val_split",
              "select_on", "device", "amp", "compile", "threads", "workers"]
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.model_opt:

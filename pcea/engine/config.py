@@ -40,10 +40,15 @@ class TrainConfig:
         normals: feed normals as three extra input channels.
         epochs: training epochs.
         batch_size: clouds per optimiser step, summed over all ranks.
-        lr: initial learning rate of SGD.
-        min_lr: final learning rate of the per-epoch cosine annealing.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
+        optimizer: "sgd" (momentum SGD, PCT's) or "adamw" (decoupled weight decay).
+        lr: peak learning rate.
+        min_lr: final learning rate of the cosine annealing.
+        warmup_epochs: with 0 (PCT's recipe) the learning rate is cosine-annealed once
+            per epoch from ``lr`` to ``min_lr``; above 0 it is set every step instead,
+            rising linearly from ``lr / 100`` to ``lr`` over this many epochs (may be
+            fractional), then cosine-annealed to ``min_lr`` at the last step.
+        momentum: SGD momentum (AdamW's beta1 stays at 0.9).
+        weight_decay: weight decay (SGD: L2 added to the gradient; AdamW: decoupled).
         label_smoothing: cross-entropy label smoothing.
         augment: "pct" (anisotropic scale + translation, then shuffling) or "none".
         seed: seeds the split, the shuffling, the augmentation and the weights.
@@ -67,8 +72,10 @@ class TrainConfig:
     normals: bool = False
     epochs: int = 250
     batch_size: int = 32
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
     min_lr: float = 1e-4
+    warmup_epochs: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.2
@@ -89,6 +96,9 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
             (self.batch_size >= 2, f"batch_size={self.batch_size}: BatchNorm needs at least 2 per step"),
             (self.lr > 0 and self.min_lr >= 0, f"lr={self.lr}, min_lr={self.min_lr}: must be positive"),
+            (self.optimizer in ("sgd", "adamw"), f"optimizer={self.optimizer!r}: expected 'sgd' or 'adamw'"),
+            (0 <= self.warmup_epochs < self.epochs,
+             f"warmup_epochs={self.warmup_epochs}: need 0 <= x < epochs ({self.epochs})"),
             (0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing}: need 0 <= x < 1"),
             (0 <= self.val_split < 1, f"val_split={self.val_split}: need 0 <= x < 1"),
             (self.select_on in ("val", "test", "last"),

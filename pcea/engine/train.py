@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pcea.atomic import write_atomic
+from pcea.data.transforms import CANONICAL_UP
 from pcea.engine.checkpoint import (
     load_checkpoint,
     load_latest,
@@ -45,7 +46,7 @@ from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buf
 from pcea.engine.metrics import accuracy_from_counts
 from pcea.engine.rundir import prepare_run_dir, write_curves
 from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.precision import use_amp
 
 __all__ = ["PROTOCOLS", "Trainer", "run_train_command", "train"]
@@ -53,6 +54,20 @@ __all__ = ["PROTOCOLS", "Trainer", "run_train_command", "train"]
 PROTOCOLS = {"val": "best on val", "test": "best on test", "last": "last epoch"}
 def _format_pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's state saves)
+    """LambdaLR factor at step t: linear from 0.01 to 1 over ``warmup`` steps, then cosine down
+    to ``floor`` at step ``total``."""
+
+    def __init__(self, total: int, warmup: int, floor: float):
+        self.total, self.warmup, self.floor = max(total, 1), warmup, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return 0.01 + 0.99 * step / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class _StopRequest:
@@ -149,7 +164,13 @@ class Trainer:
             data = str(ensure_synthetic())
         kwargs = {"num_points": config.points, "normals": config.normals, "seed": config.seed}
         train_base = open_dataset(data, split="train", transform=None, **kwargs)
-        test = open_dataset(data, split="test", transform=None, **kwargs)
+        try:
+            test = open_dataset(data, split="test", transform=None, **kwargs)
+        except MissingSplitError as err:
+            if self.config.select_on == "test":
+                raise PceaError(f"--select-on test needs a test split: {err}") from None
+            self.log(f"note: {err}; training and selecting on the validation split, no test figures")
+            return train_base, None
         if list(test.class_names) != list(train_base.class_names):
             raise PceaError(f"{data}: the train and test splits name different classes")
         return train_base, test
@@ -212,21 +233,34 @@ class Trainer:
             transform = pct_train_transform()
         self.train_set = AugmentedSubset(train_base, train_idx, transform=transform, seed=config.seed)
         self.val_set = AugmentedSubset(train_base, val_idx) if len(val_idx) else None
-        self.test_set = AugmentedSubset(test, np.arange(len(test)))
+        self.test_set = AugmentedSubset(test, np.arange(len(test))) if test is not None else None
         self.loader_generator = torch.Generator()
         self.train_loader = self._loader(self.train_set, train=True, generator=self.loader_generator)
         self.eval_generator = torch.Generator()
         self.val_loader = (self._loader(self.val_set, train=False, generator=self.eval_generator)
                            if self.val_set is not None else None)
-        self.test_loader = self._loader(self.test_set, train=False, generator=self.eval_generator)
+        self.test_loader = (self._loader(self.test_set, train=False, generator=self.eval_generator)
+                            if self.test_set is not None else None)
 
         model = self._build_model(self.num_classes)
         model.class_names = self.class_names
         self.model = model.to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs,
-                                                                    eta_min=config.min_lr)
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                               betas=(config.momentum, 0.999),
+                                               weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                             weight_decay=config.weight_decay)
+        self.step_schedule = config.warmup_epochs > 0
+        if self.step_schedule:
+            total = config.epochs * len(self.train_loader)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, warmup_cosine(total, round(config.warmup_epochs * len(self.train_loader)),
+                                              config.min_lr / config.lr))
+        else:  # PCT's: one cosine step per epoch
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs,
+                                                                        eta_min=config.min_lr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.history: list[dict] = []
         self.best: dict = {"epoch": None, "score": -math.inf}
@@ -357,6 +391,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.step_schedule:
+                    self.scheduler.step()
                 loss_sum += loss.detach().to(wide)
                 correct += (logits.argmax(dim=1) == labels).sum()
                 seen += labels.numel()
@@ -412,6 +448,7 @@ class Trainer:
             "metrics": {"history": self.history, "best": self.best,
                         "last": self.history[-1] if self.history else {}},
             "protocol": protocol,
+            "up": CANONICAL_UP,  # the frame the model was trained in (pcea.data.transforms)
         }
 
     def _write_epoch_files(self, epoch: int, improved: bool) -> None:
@@ -459,7 +496,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"run {self.out}: model {config.model} ({n_params:,} parameters), "
                  f"{len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val / "
-                 f"{len(self.test_set)} test clouds, {self.num_classes} classes, device {self.device}"
+                 f"{len(self.test_set) if self.test_set else 0} test clouds, {self.num_classes} classes, "
+                 f"device {self.device}"
                  + (f" x {env.world_size} processes" if env.enabled else ""))
         if self.start_epoch == 0 and env.is_main:
             # An epoch-0 checkpoint, so that a run stopped during its first epoch can be resumed.
@@ -473,7 +511,8 @@ class Trainer:
                 train_metrics = self._train_epoch(epoch, stop)
                 if train_metrics is None:
                     return self._interrupted(epoch, stop.signum, finished=False)
-                self.scheduler.step()
+                if not self.step_schedule:
+                    self.scheduler.step()
                 row = {"epoch": epoch, "lr": lr, **train_metrics}
                 if self.val_loader is not None:
                     row["val_oa"], row["val_macc"] = self.evaluate(self.val_loader)
@@ -525,8 +564,24 @@ class Trainer:
         seconds = self.env.broadcast_object(round(seconds, 1))
         results: dict = {"run": str(self.out), "model": config.model, "data": config.data,
                          "seed": config.seed, "epochs": config.epochs, "select_on": config.select_on,
-                         "num_test": len(self.test_set), "class_names": self.class_names,
+                         "num_test": len(self.test_set) if self.test_set else 0,
+                         "class_names": self.class_names,
                          "train_seconds_this_session": seconds, "test": []}
+        best_row = self.history[self.best["epoch"] - 1] if self.best["epoch"] is not None else {}
+        if "val_oa" in best_row:
+            row = best_row
+            results["val"] = {"protocol": PROTOCOLS[config.select_on], "epoch": self.best["epoch"],
+                              "oa": row["val_oa"], "macc": row["val_macc"]}
+        if self.test_loader is None:
+            if self.env.is_main:
+                write_atomic(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+                if "val" in results:
+                    val = results["val"]
+                    self.log(f"val ({val['protocol']}, epoch {val['epoch']}): OA {_format_pct(val['oa'])}  "
+                             f"mAcc {_format_pct(val['macc'])}  (no test split in the data)")
+                self.log(f"wrote {self.out}/results.json, best.pt, last.pt, metrics.jsonl, curves.png")
+            self.env.barrier()
+            return results
         last_oa, last_macc = self.evaluate(self.test_loader)
         results["test"].append({"protocol": "last epoch", "epoch": config.epochs,
                                 "oa": last_oa, "macc": last_macc})
