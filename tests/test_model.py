@@ -1,10 +1,13 @@
 """The PCT-style classifier: every preset forward and backward, exactness, size, errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from autograd_graph import backward_node_names
 
 import pcea
+from pcea.engine.checkpoint import load_checkpoint
 from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier, fuse_batchnorm
 from pcea.ops import sample_and_group
 
@@ -208,3 +211,27 @@ def test_training_graph_has_no_copy_of_a_whole_tensor(name):
     nodes = backward_node_names(model(torch.randn(2, 128, 3)).sum())
     assert "MmBackward0" in nodes  # the walk does reach the layers
     assert not any("CopySlices" in node or "AsStrided" in node for node in nodes), nodes
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_checkpoints_written_before_load_with_the_same_logits(name):
+    """tests/fixtures holds tiny checkpoints and their logits written by the model code of
+    commit 5542844 (tests/fixtures/make_checkpoints.py): every state_dict key and its
+    meaning must survive any rewrite of the model."""
+    expected = torch.load(FIXTURES / "expected.pt", weights_only=True)
+    points, want = expected["points"], expected[name]
+    payload = load_checkpoint(FIXTURES / f"{name}.pt")
+    plain = PCTClassifier(ModelConfig(**payload["model_config"]))
+    plain.load_state_dict(payload["model"])  # strict: the same keys, no more, no fewer
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(points), want["logits"], atol=1e-5, rtol=1e-5)
+        # Batch statistics (this forward also moves the running ones, hence second).
+        torch.testing.assert_close(plain.train().forward_features(points), want["train_features"],
+                                   atol=1e-5, rtol=1e-5)
+        loaded = pcea.load_model(FIXTURES / f"{name}.pt")
+        torch.testing.assert_close(loaded(points), want["folded_logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(points), want["logits"], atol=1e-5, rtol=1e-5)
+    assert loaded.class_names == ["a", "b", "c"]
