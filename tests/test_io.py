@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import trimesh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pcea.data.transforms import to_canonical
 from pcea.errors import PceaError, PceaFileError
 from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, PceaWarning, load_mesh, load_points, sample_surface
 
@@ -149,14 +151,15 @@ def test_every_point_extension(tmp_path):
         write(tmp_path / f"p{suffix}", text + "\n", "\r\n")
     np.save(tmp_path / "p.npy", cloud)
     np.savez(tmp_path / "p.npz", points=cloud[:, :3], normals=cloud[:, 3:])
+    (tmp_path / "p.pcd").write_bytes(pcd_bytes(cloud, "binary"))
     header = ("ply\nformat binary_little_endian 1.0\nelement vertex 60\n"
               + "".join(f"property float {name}\n" for name in ("x", "y", "z", "nx", "ny", "nz"))
               + "property uchar alpha\nend_header\n")
     records = np.zeros(60, dtype=[("xyz", "<f4", 6), ("alpha", "u1")])
     records["xyz"] = cloud
     (tmp_path / "p.ply").write_bytes(header.encode() + records.tobytes())
-    expected = normalize(cloud[np.random.default_rng(3).choice(60, 40, replace=False)])
-    for suffix in POINT_EXTENSIONS:
+    expected = to_canonical(normalize(cloud[np.random.default_rng(3).choice(60, 40, replace=False)]), "z")
+    for suffix in POINT_EXTENSIONS:  # every point format is z-up by default
         points = load_points(tmp_path / f"p{suffix}", 40, seed=3, normals=True)
         np.testing.assert_allclose(points, expected, atol=1e-5, err_msg=suffix)
         assert_normalised(load_points(tmp_path / f"p{suffix}", 40, seed=3), 40, 3)
@@ -172,7 +175,7 @@ def normalize(cloud):
 def test_point_separators(tmp_path, separator):
     cloud = random_cloud(20)
     text = "\n".join(separator.join(f"{v}" for v in row) for row in cloud)
-    points = load_points(write(tmp_path / "p.txt", text), 20, seed=1)
+    points = load_points(write(tmp_path / "p.txt", text), 20, seed=1, up="y")  # y: no turn into the frame
     expected = normalize(cloud[np.random.default_rng(1).choice(20, 20, replace=False)])
     np.testing.assert_allclose(points, expected, atol=1e-6)
 
@@ -362,7 +365,7 @@ def test_huge_but_finite_coordinates_and_swapped_endianness(tmp_path):
     npy = tmp_path / "huge.npy"
     cloud = random_cloud(30) * 1e300
     np.save(npy, cloud)
-    points = load_points(npy, 30, seed=2)
+    points = load_points(npy, 30, seed=2, up="y")
     np.testing.assert_allclose(points, normalize(cloud[np.random.default_rng(2).choice(30, 30, replace=False)]
                                                  / 1e300), atol=1e-5)
     off = write(tmp_path / "huge.off", tetra_off().replace("1 0 0\n", "1e300 0 0\n"))
@@ -375,4 +378,261 @@ def test_huge_but_finite_coordinates_and_swapped_endianness(tmp_path):
         load_points(path)
     negative = write(tmp_path / "neg.off", "OFF\n-3 1 0\n")
     with raises_naming(negative, "negative number of vertices"):
+        load_points(negative)
+
+
+# --- PCD ------------------------------------------------------------------------------------
+
+PCD_SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples" / "pcd"
+PCD_FIELDS = ("x", "y", "z", "normal_x", "normal_y", "normal_z")
+
+
+def lzf_compress(data: bytes, window: int = 64) -> bytes:
+    """A naive LZF encoder (literal runs, and back references found by brute force) for test files."""
+    out, literal, i = bytearray(), bytearray(), 0
+
+    def flush():
+        for start in range(0, len(literal), 32):
+            chunk = literal[start:start + 32]
+            out.append(len(chunk) - 1)
+            out.extend(chunk)
+        literal.clear()
+
+    while i < len(data):
+        best, distance = 0, 0
+        for dist in range(1, min(i, window) + 1):
+            length = 0
+            while length < 264 and i + length < len(data) and data[i + length - dist] == data[i + length]:
+                length += 1
+            if length > best:
+                best, distance = length, dist
+        if best < 3:
+            literal.append(data[i])
+            i += 1
+            continue
+        flush()
+        length, offset = best - 2, distance - 1
+        out.extend([(min(length, 7) << 5) | (offset >> 8)] + ([length - 7] if length >= 7 else [])
+                   + [offset & 0xFF])
+        i += best
+    flush()
+    return bytes(out)
+
+
+def pcd_bytes(cloud, data="binary", *, fields=PCD_FIELDS) -> bytes:
+    """A PCD v0.7 file of float32 fields (plus a uchar 'label' and a 3-float padding field '_')."""
+    cloud = np.asarray(cloud, dtype=np.float32)
+    count = len(cloud)
+    names = list(fields[:cloud.shape[1]])
+    text = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
+                      f"FIELDS {' '.join(names)} label _\nSIZE {'4 ' * len(names)}1 4\n"
+                      f"TYPE {'F ' * len(names)}U F\nCOUNT {'1 ' * len(names)}1 3\n"
+                      f"WIDTH {count}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {count}\n")
+    labels = (np.arange(count) % 7).astype(np.uint8)
+    padding = np.zeros((count, 3), np.float32)
+    if data == "ascii":
+        rows = [" ".join(repr(float(v)) for v in row) + f" {label} 0 0 0"
+                for row, label in zip(cloud, labels, strict=True)]
+        return (text + "DATA ascii\n" + "\n".join(rows) + "\n").encode()
+    if data == "binary":
+        records = np.zeros(count, dtype=[("xyz", "<f4", cloud.shape[1]), ("label", "u1"), ("pad", "<f4", 3)])
+        records["xyz"], records["label"] = cloud, labels
+        return (text + "DATA binary\n").encode() + records.tobytes()
+    body = b"".join(cloud[:, j].astype("<f4").tobytes() for j in range(cloud.shape[1]))
+    body += labels.tobytes() + padding.tobytes()
+    packed = lzf_compress(body)
+    return ((text + "DATA binary_compressed\n").encode() + len(packed).to_bytes(4, "little")
+            + len(body).to_bytes(4, "little") + packed)
+
+
+def test_lzf_round_trip_and_a_hand_made_stream(tmp_path):
+    from pcea.io.formats import _lzf_decompress
+
+    # literal "a", then a back reference of 9 bytes at distance 1 (an overlapping copy)
+    assert _lzf_decompress(tmp_path, b"\x00a\xe0\x00\x00", 10) == b"a" * 10
+    # literal "abc", then 4 bytes from distance 3: "abca"
+    assert _lzf_decompress(tmp_path, b"\x02abc\x40\x02", 7) == b"abcabca"
+    rng = np.random.default_rng(0)
+    for data in (rng.integers(0, 256, 500, dtype=np.uint8).tobytes(), b"xyz" * 200 + bytes(300),
+                 np.round(rng.normal(size=300), 1).astype(np.float32).tobytes()):
+        packed = lzf_compress(data)
+        assert _lzf_decompress(tmp_path, packed, len(data)) == data
+    with pytest.raises(PceaFileError, match="reaches outside the data"):
+        _lzf_decompress(tmp_path, b"\x00a\xe0\x00\x05", 10)   # distance 6 before byte 1
+    with pytest.raises(PceaFileError, match="reaches outside the data"):
+        _lzf_decompress(tmp_path, b"\x00a\xe0\xff\x00", 10)   # 264 bytes into a 10-byte buffer
+    with pytest.raises(PceaFileError, match="unpacks to 10 bytes, not 11"):
+        _lzf_decompress(tmp_path, b"\x00a\xe0\x00\x00", 11)
+    with pytest.raises(PceaFileError, match="literal run goes past the end"):
+        _lzf_decompress(tmp_path, b"\x05ab", 6)
+
+
+@pytest.mark.parametrize("data", ["ascii", "binary", "binary_compressed"])
+def test_pcd_encodings_read_like_the_same_points_in_npy(tmp_path, data):
+    cloud = random_cloud(50, seed=4, columns=6)
+    path = tmp_path / f"p_{data}.pcd"
+    path.write_bytes(pcd_bytes(cloud, data))
+    np.save(tmp_path / "p.npy", cloud.astype(np.float32))
+    for normals in (False, True):
+        expected = load_points(tmp_path / "p.npy", 40, seed=5, normals=normals)
+        np.testing.assert_allclose(load_points(path, 40, seed=5, normals=normals), expected, atol=1e-6)
+    # z is the default up axis of .pcd, as of every format but OBJ and glTF
+    np.testing.assert_array_equal(load_points(path, 40, up="auto"), load_points(path, 40, up="z"))
+    assert not np.array_equal(load_points(path, 40, up="y"), load_points(path, 40, up="z"))
+
+
+def test_pcd_real_samples():
+    files = sorted(PCD_SAMPLES.glob("*.pcd")) if PCD_SAMPLES.is_dir() else []
+    if not files:
+        pytest.skip(f"no real PCD samples at {PCD_SAMPLES} (../shared/data is not part of a user's clone)")
+    assert len(files) == 50
+    for path in files:
+        raw = np.frombuffer(path.read_bytes()[-1024 * 12:], dtype="<f4").reshape(1024, 3).astype(np.float64)
+        order = np.random.default_rng(0).choice(1024, 1024, replace=False)
+        expected = to_canonical(normalize(raw[order] / np.abs(raw).max()), "z")
+        points = load_points(path, 1024, seed=0)
+        assert_normalised(points, 1024, 3)
+        np.testing.assert_allclose(points, expected, atol=1e-5, err_msg=path.name)
+
+
+def pcd_header(**changes) -> str:
+    lines = {"VERSION": "0.7", "FIELDS": "x y z", "SIZE": "4 4 4", "TYPE": "F F F", "COUNT": "1 1 1",
+             "WIDTH": "4", "HEIGHT": "1", "POINTS": "4"}
+    lines.update(changes)
+    return "".join(f"{key} {value}\n" for key, value in lines.items() if value is not None)
+
+
+TETRA_POINTS = np.array(TETRA_VERTICES, np.float32)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"SIZE": "2 4 4"}, "field 'x' has TYPE F SIZE 2"),
+    ({"TYPE": "F X F"}, "field 'y' has TYPE X SIZE 4"),
+    ({"COUNT": "1 0 1"}, "field 'y' has COUNT 0"),
+    ({"COUNT": "1 1 2"}, "field 'z' has COUNT 2, expected 1"),
+    ({"SIZE": "4 4"}, "3 FIELDS but 2 SIZE"),
+    ({"FIELDS": "x y intensity"}, "no z fields"),
+    ({"WIDTH": "5"}, r"WIDTH 5 x HEIGHT 1 = 5 points but POINTS 4"),
+    ({"POINTS": "abc"}, "not an integer"),
+    ({"POINTS": "-4", "WIDTH": None}, "negative number of points"),
+    ({"VERSION": None, "FIELDS": None, "SIZE": None, "TYPE": None}, "no FIELDS"),
+])
+def test_pcd_inconsistent_headers_are_refused(tmp_path, changes, match):
+    path = tmp_path / "bad.pcd"
+    path.write_bytes((pcd_header(**changes) + "DATA binary\n").encode() + TETRA_POINTS.tobytes())
+    with raises_naming(path, match):
+        load_points(path)
+
+
+def test_pcd_huge_declared_counts_and_truncated_data(tmp_path):
+    cloud = random_cloud(20, columns=3)
+    billion = pcd_header(WIDTH="1000000000", POINTS="1000000000")
+    paths = {}
+    for data in ("ascii", "binary", "binary_compressed"):
+        body = pcd_bytes(cloud, data).split(f"DATA {data}\n".encode(), 1)[1]
+        paths[data] = tmp_path / f"huge_{data}.pcd"
+        paths[data].write_bytes((billion + f"DATA {data}\n").encode() + body)
+    tracemalloc.start()
+    try:
+        for path in paths.values():
+            with raises_naming(path, "declares 1,000,000,000 points, over the limit"):
+                load_points(path)
+        # under a raised limit, the data present decides before anything is allocated
+        with raises_naming(paths["binary"], "declares 1,000,000,000 points of 12 bytes but the file has"):
+            load_points(paths["binary"], max_points=10**10)
+        with raises_naming(paths["binary_compressed"], "unpacks to"):
+            load_points(paths["binary_compressed"], max_points=10**10)
+        with raises_naming(paths["ascii"], "declares 1,000,000,000 points but the file has 20 data lines"):
+            load_points(paths["ascii"], max_points=10**10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 1024**2
+    for data in ("binary", "ascii", "binary_compressed"):
+        content = pcd_bytes(cloud, data)
+        cut = content.rstrip(b"\n").rindex(b"\n") + 1 if data == "ascii" else len(content) - 5
+        path = tmp_path / f"cut_{data}.pcd"
+        path.write_bytes(content[:cut])
+        with raises_naming(path, "truncated"):
+            load_points(path)
+    sizes = tmp_path / "sizes.pcd"
+    content = bytearray(pcd_bytes(cloud, "binary_compressed"))
+    start = content.index(b"binary_compressed\n") + len(b"binary_compressed\n")
+    content[start + 4:start + 8] = (10**9).to_bytes(4, "little")  # a lying uncompressed size
+    sizes.write_bytes(bytes(content))
+    with raises_naming(sizes, "says it unpacks to 1,000,000,000 bytes"):
+        load_points(sizes)
+
+
+def test_pcd_nan_points_are_dropped_with_a_warning_and_inf_is_refused(tmp_path):
+    cloud = random_cloud(30, seed=2, columns=3)
+    holes = cloud.copy()
+    holes[[3, 7, 8]] = np.nan                    # PCL writes NaN for invalid points
+    holes[12, 1] = np.nan
+    for data in ("ascii", "binary", "binary_compressed"):
+        path = tmp_path / f"holes_{data}.pcd"
+        path.write_bytes(pcd_bytes(holes, data))
+        with pytest.warns(PceaWarning, match="dropped 4 points with NaN coordinates"):
+            points = load_points(path, 26, seed=1)
+        np.save(tmp_path / "kept.npy", np.delete(cloud, [3, 7, 8, 12], axis=0).astype(np.float32))
+        np.testing.assert_allclose(points, load_points(tmp_path / "kept.npy", 26, seed=1), atol=1e-6)
+    path = tmp_path / "all_nan.pcd"
+    path.write_bytes(pcd_bytes(np.full((5, 3), np.nan), "binary"))
+    with raises_naming(path, "all 5 points are NaN"):
+        load_points(path)
+    infinite = cloud.copy()
+    infinite[4, 2] = np.inf
+    path.write_bytes(pcd_bytes(infinite, "binary"))
+    with raises_naming(path, "NaN or infinite"):
+        load_points(path)
+
+
+# --- issue 15: real files a new user hit ----------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, match", [
+    ("1 2 3\n", "1 point, all at one position"),
+    ("1 2 3\n1 2 3\n1 2 3\n", "3 points, all at one position"),
+    ("0 0 0\n1 1 1\n2 2 2\n-3 -3 -3\n", "the 4 points all lie on one line"),
+    ("5 5 5\n6 5 5\n", "the 2 points all lie on one line"),
+])
+def test_a_cloud_without_extent_or_on_one_line_is_refused(tmp_path, rows, match):
+    path = write(tmp_path / "degenerate.xyz", rows)
+    with raises_naming(path, match):
+        load_points(path)
+    np.save(tmp_path / "degenerate.npy", np.loadtxt(path, ndmin=2))
+    with raises_naming(tmp_path / "degenerate.npy", match):
+        load_points(tmp_path / "degenerate.npy")
+
+
+def test_three_points_off_a_line_are_enough_and_the_warning_reads_as_english(tmp_path):
+    path = write(tmp_path / "few.xyz", "0 0 0\n1 0 0\n0 1 0\n")
+    with pytest.warns(PceaWarning, match=r"few.xyz: only 3 points, 8 requested"):
+        assert_normalised_radius(load_points(path, 8))
+    from pcea.io import _count
+
+    assert _count(1, "point") == "1 point" and _count(1000, "point") == "1,000 points"
+
+
+def assert_normalised_radius(points):
+    assert np.linalg.norm(points, axis=1).max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_utf16_off_says_what_the_file_is(tmp_path):
+    path = tmp_path / "utf16.off"
+    path.write_bytes(tetra_off().encode("utf-16"))
+    with raises_naming(path, "UTF-16 text; save it as ASCII"):
+        load_points(path)
+    binary = tmp_path / "binary.off"
+    binary.write_bytes(b"OFF BINARY\n" + bytes(range(200, 256)))
+    with raises_naming(binary, "not an ASCII OFF file"):
+        load_points(binary)
+
+
+def test_obj_with_out_of_range_faces_names_the_face_and_the_vertex_count(tmp_path):
+    obj = write(tmp_path / "i.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\nf 1 2 9\n")
+    with raises_naming(obj, r"face 2 \(f 1 2 9\) refers to vertex 9 but the file has 3 vertices"):
+        load_points(obj)
+    negative = write(tmp_path / "n.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nf -1 -2 -7\n")
+    with raises_naming(negative, r"face 1 \(f -1 -2 -7\) refers to vertex -7 but the file has 3 vertices"):
         load_points(negative)

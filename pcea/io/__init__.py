@@ -1,7 +1,7 @@
 """Reading a user's file into a normalised point cloud.
 
 Meshes (``.off .ply .obj .stl .glb``) are sampled uniformly by surface area; point
-files (``.ply`` without faces, ``.xyz .txt .pts .csv .npy .npz``) are subsampled.
+files (``.ply`` without faces, ``.xyz .txt .pts .csv .npy .npz .pcd``) are subsampled.
 Either way the result gets the normalisation of the training data
 (:func:`pcea.data.transforms.normalize_unit_sphere`) and is turned into pcea's y-up frame
 (:func:`pcea.data.transforms.to_canonical`) from the file's up axis: ``up="z"`` or ``"y"``, or
@@ -42,8 +42,10 @@ from pcea.io.formats import (
     _describe,
     _load_npy,
     _load_npz,
+    _load_pcd,
     _load_ply_points,
     _load_text_points,
+    _obj_face_problem,
     _read_off,
     _read_ply_header,
 )
@@ -62,7 +64,7 @@ __all__ = [
 ]
 
 MESH_EXTENSIONS = (".off", ".ply", ".obj", ".stl", ".glb")
-POINT_EXTENSIONS = (".ply", ".xyz", ".txt", ".pts", ".csv", ".npy", ".npz")
+POINT_EXTENSIONS = (".ply", ".xyz", ".txt", ".pts", ".csv", ".npy", ".npz", ".pcd")
 DEFAULT_MAX_BYTES = 512 * 1024**2
 DEFAULT_MAX_POINTS = 10_000_000
 DEFAULT_UP = "auto"
@@ -102,6 +104,10 @@ def load_points(
     Meshes are sampled by area with face normals; point files are subsampled
     without replacement (with replacement, and a :class:`PceaWarning`, when the
     file holds fewer points than asked for). The same ``seed`` gives the same points.
+    A point file must hold at least 3 points not all on one line: a single point, points
+    that all coincide, or an exact line segment has no shape and no extent to normalise, and
+    is refused. In ``.pcd`` files, points with a NaN coordinate (PCL's mark for an invalid
+    point) are dropped with a :class:`PceaWarning`; infinite values are refused.
 
     Args:
         path: the file; its extension picks the reader (see ``MESH_EXTENSIONS`` and
@@ -119,7 +125,8 @@ def load_points(
         into the unit sphere, y up.
 
     Raises:
-        PceaFileError: the file is missing, too large, unreadable or degenerate.
+        PceaFileError: the file is missing, too large, unreadable or degenerate (a mesh with
+            no area, a point file with fewer than 3 points off one line).
         PceaError: num_points is below 1.
     """
     if num_points < 1:
@@ -139,6 +146,8 @@ def load_points(
         mesh = _load_mesh_checked(path, suffix, max_points)
     else:
         cloud = _load_point_file(path, suffix, normals, max_bytes, max_points)
+    if mesh is None:
+        _check_extent(path, cloud)
 
     if mesh is not None:
         points, face_normals, _ = _sample_scaled(mesh, num_points, rng, path)
@@ -268,12 +277,40 @@ def _subsample(path: Path, cloud: np.ndarray, num_points: int, rng: np.random.Ge
     if count == 0:
         raise PceaFileError(path, "file contains no points")
     if count < num_points:
-        warnings.warn(f"{path}: only {count} points, {num_points} requested; "
+        warnings.warn(f"{path}: only {_count(count, 'point')}, {num_points} requested; "
                       "sampling with replacement", PceaWarning, stacklevel=3)
         index = rng.choice(count, size=num_points, replace=True)
     else:
         index = rng.choice(count, size=num_points, replace=False)
     return cloud[index]
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 point``, ``5 points``."""
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
+def _check_extent(path: Path, cloud: np.ndarray) -> None:
+    """Refuse a point file whose points do not span a plane: one point, coinciding points, a line.
+
+    Such a cloud has no shape to classify, and one with no extent cannot be scaled into the
+    unit sphere (it would become all zeros). Exactly collinear points count as a line; any
+    measured cloud, however thin, has noise off the line and passes.
+    """
+    xyz = cloud[:, :3]
+    if len(xyz) == 0:
+        raise PceaFileError(path, "file contains no points")
+    first = xyz[0]
+    moved = (xyz != first).any(axis=1)                           # (N,)
+    if not moved.any():
+        raise PceaFileError(path, f"{_count(len(xyz), 'point')}, all at one position: a cloud needs at "
+                                  "least 3 points not on one line")
+    scale = np.abs(xyz).max()  # divide first, so that neither huge nor tiny values under/overflow
+    direction = (xyz[np.argmax(moved)] - first) / scale          # (3,)
+    off_line = np.cross((xyz - first) / scale, direction)        # (N, 3), zero on the line
+    if not off_line.any():
+        raise PceaFileError(path, f"the {_count(len(xyz), 'point')} all lie on one line: a cloud needs at "
+                                  "least 3 points not on one line")
 
 
 # --- meshes -------------------------------------------------------------------------------
@@ -296,7 +333,9 @@ def _load_mesh_checked(path: Path, suffix: str, max_points: int):
             loaded = trimesh.load(str(path), file_type=suffix[1:], force="mesh",
                                   process=False, skip_materials=True)
         except Exception as err:  # trimesh raises anything on garbage: turn all of it into one error
-            raise PceaFileError(path, f"cannot read as {suffix[1:].upper()}: {_describe(err)}") from None
+            problem = _obj_face_problem(path) if suffix == ".obj" and isinstance(err, IndexError) else None
+            problem = problem or f"cannot read as {suffix[1:].upper()}: {_describe(err)}"
+            raise PceaFileError(path, problem) from None
         finally:
             logger.setLevel(level)
         if not isinstance(loaded, trimesh.Trimesh):
@@ -319,7 +358,12 @@ def _load_mesh_checked(path: Path, suffix: str, max_points: int):
 
 def _load_point_file(path: Path, suffix: str, normals: bool, max_bytes: int, max_points: int) -> np.ndarray:
     """A point file as (N, 3) or (N, 6) float64, checked for shape and finiteness."""
-    if suffix == ".npy":
+    if suffix == ".pcd":
+        array, dropped = _load_pcd(path, normals, max_bytes, max_points)
+        if dropped:
+            warnings.warn(f"{path}: dropped {_count(dropped, 'point')} with NaN coordinates "
+                          "(PCL's mark for invalid points)", PceaWarning, stacklevel=4)
+    elif suffix == ".npy":
         array = _load_npy(path, max_points)
     elif suffix == ".npz":
         array = _load_npz(path, max_bytes, max_points)

@@ -64,9 +64,13 @@ def _read_off(path: Path, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     Princeton ModelNet40 first line that glues the counts to the keyword
     (``OFF490 518 0``).
     """
+    content = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
     try:
-        text = path.read_bytes().decode("ascii")
+        text = content.decode("ascii")
     except UnicodeDecodeError:
+        encoding = _text_encoding(content)
+        if encoding:
+            raise PceaFileError(path, f"is {encoding}; save it as ASCII to read it") from None
         raise PceaFileError(path, "not an ASCII OFF file (binary OFF is not supported)") from None
     lines = []
     for raw in text.splitlines():
@@ -99,6 +103,23 @@ def _read_off(path: Path, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     vertices = _parse_rows(path, body[:num_vertices], "vertex", width=3, dtype=np.float64)
     faces = _parse_faces(path, body[num_vertices:num_vertices + num_faces])
     return vertices, faces
+
+
+def _text_encoding(content: bytes) -> str | None:
+    """``"UTF-16 text"`` or ``"UTF-32 text"`` when ``content`` is that (with or without a BOM), else None."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                      (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if content.startswith(bom):
+            try:
+                content.decode(name.lower())
+            except UnicodeDecodeError:
+                return None
+            return f"{name} text"
+    # without a BOM, ASCII-range UTF-16 has a zero in every other byte
+    if len(content) >= 4 and len(content) % 2 == 0 and (not content[1::2].strip(b"\x00")
+                                                        or not content[0::2].strip(b"\x00")):
+        return "UTF-16 text"
+    return None
 
 
 def _parse_rows(path: Path, lines: list[str], what: str, *, width: int, dtype) -> np.ndarray:
@@ -148,19 +169,60 @@ def _parse_faces(path: Path, lines: list[str]) -> np.ndarray:
 
 
 def _check_stl_header(path: Path, max_points: int) -> None:
-    """Refuse a binary STL whose declared triangle count is too large or exceeds the file."""
+    """Refuse a binary STL whose declared triangle count is too large or exceeds the file.
+
+    A file is binary when its size is exactly what its triangle count says (84 + 50 per
+    triangle), whatever its 80-byte header holds (some binary writers start it with
+    ``solid``). Otherwise it is ASCII when, after a UTF-8 byte-order mark and leading
+    spaces, tabs or blank lines, it starts with ``solid`` and a ``facet`` or ``endsolid``
+    follows within the first 64 KiB (however long the ``solid`` line); trimesh then parses the
+    text, bounded by ``max_bytes``.
+    """
+    size = path.stat().st_size
     with path.open("rb") as handle:
-        head = handle.read(4096)
-    if head[:5].lower() == b"solid" and b"facet" in head.lower():
-        return  # ASCII STL: trimesh parses text, bounded by max_bytes
-    if len(head) < 84:
+        head = handle.read(64 * 1024)
+    count = int.from_bytes(head[80:84], "little") if len(head) >= 84 else None
+    if count is not None and 84 + 50 * count == size:
+        _check_count(path, "triangles", count, max_points)
+        return
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n").lower()
+    if text.startswith(b"solid") and (b"facet" in text or b"endsolid" in text):
+        return
+    if count is None:
         raise PceaFileError(path, "too short for a binary STL and not an ASCII STL")
-    count = int.from_bytes(head[80:84], "little")
     _check_count(path, "triangles", count, max_points)
     expected = 84 + 50 * count
-    if path.stat().st_size < expected:
+    if size < expected:
         raise PceaFileError(path, f"binary STL declares {count:,} triangles ({expected:,} bytes) "
-                                  f"but the file has {path.stat().st_size:,} bytes (truncated?)")
+                                  f"but the file has {size:,} bytes (truncated?)")
+
+
+def _obj_face_problem(path: Path) -> str | None:
+    """The first OBJ face whose index is out of range, described for the user (None if none is).
+
+    OBJ indices start at 1; negative ones count back from the last vertex read so far.
+    Called only after trimesh failed, to replace numpy's ``IndexError`` text.
+    """
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    total = sum(1 for line in lines if line.startswith("v ") or line.startswith("v\t"))
+    seen = faces = 0
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "v":
+            seen += 1
+        elif words[0] == "f":
+            faces += 1
+            for word in words[1:]:
+                try:
+                    index = int(word.split("/")[0])
+                except ValueError:
+                    return f"face {faces} ({line.strip()[:60]}) has an index that is not an integer"
+                if index == 0 or index > total or index < -seen:
+                    return (f"face {faces} ({line.strip()[:60]}) refers to vertex {index} but the file has "
+                            f"{total} vertices")
+    return None
 
 
 # --- PLY ----------------------------------------------------------------------------------
@@ -351,3 +413,226 @@ def _is_numeric_row(line: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- PCD (PCL, Open3D) --------------------------------------------------------------------
+
+_PCD_KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
+_PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
+              ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
+_PCD_MAX_COLUMNS = 4096  # per point, over all fields; PCL's widest descriptors (FPFH 33, SHOT 352) fit
+
+
+def _read_pcd_header(path: Path, max_points: int) -> dict:
+    """Parse and check a PCD header (v0.5-0.7) without reading the data.
+
+    Returns ``{"fields": [(name, numpy kind, count)], "points", "data", "offset"}`` after
+    checking that FIELDS, SIZE, TYPE and COUNT agree, that WIDTH x HEIGHT is POINTS, and that
+    POINTS is within ``max_points``, so that a header declaring 10^9 points fails before
+    anything is allocated.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(64 * 1024)
+    values: dict[str, list[str]] = {}
+    offset = 0
+    for raw in head.split(b"\n")[:-1]:  # the last piece has no newline: data, or a header cut short
+        offset += len(raw) + 1
+        try:
+            line = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise PceaFileError(path, "not a PCD file (its header is not ASCII text)") from None
+        if not line or line.startswith("#"):
+            continue
+        key, *words = line.split()
+        key = key.upper()
+        if key not in _PCD_KEYS:
+            raise PceaFileError(path, f"not a PCD file (unknown header line {line[:40]!r})")
+        if key in values:
+            raise PceaFileError(path, f"PCD header has two {key} lines")
+        values[key] = words
+        if key == "DATA":
+            break
+    else:
+        raise PceaFileError(path, "not a PCD file (no DATA line in the first 64 KiB)")
+    names = values.get("FIELDS") or []
+    sizes, types = values.get("SIZE") or [], values.get("TYPE") or []
+    counts = values.get("COUNT") or ["1"] * len(names)
+    if not names:
+        raise PceaFileError(path, "PCD header has no FIELDS")
+    if not len(names) == len(sizes) == len(types) == len(counts):
+        raise PceaFileError(path, f"PCD header has {len(names)} FIELDS but {len(sizes)} SIZE, "
+                                  f"{len(types)} TYPE and {len(counts)} COUNT values")
+    try:
+        width = int(values["WIDTH"][0]) if "WIDTH" in values else None
+        height = int(values["HEIGHT"][0]) if "HEIGHT" in values else 1
+        points = int(values["POINTS"][0]) if "POINTS" in values else None
+        sizes = [int(size) for size in sizes]
+        counts = [int(count) for count in counts]
+    except (IndexError, ValueError):
+        raise PceaFileError(path, "PCD header has a SIZE, COUNT, WIDTH, HEIGHT or POINTS that is not "
+                                  "an integer") from None
+    if points is None and width is None:
+        raise PceaFileError(path, "PCD header has neither POINTS nor WIDTH")
+    _check_count(path, "points", points if points is not None else width, max_points)
+    _check_count(path, "points (WIDTH)", width if width is not None else 0, max_points)
+    _check_count(path, "rows (HEIGHT)", height, max_points)
+    if points is None:
+        points = width * height
+        _check_count(path, "points", points, max_points)
+    elif width is not None and width * height != points:
+        raise PceaFileError(path, f"PCD header says WIDTH {width} x HEIGHT {height} = {width * height:,} "
+                                  f"points but POINTS {points:,}")
+    fields = []
+    for name, size, kind, count in zip(names, sizes, types, counts, strict=True):
+        dtype = _PCD_TYPES.get((kind.upper(), size))
+        if dtype is None:
+            raise PceaFileError(path, f"PCD field {name!r} has TYPE {kind} SIZE {size}; expected F with "
+                                      "SIZE 4 or 8, or I/U with SIZE 1, 2, 4 or 8")
+        if not 1 <= count <= _PCD_MAX_COLUMNS:
+            raise PceaFileError(path, f"PCD field {name!r} has COUNT {count}; expected 1 to "
+                                      f"{_PCD_MAX_COLUMNS}")
+        fields.append((name, dtype, count))
+    if sum(count for _, _, count in fields) > _PCD_MAX_COLUMNS:
+        raise PceaFileError(path, f"PCD points have more than {_PCD_MAX_COLUMNS} values each")
+    data = (values["DATA"] or [""])[0].lower()
+    if data not in ("ascii", "binary", "binary_compressed"):
+        raise PceaFileError(path, f"unknown PCD DATA {data!r}; expected ascii, binary or binary_compressed")
+    return {"fields": fields, "points": points, "data": data, "offset": offset}
+
+
+def _load_pcd(path: Path, normals: bool, max_bytes: int, max_points: int) -> tuple[np.ndarray, int]:
+    """The points of a PCD file as (N, 3) or (N, 6) float64, and how many NaN points were dropped.
+
+    PCL writes NaN coordinates for invalid points (the holes of an organised cloud from a
+    depth camera, points without a normal), so rows with a NaN in a returned column are
+    dropped, not refused; infinite values are refused as in every other format.
+    """
+    header = _read_pcd_header(path, max_points)
+    fields, count, offset = header["fields"], header["points"], header["offset"]
+    names = [name for name, _, _ in fields]
+    wanted = ["x", "y", "z"] + (["normal_x", "normal_y", "normal_z"] if normals else [])
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        what = "normals" if set(missing) <= set(wanted[3:]) else "coordinates"
+        raise PceaFileError(path, f"PCD has no {' '.join(missing)} fields ({what} are required); "
+                                  f"it has {' '.join(names)}")
+    for name in wanted:
+        if fields[names.index(name)][2] != 1:
+            raise PceaFileError(path, f"PCD field {name!r} has COUNT {fields[names.index(name)][2]}, "
+                                      "expected 1")
+    row_bytes = sum(np.dtype(kind).itemsize * width for _, kind, width in fields)
+    body_bytes = path.stat().st_size - offset
+    if header["data"] == "ascii":
+        columns = _pcd_ascii(path, offset, fields, count)
+    elif header["data"] == "binary":
+        if body_bytes < count * row_bytes:
+            raise PceaFileError(path, f"PCD header declares {count:,} points of {row_bytes} bytes but the "
+                                      f"file has {max(body_bytes, 0):,} bytes of data (truncated?)")
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            body = handle.read(count * row_bytes)
+        dtype = np.dtype([(f"f{i}", "<" + kind, (width,) if width > 1 else ())
+                          for i, (_, kind, width) in enumerate(fields)])
+        records = np.frombuffer(body, dtype=dtype, count=count)
+        columns = {name: records[f"f{i}"] for i, name in enumerate(names) if name in wanted}
+    else:
+        columns = _pcd_compressed(path, offset, fields, count, row_bytes, max_bytes)
+    cloud = np.stack([np.asarray(columns[name], dtype=np.float64) for name in wanted], axis=1)
+    invalid = np.isnan(cloud).any(axis=1)
+    dropped = int(invalid.sum())
+    if dropped:
+        cloud = cloud[~invalid]
+        if len(cloud) == 0:
+            raise PceaFileError(path, f"all {count:,} points are NaN (PCL's mark for invalid points)")
+    _check_finite(path, cloud)
+    return cloud, dropped
+
+
+def _pcd_ascii(path: Path, offset: int, fields: list, count: int) -> dict[str, np.ndarray]:
+    try:
+        text = path.read_bytes()[offset:].decode("ascii")
+    except UnicodeDecodeError:
+        raise PceaFileError(path, "PCD DATA ascii holds bytes that are not ASCII text") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < count:
+        raise PceaFileError(path, f"PCD header declares {count:,} points but the file has {len(lines):,} "
+                                  "data lines (truncated?)")
+    width = sum(columns for _, _, columns in fields)
+    table = _parse_rows(path, lines[:count], "point", width=width, dtype=np.float64)
+    starts = np.cumsum([0] + [columns for _, _, columns in fields])
+    return {name: table[:, starts[i]] for i, (name, _, _) in enumerate(fields)}
+
+
+def _pcd_compressed(path: Path, offset: int, fields: list, count: int, row_bytes: int,
+                    max_bytes: int) -> dict[str, np.ndarray]:
+    """DATA binary_compressed: two uint32 sizes, then LZF-compressed fields one after another."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        sizes = handle.read(8)
+        if len(sizes) < 8:
+            raise PceaFileError(path, "PCD binary_compressed data is missing its sizes (truncated?)")
+        compressed_size = int.from_bytes(sizes[:4], "little")
+        uncompressed_size = int.from_bytes(sizes[4:], "little")
+        if uncompressed_size != count * row_bytes:
+            raise PceaFileError(path, f"PCD binary_compressed data says it unpacks to {uncompressed_size:,} "
+                                      f"bytes; {count:,} points of {row_bytes} bytes need "
+                                      f"{count * row_bytes:,}")
+        if uncompressed_size > max_bytes:
+            raise PceaFileError(path, f"PCD data unpacks to {uncompressed_size:,} bytes, over the limit of "
+                                      f"{max_bytes:,} (raise max_bytes to read it)")
+        compressed = handle.read(compressed_size)
+    if len(compressed) < compressed_size:
+        raise PceaFileError(path, f"PCD binary_compressed data declares {compressed_size:,} bytes but the "
+                                  f"file holds {len(compressed):,} (truncated?)")
+    body = _lzf_decompress(path, compressed, uncompressed_size)
+    columns, start = {}, 0
+    for name, kind, width in fields:  # field-major: every x, then every y, ...
+        dtype = np.dtype("<" + kind)
+        columns[name] = np.frombuffer(body, dtype=dtype, count=count * width, offset=start)[::width]
+        start += dtype.itemsize * width * count
+    return columns
+
+
+def _lzf_decompress(path: Path, data: bytes, size: int) -> bytes:
+    """Decompress LZF (Marc Lehmann's liblzf, as PCL uses it) into exactly ``size`` bytes.
+
+    The output buffer is allocated once at the size the caller checked; a literal run or back
+    reference that would write past it, or reach before its start, is an error naming the file.
+    Each token copies a whole slice, so the loop runs once per token, not once per byte.
+    """
+    out = bytearray(size)
+    ip = op = 0
+    end = len(data)
+    bad = "PCD binary_compressed data is corrupt"
+    while ip < end:
+        ctrl = data[ip]
+        ip += 1
+        if ctrl < 32:  # a literal run of ctrl + 1 bytes
+            length = ctrl + 1
+            if op + length > size or ip + length > end:
+                raise PceaFileError(path, f"{bad} (a literal run goes past the end)")
+            out[op:op + length] = data[ip:ip + length]
+            ip += length
+        else:  # a back reference: length, then the distance behind the output position
+            length = ctrl >> 5
+            if ip >= end:
+                raise PceaFileError(path, f"{bad} (cut inside a back reference)")
+            if length == 7:
+                length += data[ip]
+                ip += 1
+                if ip >= end:
+                    raise PceaFileError(path, f"{bad} (cut inside a back reference)")
+            ref = op - ((ctrl & 0x1F) << 8) - 1 - data[ip]
+            ip += 1
+            length += 2
+            if op + length > size or ref < 0:
+                raise PceaFileError(path, f"{bad} (a back reference reaches outside the data)")
+            distance = op - ref
+            if distance >= length:
+                out[op:op + length] = out[ref:ref + length]
+            else:  # an overlapping copy repeats the last `distance` bytes
+                out[op:op + length] = (bytes(out[ref:op]) * (length // distance + 1))[:length]
+        op += length
+    if op != size:
+        raise PceaFileError(path, f"{bad} (it unpacks to {op:,} bytes, not {size:,})")
+    return bytes(out)
