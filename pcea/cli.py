@@ -89,7 +89,7 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
                    help="h5: modelnet40_ply_hdf5_2048, mesh: Princeton OFF meshes, "
                         "resampled: modelnet40_normal_resampled (default: h5)")
     p.add_argument("--root", help="where the archive lands and extracts (default: $PCEA_DATA or datasets/)")
-    p.add_argument("--url", help="a mirror you trust, instead of the URLs in datasets/checksums.json")
+    p.add_argument("--url", help="a mirror you trust, instead of the URLs in pcea/data/checksums.json")
     p.add_argument("--sha256", help="the archive's expected SHA-256; without a known one the archive is "
                                     "used unverified, with a warning that prints its SHA-256")
     p.add_argument("--max-gb", type=float, default=8.0, help="refuse a larger download (default: 8)")

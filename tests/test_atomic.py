@@ -1,6 +1,7 @@
 """write_atomic: whole files or none, and one-line errors."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,59 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# --- issue 15: what pcea writes through a temporary name gets the user's usual permissions ----
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o002], ids=["umask022", "umask027", "umask002"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_temporary_files_and_directories_follow_the_umask(tmp_path, umask):
+    from pcea.atomic import make_temp_dir, make_temp_file
+
+    fd, name = make_temp_file(tmp_path, prefix=".x.")
+    os.close(fd)
+    assert mode(Path(name)) == 0o666 & ~umask
+    assert mode(make_temp_dir(tmp_path, prefix=".d.")) == 0o777 & ~umask
+    write_atomic(tmp_path / "a.txt", "a")
+    assert mode(tmp_path / "a.txt") == 0o666 & ~umask
+
+
+def test_synth_prepare_and_extract_write_readable_data(tmp_path):
+    import zipfile
+
+    from pcea.data.download import safe_extract
+    from pcea.data.prepare import prepare_modelnet40
+    from pcea.data.synth import generate
+
+    umask = 0o027  # neither mkstemp's 0600 nor mkdtemp's 0700, nor the common 0644/0755
+    previous = os.umask(umask)
+    try:
+        check_modes(tmp_path, umask, generate, prepare_modelnet40, safe_extract, zipfile)
+    finally:
+        os.umask(previous)
+
+
+def check_modes(tmp_path, umask, generate, prepare_modelnet40, safe_extract, zipfile):
+    out = generate(tmp_path / "shapes", classes=2, per_class=3, points=64, workers=1)
+    assert mode(out) == 0o777 & ~umask                                   # was mkdtemp's 0700
+    assert mode(out / "h5" / "ply_data_train0.h5") == 0o666 & ~umask
+    prepared = tmp_path / "prepared"
+    prepare_modelnet40(out / "mesh", prepared, points=32, workers=1, progress=False, log=lambda line: None)
+    for h5 in prepared.glob("*.h5"):
+        assert mode(h5) == 0o666 & ~umask, h5                          # was mkstemp's 0600
+    assert list(prepared.glob("*.h5"))
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("d/x.txt", b"x")
+    extracted = safe_extract(archive, tmp_path / "extracted")
+    assert mode(extracted) == 0o777 & ~umask

@@ -1,23 +1,32 @@
 """Fetch ModelNet40 archives: streamed, resumable, verified and safely extracted.
 
-The archives pcea knows (file name, mirror URLs, SHA-256, the directory each
-creates) are data in ``datasets/checksums.json``, not code. Where no SHA-256
-has been measured from a trusted copy the entry holds ``null``; the download
-then goes ahead, prints the SHA-256 it computed and warns that the archive
-was *not* verified (pass ``sha256=`` / ``--sha256`` to verify).
+The archives pcea knows (file name, mirror URLs, SHA-256, size, the directory each
+creates) are data in ``pcea/data/checksums.json`` (package data, so an installed
+pcea has it), not code. Where no SHA-256 is known from a source we could check the
+entry holds ``null``; the download then goes ahead, prints the SHA-256 it computed
+and warns that the archive was *not* verified (pass ``sha256=`` / ``--sha256`` to verify).
 
 Only the standard library's urllib is used. A download goes to
 ``<file>.part`` and resumes with an HTTP ``Range`` request after an
 interruption; the finished file is checked (zip signature, then SHA-256)
-before it is renamed into place. Extraction rejects absolute paths, ``..``
-members and symbolic links, bounds the member count and the uncompressed
-size (zip bombs), and writes into a temporary directory that is renamed into
-place only when complete, so a failure never leaves half-extracted data.
-A marker file inside the extracted directory makes a second call a no-op.
+before it is renamed into place. A server that sends no ``Content-Length`` is
+not trusted to have sent everything: the transfer counts as complete only when
+the SHA-256 matches or, without one, the file is a well-formed zip (its end of
+central directory is there); otherwise it is resumed. An archive that fails a
+check or cannot be extracted is never used again: one pcea downloaded is
+deleted, one found in place is renamed to ``<file>.refused`` and downloaded
+anew. One download per archive runs at a time in a root: a second waits for
+the first (an advisory lock, ``.<file>.lock``) and then finds the data there.
+Extraction rejects absolute paths, ``..`` members and symbolic links, bounds
+the member count and the uncompressed size (zip bombs), and writes into a
+temporary directory that is renamed into place only when complete, so a
+failure never leaves half-extracted data. A marker file inside the extracted
+directory makes a second call a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -25,18 +34,19 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pcea.atomic import make_temp_dir
 from pcea.errors import PceaError, PceaFileError
 
-CHECKSUMS_FILE = Path(__file__).resolve().parents[2] / "datasets" / "checksums.json"
+CHECKSUMS_FILE = Path(__file__).resolve().with_name("checksums.json")
 MARKER = ".pcea-download.json"
 FORMATS = ("h5", "mesh", "resampled")
 # Generous bounds: the largest ModelNet40 archive (the Princeton meshes) is a few GB.
@@ -50,7 +60,7 @@ _HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
 
 @dataclass(frozen=True)
 class ArchiveSpec:
-    """One downloadable archive, as described in ``datasets/checksums.json``."""
+    """One downloadable archive, as described in ``pcea/data/checksums.json``."""
 
     file: str
     urls: tuple[str, ...]
@@ -85,8 +95,8 @@ def archive_spec(dataset: str, fmt: str, *, checksums: str | os.PathLike = CHECK
     try:
         table = json.loads(Path(checksums).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PceaFileError(checksums, "missing; it lists the archives and their checksums "
-                                       "(it ships in pcea's source tree under datasets/)") from None
+        raise PceaFileError(checksums, "missing; it lists the archives and their checksums and ships "
+                                       "with pcea as pcea/data/checksums.json (reinstall pcea)") from None
     except (OSError, ValueError) as err:
         raise PceaFileError(checksums, f"cannot be read ({err})") from None
     entries = table.get(dataset)
@@ -192,8 +202,12 @@ def _content_range(header: str | None) -> tuple[int | None, int | None, int | No
             int(total) if total and total != "*" else None)
 
 
-def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progress: bool | None) -> None:
-    """One HTTP request that appends to (or restarts) ``part``; raises one of the private errors."""
+def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progress: bool | None) -> int | None:
+    """One HTTP request that appends to (or restarts) ``part``; raises one of the private errors.
+
+    Returns the file's size as the server declared it, or None when it declared none (then the
+    caller decides whether what arrived is complete).
+    """
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "pcea-download", "Accept-Encoding": "identity"}
     if offset:
@@ -206,7 +220,7 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
                 # Range Not Satisfiable: either the part is already complete, or it is not a prefix
                 # of what the server has now.
                 if _content_range(err.headers.get("Content-Range"))[2] == offset:
-                    return
+                    return offset
                 part.unlink()
                 raise _Restart() from None
             raise UnreachableError(f"HTTP {err.code} {err.reason}") from None
@@ -261,11 +275,12 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
             bar.close()
         if total is not None and received < total:
             raise _Interrupted(f"connection closed at {received} of {total} bytes")
+        return total
 
 
 def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
                   retries: int = 2, backoff: float = 1.0, timeout: float = 30.0,
-                  progress: bool | None = None) -> Path:
+                  progress: bool | None = None, sha256: str | None = None) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions.
 
     Args:
@@ -277,6 +292,9 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
         backoff: seconds to wait before the first retry (doubled each time).
         timeout: socket timeout in seconds.
         progress: False for silence; otherwise a bar on a terminal and plain lines elsewhere.
+        sha256: the expected digest. When the server sends no ``Content-Length``, the transfer is
+            complete only if the file has this digest or, without one, is a well-formed zip;
+            otherwise it is resumed like a dropped connection.
 
     Returns:
         ``dest``, complete. It is not verified here: see :func:`verify_archive`.
@@ -296,7 +314,11 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
     attempt = 0
     while True:
         try:
-            _fetch_into(url, part, max_bytes=max_bytes, timeout=timeout, progress=progress)
+            total = _fetch_into(url, part, max_bytes=max_bytes, timeout=timeout, progress=progress)
+            if total is None and not _whole_without_length(part, sha256):
+                kept = part.stat().st_size if part.exists() else 0
+                raise _Interrupted(f"the server declared no size and the {_human(kept)} received are not "
+                                   + ("the file with the expected SHA-256" if sha256 else "a whole zip"))
             break
         except UnreachableError as err:
             raise UnreachableError(f"could not reach {url} ({err})") from None
@@ -318,13 +340,24 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
     return dest
 
 
-def verify_archive(path: str | os.PathLike, sha256: str | None, *, delete_on_failure: bool) -> str:
+def _whole_without_length(part: Path, sha256: str | None) -> bool:
+    """Whether a transfer without a declared size delivered the whole file."""
+    if not part.is_file():
+        return False
+    if sha256 is not None:
+        return file_sha256(part) == sha256
+    return zipfile.is_zipfile(part)  # a zip ends with its central directory: a cut one has none
+
+
+def verify_archive(path: str | os.PathLike, sha256: str | None, *, delete_on_failure: bool,
+                   size: int | None = None) -> str:
     """Check that ``path`` is a zip archive and, when ``sha256`` is given, that it matches.
 
     Args:
         path: the archive.
         sha256: the expected digest, or None to only compute it.
         delete_on_failure: remove the file when a check fails (for files pcea downloaded itself).
+        size: the expected size in bytes, or None; a file of another size is refused unhashed.
 
     Returns:
         The archive's SHA-256.
@@ -332,6 +365,13 @@ def verify_archive(path: str | os.PathLike, sha256: str | None, *, delete_on_fai
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(512)
+    actual = path.stat().st_size
+    if size is not None and actual != size and not _looks_like_html(head):
+        problem = f"is {actual:,} bytes, the archive has {size:,} (truncated or another file)"
+        if delete_on_failure:
+            path.unlink()
+            problem += "; the file was deleted"
+        raise PceaFileError(path, problem)
     digest = file_sha256(path)
     problem = None
     if _looks_like_html(head):
@@ -406,7 +446,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
             plan.append((member, _member_path(archive, member.filename)))
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent))
+            tmp = make_temp_dir(dest.parent, prefix=f".{dest.name}.", suffix=".extracting")
         except OSError as err:
             raise PceaFileError(dest.parent, f"cannot write here ({err.strerror or err})") from None
         try:
@@ -447,7 +487,7 @@ def _install(archive: Path, root: Path, spec: ArchiveSpec, marker: dict, *, max_
              max_members: int) -> Path:
     """Extract ``archive`` and move its ``spec.extracts_to`` directory into ``root``, with a marker."""
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{spec.extracts_to}.", suffix=".staging", dir=root))
+        staging = make_temp_dir(root, prefix=f".{spec.extracts_to}.", suffix=".staging")
     except OSError as err:
         raise PceaFileError(root, f"cannot write here ({err.strerror or err})") from None
     try:
@@ -518,32 +558,126 @@ def fetch_modelnet40(fmt: str = "h5", root: str | os.PathLike | None = None, *, 
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PceaFileError(root, f"cannot create the directory ({err.strerror or err})") from None
-    archive = root / spec.file
-    if archive.is_file():
-        _say(f"using {archive}, found in place")
-        source = str(archive)
-        digest = verify_archive(archive, expected, delete_on_failure=False)
-    else:
-        failures = []
-        for source in [url] if url else list(spec.urls):
+    with _download_lock(root, spec.file):
+        if (target / MARKER).is_file():  # another pcea download finished it while this one waited
+            _say(f"{target} is already there; nothing to do")
+            return target
+        # The size is checked only against the shipped checksum it was published with.
+        size = spec.size if expected == spec.sha256 else None
+        archive = root / spec.file
+        installed = None
+        if archive.is_file():
+            _say(f"using {archive}, found in place")
             try:
-                download_file(source, archive, max_bytes=max_download_bytes, retries=retries,
-                              backoff=backoff, timeout=timeout, progress=progress)
-                break
-            except UnreachableError as err:
-                failures.append(str(err))
-        else:
-            raise PceaError(f"{'; '.join(failures)}. Download {spec.file} by hand and "
-                            f"put it in {root}/ (or extract it there so that {target}/ exists), "
-                            f"then run this command again")
-        digest = verify_archive(archive, expected, delete_on_failure=True)
+                digest = verify_archive(archive, expected, delete_on_failure=False, size=size)
+                installed = _install_checked(archive, root, spec, fmt, str(archive), digest, expected,
+                                             max_bytes=max_extract_bytes, max_members=max_members)
+            except PceaFileError as err:  # a refused archive (not the disk) is never tried again
+                if err.path != os.fspath(archive):
+                    raise
+                aside = _move_aside(archive)
+                _say(f"{err}; renamed it to {aside.name}, it will not be used again. Downloading {spec.file}")
+        if installed is None:
+            failures = []
+            for source in [url] if url else list(spec.urls):
+                try:
+                    download_file(source, archive, max_bytes=max_download_bytes, retries=retries,
+                                  backoff=backoff, timeout=timeout, progress=progress, sha256=expected)
+                    break
+                except UnreachableError as err:
+                    failures.append(str(err))
+            else:
+                raise PceaError(f"{'; '.join(failures)}. Download {spec.file} by hand and put it in {root}/ "
+                                f"(or extract it there so that {target}/ exists), then run this command "
+                                f"again; or use a mirror you trust: pcea download modelnet40 --format {fmt} "
+                                f"--url URL --sha256 HEX (mirrors and checksums: datasets/README.md)")
+            digest = verify_archive(archive, expected, delete_on_failure=True, size=size)
+            try:
+                installed = _install_checked(archive, root, spec, fmt, source, digest, expected,
+                                             max_bytes=max_extract_bytes, max_members=max_members)
+            except _RefusedArchive as err:
+                archive.unlink(missing_ok=True)
+                raise PceaFileError(archive, f"{err.problem}; the download was deleted") from None
+    if not keep_archive:
+        archive.unlink()
+    _say(f"ModelNet40 ({fmt}) is in {installed}")
+    return installed
+
+
+class _RefusedArchive(PceaFileError):
+    """The archive itself cannot be used (not a readable zip, a hostile member, the wrong content)."""
+
+
+def _install_checked(archive: Path, root: Path, spec: ArchiveSpec, fmt: str, source: str, digest: str,
+                     expected: str | None, *, max_bytes: int, max_members: int) -> Path:
+    """:func:`_install` with a marker; a fault of the archive (not the disk) is :class:`_RefusedArchive`."""
     if expected is None:
         _say(f"WARNING: {spec.file} was NOT verified: no SHA-256 is known for it. Its SHA-256 is {digest}; "
              f"compare it with a source you trust and pass --sha256 {digest} from then on")
     marker = {"dataset": "modelnet40", "format": fmt, "file": spec.file, "source": source,
               "sha256": digest, "verified": expected is not None}
-    target = _install(archive, root, spec, marker, max_bytes=max_extract_bytes, max_members=max_members)
-    if not keep_archive:
-        archive.unlink()
-    _say(f"ModelNet40 ({fmt}) is in {target}")
-    return target
+    try:
+        return _install(archive, root, spec, marker, max_bytes=max_bytes, max_members=max_members)
+    except PceaFileError as err:
+        if err.path == os.fspath(archive):
+            raise _RefusedArchive(archive, err.problem) from None
+        raise
+
+
+def _move_aside(archive: Path) -> Path:
+    """Rename a refused archive found in place to ``<name>.refused`` (``.refused.1``, ... if taken)."""
+    aside = archive.with_name(archive.name + ".refused")
+    number = 0
+    while aside.exists():
+        number += 1
+        aside = archive.with_name(f"{archive.name}.refused.{number}")
+    try:
+        os.replace(archive, aside)
+    except OSError as err:
+        raise PceaFileError(archive, f"refused, and cannot be renamed aside ({err.strerror or err}); "
+                                     "delete it and run this command again") from None
+    return aside
+
+
+@contextlib.contextmanager
+def _download_lock(root: Path, name: str) -> Iterator[None]:
+    """Hold the advisory lock ``root/.<name>.lock`` for one download; a second caller waits for it.
+
+    The holder removes the file when it is done, so a waiter checks that the file it locked is
+    still the one at that path, and otherwise locks the new one. Where ``fcntl`` is missing
+    (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = root / f".{name}.lock"
+    while True:
+        try:
+            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held past this block)
+        except OSError as err:
+            raise PceaFileError(path, f"cannot create the download lock ({err.strerror or err})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            _say(f"another pcea download ({holder}) is fetching {name} into {root}; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder finished and removed the file this one waited on: lock afresh
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pcea.atomic import make_temp_file
 from pcea.data.transforms import UP_AXES, normalize_unit_sphere, to_canonical
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
 
@@ -444,7 +444,7 @@ class ModelNet40Resampled(_PointCloudDataset):
                            for shape_id in shape_ids])
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=cache_dir, prefix=cache.name, suffix=".tmp")
+            handle, temp = make_temp_file(cache_dir, prefix=cache.name)
             try:
                 with os.fdopen(handle, "wb") as out:
                     np.save(out, clouds)

@@ -23,14 +23,13 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pcea.atomic import write_atomic
+from pcea.atomic import make_temp_file, write_atomic
 from pcea.data.modelnet import SPLITS, detect_layout, mesh_classes, mesh_files, mesh_seed
 from pcea.errors import PceaError, PceaFileError
 
@@ -147,7 +146,7 @@ def _sample_one(task: tuple[str, str, str, int, int]) -> tuple[str, str | None, 
     except Exception as err:  # a bug on one odd file must not end a 12,311-file run
         return relative, f"unexpected {type(err).__name__}: {err}", False
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=os.path.dirname(cached), suffix=".tmp")
+    handle, temp = make_temp_file(os.path.dirname(cached), prefix=".")
     with os.fdopen(handle, "wb") as stream:
         np.save(stream, cloud)
     os.replace(temp, cached)
@@ -205,7 +204,7 @@ def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classe
         clouds = np.stack([np.load(cached) for cached, _ in chunk])    # (n, points, 6)
         labels = np.array([[label] for _, label in chunk], dtype=label_type)  # (n, 1)
         name = f"ply_data_{split}{part}.h5"
-        handle, temp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+        handle, temp = make_temp_file(out, prefix=f".{name}.")  # the umask's mode, not mkstemp's 0600
         os.close(handle)
         try:
             with h5py.File(temp, "w") as h5:

@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pcea.atomic import make_temp_dir
 from pcea.data.shapes import CLASS_NAMES, Mesh, make_shape
 from pcea.data.transforms import normalize_unit_sphere
 from pcea.errors import PceaError, PceaFileError
@@ -145,7 +146,7 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
     n_train, n_test = _split_sizes(per_class)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = make_temp_dir(out.parent, prefix=f".{out.name}.")  # the umask's mode, not mkdtemp's 0700
     except OSError as err:
         raise PceaFileError(out.parent, f"cannot create the dataset here: {err.strerror or err}") from None
     try:

@@ -9,6 +9,7 @@ import re
 import socket
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -90,10 +91,14 @@ class _Handler(BaseHTTPRequestHandler):
                 start = 0
             headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
         payload = body[start:]
+        time.sleep(server.delay)
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
+        if server.no_length:  # the body ends when the connection closes
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if server.drops:
             # Promise the whole body, send part of it, then drop the connection.
@@ -124,6 +129,8 @@ class Server(ThreadingHTTPServer):
         self.ignore_range = False
         self.wrong_content_range = False
         self.drops: list[int] = []  # byte counts after which the next responses are cut
+        self.no_length = False  # send no Content-Length (and close the connection after the body)
+        self.delay = 0.0  # seconds before each answer
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -277,6 +284,7 @@ def test_offline_gives_one_line_with_where_to_put_the_files(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith(f"pcea: error: could not reach {url} (")
     assert f"Download {ARCHIVE} by hand and put it in {root}/" in err
     assert f"{root / INNER}/ exists" in err
+    assert "--url URL --sha256 HEX (mirrors and checksums: datasets/README.md)" in err
     assert leftovers(root) == []
 
 
@@ -342,7 +350,7 @@ def test_hostile_archive_is_refused_and_leaves_nothing(tmp_path, server, case):
     server.files[f"/{ARCHIVE}"] = data
     with pytest.raises(PceaFileError, match=message):
         fetch(tmp_path, server, data, keep_archive=True, **limits)
-    assert leftovers(tmp_path / "root") == [ARCHIVE]  # only the verified download itself
+    assert leftovers(tmp_path / "root") == []  # the refused download was deleted, never to be reused
     assert leftovers(tmp_path) == ["checksums.json", "root"]
     assert not Path("/tmp/pcea-evil.txt").exists()
 
@@ -412,3 +420,124 @@ def test_extraction_never_writes_outside_the_target(names):
         for path in created:
             resolved = path.resolve()
             assert resolved == target.parent or resolved.is_relative_to(target), path
+
+
+# --- issue 16, items 14-16, and issue 15: checksums shipped with the package ----------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "html", "not-a-zip"])
+def test_a_refused_archive_found_in_place_is_moved_aside_and_downloaded_anew(tmp_path, server, archive,
+                                                                             capsys, damage):
+    root = tmp_path / "root"
+    root.mkdir()
+    bad = {"truncated": archive[:len(archive) // 2], "html": b"<html><body>moved</body></html>",
+           "not-a-zip": b"\x00" * 1000}[damage]
+    (root / ARCHIVE).write_bytes(bad)
+    target = fetch(tmp_path, server, archive, sha256=None)     # no checksum: only the zip checks
+    assert (target / "shape_names.txt").is_file()
+    assert (root / f"{ARCHIVE}.refused").read_bytes() == bad     # kept for the user, under another name
+    assert "renamed it to modelnet40_ply_hdf5_2048.zip.refused, it will not be used again" in \
+        capsys.readouterr().err
+    assert len(server.requests) == 1
+
+
+def test_an_archive_with_the_wrong_checksum_in_place_is_not_reused(tmp_path, server, archive):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ARCHIVE).write_bytes(archive[:-10] + b"0123456789")
+    target = fetch(tmp_path, server, archive)                  # the right SHA-256, a good --url
+    assert json.loads((target / MARKER).read_text())["verified"] is True
+    assert sorted(leftovers(root)) == sorted([INNER, f"{ARCHIVE}.refused"])
+
+
+def test_a_download_that_cannot_be_extracted_is_deleted_and_not_reused(tmp_path, server, archive):
+    truncated = archive[:len(archive) - 200]  # the zip signature is there, the central directory is not
+    server.files[f"/{ARCHIVE}"] = truncated
+    with pytest.raises(PceaFileError, match="not a readable zip archive.*; the download was deleted"):
+        fetch(tmp_path, server, truncated)                      # its SHA-256 matches: only extraction fails
+    assert leftovers(tmp_path / "root") == []
+    server.files[f"/{ARCHIVE}"] = archive
+    target = fetch(tmp_path, server, archive)
+    assert (target / "ply_data_train0.h5").is_file()
+
+
+@pytest.mark.parametrize("checksum", ["sha256", "none"])
+def test_a_cut_without_content_length_is_resumed_not_taken_as_complete(tmp_path, server, archive, checksum):
+    server.no_length = True
+    server.drops = [80_000]
+    sha256 = "auto" if checksum == "sha256" else None
+    what = "the file with the expected SHA-256" if checksum == "sha256" else "a whole zip"
+    with pytest.raises(PceaError, match=f"declared no size and the .* received are not {what}.*"
+                                        "run the same command again to resume"):
+        fetch(tmp_path, server, archive, sha256=sha256)
+    part = tmp_path / "root" / f"{ARCHIVE}.part"
+    assert part.stat().st_size == 80_000
+    target = fetch(tmp_path, server, archive, sha256=sha256)
+    assert server.requests[-1]["range"] == "bytes=80000-"
+    assert (target / "ply_data_train0.h5").read_bytes() == zipfile.ZipFile(io.BytesIO(archive)).read(
+        f"{INNER}/ply_data_train0.h5")
+
+
+def test_a_whole_file_without_content_length_is_accepted(tmp_path, server, archive):
+    server.no_length = True
+    target = fetch(tmp_path, server, archive, sha256=None)
+    assert (target / MARKER).is_file() and len(server.requests) == 1
+
+
+def test_two_downloads_into_one_root_wait_for_each_other(tmp_path, server, archive, capsys):
+    server.delay = 0.5
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(fetch(tmp_path, server, archive))
+        except BaseException as err:  # report it in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert results == [tmp_path / "root" / INNER] * 2
+    assert len(server.requests) == 1                    # the second found the data the first installed
+    err = capsys.readouterr().err
+    assert "is fetching modelnet40_ply_hdf5_2048.zip" in err and "waiting for it to finish" in err
+    assert leftovers(tmp_path / "root") == [INNER]      # the lock file went with the first download
+
+
+def test_checksums_ship_with_the_package_and_record_the_published_values():
+    import pcea
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    assert CHECKSUMS_FILE.parent == Path(pcea.__file__).parent / "data"
+    pyproject = tomllib.loads((Path(pcea.__file__).parents[1] / "pyproject.toml").read_text())
+    assert "checksums.json" in pyproject["tool"]["setuptools"]["package-data"]["pcea.data"]
+    # ../shared/data/README.md: each value from two public sources (tensorflow/graphics and others)
+    h5, mesh = archive_spec("modelnet40", "h5"), archive_spec("modelnet40", "mesh")
+    assert (h5.size, h5.sha256) == (435_212_151,
+                                    "07670e237db72ece0f723b9abb571534c9ad655a6456b389646587dc72bb8bae")
+    assert (mesh.size, mesh.sha256) == (2_039_180_837,
+                                        "42dc3e656932e387f554e25a4eb2cc0e1a1bd3ab54606e2a9eae444c60e536ac")
+    table = json.loads(CHECKSUMS_FILE.read_text())["modelnet40"]
+    assert "tensorflow/graphics" in table["h5"]["checksum_source"]
+    assert "tensorflow/graphics" in table["mesh"]["checksum_source"]
+    assert archive_spec("modelnet40", "resampled").sha256 is None  # nothing published: nothing made up
+
+
+def test_the_recorded_size_refuses_a_wrong_file_before_hashing(tmp_path, archive):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ARCHIVE).write_bytes(archive)  # a zip, but not the published archive
+    table = {"modelnet40": {"h5": {"file": ARCHIVE, "urls": [closed_port_url()], "sha256": "a" * 64,
+                                   "size": 435_212_151, "extracts_to": INNER}}}
+    checksums = tmp_path / "checksums.json"
+    checksums.write_text(json.dumps(table))
+    with pytest.raises(PceaError, match="could not reach"):
+        fetch_modelnet40("h5", root, checksums=checksums, progress=False, retries=0)
+    assert (root / f"{ARCHIVE}.refused").is_file()
+    verify = (root / f"{ARCHIVE}.refused")
+    with pytest.raises(PceaFileError, match=f"is {len(archive):,} bytes, the archive has 435,212,151"):
+        verify_archive(verify, "a" * 64, delete_on_failure=False, size=435_212_151)
