@@ -1,11 +1,16 @@
-"""Convert the Princeton ModelNet40 meshes into the h5 layout training reads fast.
+"""Convert a Princeton-layout ModelNet40 into the h5 layout training reads fast.
 
-``pcea prepare modelnet40 --src ModelNet40/ --out DIR`` samples every mesh once
-(2048 points by area, with face normals, normalised to the unit sphere), in
-parallel over all cores, and writes the ``modelnet40_ply_hdf5_2048`` layout that
-:class:`pcea.data.ModelNet40H5` reads: ``ply_data_{train,test}{k}.h5`` with
-``data``, ``normal`` and ``label``, ``shape_names.txt`` (sorted class directories,
-the label order) and ``{train,test}_files.txt``.
+``pcea prepare modelnet40 --src ModelNet40/ --out DIR`` reads every shape file of
+``<class>/{train,test}/`` once, in parallel over all cores: meshes are sampled (2048
+points by area, with face normals), point files (the ``.npy``, ``.ply``, ``.txt``, ``.pcd``
+conversions) subsampled (without normals; ``--points`` at most what each file holds);
+all are normalised to the unit sphere and turned from the source's up axis (z, as the
+Princeton release; ``--up y`` for a y-up copy) into pcea's y-up frame, the frame the h5
+layout declares. It writes the ``modelnet40_ply_hdf5_2048`` layout that
+:class:`pcea.data.ModelNet40H5` reads: ``ply_data_{train,test}{k}.h5`` with ``data``,
+``label`` and, from meshes, ``normal``; ``shape_names.txt`` (sorted class directories,
+the label order) and ``{train,test}_files.txt``. A split the source lacks (a copy with
+only ``train/`` folders) is left out, and said so.
 
 It is built for a 12,311-file run that may be interrupted or meet a broken file:
 
@@ -23,6 +28,7 @@ import os
 import shutil
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from pcea.atomic import make_temp_file, write_atomic
-from pcea.data.modelnet import SPLITS, detect_layout, mesh_classes, mesh_files, mesh_seed
-from pcea.errors import PceaError, PceaFileError
+from pcea.data.modelnet import SPLITS, ModelNet40Princeton, detect_layout, mesh_classes, mesh_files, mesh_seed
+from pcea.errors import MissingSplitError, PceaError, PceaFileError
 
 __all__ = ["PrepareReport", "prepare_modelnet40"]
 
@@ -57,11 +63,12 @@ def prepare_modelnet40(
     seed: int = 0,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    up: str | None = None,
 ) -> PrepareReport:
-    """Sample every mesh of a Princeton-layout ModelNet40 (or 10) into the h5 layout.
+    """Sample every shape of a Princeton-layout ModelNet40 (or 10) into the h5 layout.
 
     Args:
-        src: the directory holding ``<class>/{train,test}/*.off``.
+        src: the directory holding ``<class>/{train,test}/<shape>.<ext>`` (meshes or point files).
         out: the output directory (created if missing).
         points: points per shape.
         workers: processes (default: all cores); 1 runs in this process.
@@ -69,6 +76,7 @@ def prepare_modelnet40(
         progress: a tqdm bar (default: when stderr is a terminal; otherwise plain
             log lines every 10%).
         log: where progress lines and the summary go (default: stderr).
+        up: the source's up axis, "z" (the Princeton release's, the default) or "y".
 
     Returns:
         A :class:`PrepareReport` with the shapes written per split and those skipped.
@@ -81,36 +89,50 @@ def prepare_modelnet40(
     if points < 1:
         raise PceaError(f"points={points}: must be at least 1")
     if detect_layout(src) != "mesh":
-        raise PceaFileError(src, "not the Princeton mesh layout (expected <class>/train/<class>_0001.off "
-                                 "and <class>/test/...)")
+        raise PceaFileError(src, "not the Princeton layout (expected <class>/train/<class>_0001.off, or "
+                                 "one .npy/.ply/.txt/.pcd point file per shape, and <class>/test/...)")
+    up = up or ModelNet40Princeton.UP
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     class_names = mesh_classes(src)
-    work = out / ".prepare-work" / f"points{points}_seed{seed}"
+    work = out / ".prepare-work" / f"points{points}_seed{seed}_up{up}"
     try:
         work.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PceaFileError(out, f"cannot create the output directory ({err.strerror or err})") from None
 
-    tasks, by_split = [], {}
+    from pcea.io import MESH_EXTENSIONS
+
+    tasks, by_split, listed = [], {}, {}
     for split in SPLITS:
+        try:
+            listed[split] = mesh_files(src, split, class_names)
+        except MissingSplitError as err:
+            log(f"prepare: {err}; writing the other split only")
+    files = [path for split_files in listed.values() for path, _ in split_files]
+    # Normals come from mesh faces; point files have none, so a layout of point files gets no
+    # 'normal' dataset (and the h5 files of one run never mix clouds with and without them).
+    normals = bool(files) and all(path.suffix.lower() in MESH_EXTENSIONS and path.suffix.lower() != ".ply"
+                                  for path in files)
+    for split, split_files in listed.items():
         entries = []
-        for path, label in mesh_files(src, split, class_names):
+        for path, label in split_files:
             relative = path.relative_to(src).as_posix()
             cached = work / (relative[:-len(path.suffix)] + ".npy")
             entries.append((relative, cached, label))
-            tasks.append((relative, str(path), str(cached), points, mesh_seed(path, src, seed)))
+            tasks.append((relative, str(path), str(cached), points, mesh_seed(path, src, seed), normals, up))
         by_split[split] = entries
     if not tasks:
-        raise PceaFileError(src, "holds no .off files")
+        raise PceaFileError(src, "holds no shape files")
 
     report = PrepareReport(out=out)
     problems = _sample_all(tasks, workers, progress, log, report)
-    for split in SPLITS:
+    for split in by_split:
         done = [(cached, label) for relative, cached, label in by_split[split] if relative not in problems]
         report.counts[split] = len(done)
-        _write_split(out, split, done, len(class_names))
+        _write_split(out, split, done, len(class_names), normals)
     if sum(report.counts.values()) == 0:
-        raise PceaFileError(src, "no mesh could be read; the first problem: " + next(iter(problems.values())))
+        first = next(iter(problems.values()))
+        raise PceaFileError(src, f"no shape could be read; the first problem: {first}")
     write_atomic(out / "shape_names.txt", "".join(f"{name}\n" for name in class_names))
     report.skipped = sorted(problems.items())
     if report.skipped:
@@ -132,15 +154,20 @@ def prepare_modelnet40(
     return report
 
 
-def _sample_one(task: tuple[str, str, str, int, int]) -> tuple[str, str | None, bool]:
-    """Sample one mesh into its work file: ``(relative path, problem or None, reused)``."""
-    from pcea.io import load_points
+def _sample_one(task: tuple[str, str, str, int, int, bool, str]) -> tuple[str, str | None, bool]:
+    """Sample one shape into its work file: ``(relative path, problem or None, reused)``."""
+    from pcea.io import PceaWarning, load_points
 
-    relative, path, cached, points, seed = task
+    relative, path, cached, points, seed, normals, up = task
     if os.path.exists(cached):
         return relative, None, True
     try:
-        cloud = load_points(path, points, seed=seed, normals=True)   # (points, 6)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PceaWarning)
+            cloud = load_points(path, points, seed=seed, normals=normals, up=up)   # (points, 3 or 6)
+        if caught:  # a point file with fewer points than asked for: repeated points, refuse instead
+            what = str(caught[0].message).split(": ", 1)[-1].split(";")[0]  # "only 1,024 points, ..."
+            return relative, f"{what}; use a smaller --points", False
     except PceaError as err:
         return relative, err.problem if isinstance(err, PceaFileError) else str(err), False
     except Exception as err:  # a bug on one odd file must not end a 12,311-file run
@@ -193,7 +220,8 @@ def _sample_all(tasks, workers, progress, log, report: PrepareReport) -> dict[st
     return problems
 
 
-def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classes: int) -> None:
+def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classes: int,
+                 normals: bool = True) -> None:
     """Write one split's h5 files (SHAPES_PER_FILE shapes each) and its list file."""
     import h5py
 
@@ -201,7 +229,7 @@ def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classe
     label_type = np.uint8 if num_classes <= 256 else np.int32
     for part, start in enumerate(range(0, len(done), SHAPES_PER_FILE)):
         chunk = done[start:start + SHAPES_PER_FILE]
-        clouds = np.stack([np.load(cached) for cached, _ in chunk])    # (n, points, 6)
+        clouds = np.stack([np.load(cached) for cached, _ in chunk])    # (n, points, 3 or 6)
         labels = np.array([[label] for _, label in chunk], dtype=label_type)  # (n, 1)
         name = f"ply_data_{split}{part}.h5"
         handle, temp = make_temp_file(out, prefix=f".{name}.")  # the umask's mode, not mkstemp's 0600
@@ -209,7 +237,8 @@ def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classe
         try:
             with h5py.File(temp, "w") as h5:
                 h5.create_dataset("data", data=clouds[:, :, :3])
-                h5.create_dataset("normal", data=clouds[:, :, 3:])
+                if normals:
+                    h5.create_dataset("normal", data=clouds[:, :, 3:6])
                 h5.create_dataset("label", data=labels)
             os.replace(temp, out / name)
         finally:
