@@ -1,0 +1,67 @@
+"""Turn a finished run's best.pt into the weights that ship with pcea (pcea/weights/NAME.pt + NAME.json).
+
+    python scripts/ship_weights.py runs/modelnet40_cpu [--name modelnet40] [--cpu "AMD EPYC (family 23)"]
+
+The shipped file keeps what inference and the model card need (weights, model config,
+class names, frame, the training config and per-epoch metrics) and drops the optimiser,
+scheduler and RNG states, which only resuming needs; it is written with
+pcea.engine.checkpoint.save_checkpoint, so it loads with torch.load(weights_only=True)
+after its header's SHA-256 check, and the card records the file's own SHA-256 too.
+"""
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcea.weights import HERE
+
+KEEP = ("model", "model_name", "model_config", "class_names", "train_config", "epoch", "metrics",
+        "protocol", "up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--name", default="modelnet40")
+    parser.add_argument("--cpu", default=None, help="the training machine, for the card")
+    args = parser.parse_args()
+    best = load_checkpoint(args.run / "best.pt")
+    results = json.loads((args.run / "results.json").read_text())
+    shipped = {key: best[key] for key in KEEP if key in best}
+    out = save_checkpoint(HERE / f"{args.name}.pt", shipped)
+    epoch = best["epoch"]
+    row = best["metrics"]["history"][epoch - 1]
+    config = best["train_config"]
+    card = {
+        "name": args.name,
+        "file": out.name,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "bytes": out.stat().st_size,
+        "model": best["model_name"],
+        "parameters": sum(t.numel() for k, t in best["model"].items() if not k.endswith(
+            ("running_mean", "running_var", "num_batches_tracked"))),
+        "num_points": best["model_config"]["num_points"],
+        "up": best.get("up", "y"),
+        "data": "ModelNet40 official train split (9,843 shapes, 40 classes), 1024-point npy release",
+        "split": f"trained on {results.get('num_train', 'the rest')}; selected on a stratified "
+                 f"{config['val_split']:.0%} validation hold-out (seed {config['seed']})",
+        "recipe": "configs/modelnet40_cpu.yaml",
+        "train_config": config,
+        "epoch": epoch,
+        "epochs": config["epochs"],
+        "selection": best["protocol"],
+        "val_oa": row["val_oa"],
+        "val_macc": row["val_macc"],
+        "val_protocol": "validation split, single pass, best epoch on val",
+        "train_seconds": results.get("train_seconds_this_session"),
+        "cpu": args.cpu,
+        "test": "not measured: the ModelNet40 test split was not available",
+    }
+    (HERE / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {out} ({card['bytes']:,} bytes) and {args.name}.json: val OA {100 * card['val_oa']:.2f} %")
+
+
+if __name__ == "__main__":
+    main()
