@@ -8,6 +8,7 @@ which normalises them like the training data.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
@@ -132,7 +133,7 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tu
         inputs = [inputs]
     files: list[Path] = []
     unmatched: list[str] = []
-    seen: set[Path] = set()
+    seen: set[str] = set()  # real paths: a file reached through two links is classified once
 
     def add(path: Path) -> bool:
         if path.is_dir():
@@ -142,8 +143,9 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tu
         else:
             found = [path]
         for p in found:
-            if p not in seen:
-                seen.add(p)
+            real = os.path.realpath(p)
+            if real not in seen:
+                seen.add(real)
                 files.append(p)
         return bool(found)
 
@@ -154,13 +156,70 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tu
             matched = add(path)
         elif any(char in text for char in _GLOB_CHARS):
             matched = False
-            for hit in sorted(glob.glob(text, recursive=True)):
+            for hit in _glob(text):
                 matched = add(Path(hit)) or matched
         else:
             matched = False
         if not matched:
             unmatched.append(text)
     return files, unmatched
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, sorted, except that ``**`` never enters a link to a directory.
+
+    Python's glob follows such links: one ``loop -> .`` repeats every file about 40 times (until
+    the path is too long) and two of them never finish. Here ``**`` walks the real directories
+    below the pattern's fixed prefix with :func:`os.walk` (which lists a link but does not enter
+    it) and matches each path against the pattern, component by component, as glob does
+    (hidden names only where the pattern spells the dot).
+    """
+    if "**" not in pattern:
+        return sorted(glob.glob(pattern))
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    hits = []
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = [name for name in dirs if not name.startswith(".")]  # ** skips hidden folders, as glob
+        below = Path(folder).relative_to(base).parts
+        hits += [str(Path(folder) / name) for name in dirs + names
+                 if _glob_match((*below, name), parts[fixed:])
+                 and not (name in dirs and os.path.islink(os.path.join(folder, name)))]  # nor list one
+    return sorted(hits)
+
+
+def _glob_match(names: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
+    """Whether path components ``names`` match glob components ``patterns`` (``**``: any number)."""
+    if not patterns:
+        return not names
+    head, rest = patterns[0], patterns[1:]
+    if head == "**":
+        return any(_glob_match(names[skip:], rest) for skip in range(len(names) + 1))
+    return (bool(names) and fnmatch.fnmatch(names[0], head)
+            and (head.startswith(".") or not names[0].startswith(".")) and _glob_match(names[1:], rest))
+
+
+def printable(text: str) -> str:
+    """``text`` with each unprintable character (newline, tab, escape...) written as its Python escape.
+
+    File names can hold any character but ``/`` and NUL; printed raw, a newline in one would
+    forge an extra line of the classify table or of a one-line error.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def unmatched_problem(text: str) -> str:
+    """The one-line reason an input of :func:`expand_inputs` named no file (names escaped)."""
+    if Path(text).is_dir():
+        why = f"is a directory holding no file pcea reads ({' '.join(KNOWN_EXTENSIONS)})"
+    elif any(char in text for char in _GLOB_CHARS) and not Path(text).exists():
+        why = "no files matched"
+    else:
+        why = "no such file"
+    return printable(f"{text}: {why}")
 
 
 def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -264,14 +323,14 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
     """
     files, unmatched = expand_inputs(paths)
     if not files:
-        raise PceaError("no input files: " + (", ".join(unmatched) or "none given"))
+        raise PceaError("no input files: " + ("; ".join(map(unmatched_problem, unmatched)) or "none given"))
     model = checkpoint if isinstance(checkpoint, PCTClassifier) else load_model(checkpoint, device=device)
     amp = use_amp(amp, next(model.parameters()).device, lambda why: warnings.warn(
         f"amp=True ignored, classifying in float32: {why}", PceaWarning, stacklevel=4))
     results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
                                  batch_size=batch_size, seed=seed, max_bytes=max_bytes,
                                  max_points=max_points, amp=amp))
-    return results + [{"path": text, "error": f"{text}: no such file, or no files matched"}
+    return results + [{"path": text, "error": unmatched_problem(text)}
                       for text in unmatched]
 
 
@@ -294,7 +353,7 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
-    path_width = max(len(os.fspath(path)) for path in files)
+    path_width = max(len(printable(os.fspath(path))) for path in files)
     name_width = max(len(name) for name in names)
     k = min(options.get("top_k", 5), len(names))
     if not as_json:
@@ -304,13 +363,13 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
     for result in iter_classify(files, model, **options):
         if "error" in result:
             failed += 1
-            print(f"pcea: skipped {result['error']}", file=stderr)
+            print(f"pcea: skipped {printable(result['error'])}", file=stderr)
         elif as_json:
             print(json.dumps({"path": result["path"], "top_k": [
                 {"class": name, "probability": round(prob, 6)} for name, prob in result["top_k"]]}),
                 file=stdout)
         else:
             cells = [f"{name:<{name_width}} {prob:6.4f}" for name, prob in result["top_k"]]
-            print("  ".join([f"{result['path']:<{path_width}}"] + cells), file=stdout)
+            print("  ".join([f"{printable(result['path']):<{path_width}}"] + cells), file=stdout)
         stdout.flush()
     return failed

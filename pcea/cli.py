@@ -259,18 +259,18 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import warnings
 
-    from pcea.api import expand_inputs, load_model, print_classification
+    from pcea.api import expand_inputs, load_model, print_classification, unmatched_problem
     from pcea.engine.distributed import resolve_device
     from pcea.precision import use_amp
 
     files, unmatched = expand_inputs(args.inputs)
     if not files:
-        args.parser.error("no input files matched: " + ", ".join(unmatched))
+        args.parser.error("no input files: " + "; ".join(map(unmatched_problem, unmatched)))
     model = load_model(args.checkpoint, device=resolve_device(args.device))
     amp = use_amp(args.amp, next(model.parameters()).device,
                   lambda why: print(f"pcea: note: --amp ignored, float32 it is: {why}", file=sys.stderr))
     for text in unmatched:
-        print(f"pcea: skipped {text}: no such file, or no files matched", file=sys.stderr)
+        print(f"pcea: skipped {unmatched_problem(text)}", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest, **kw: print(
             f"pcea: warning: {message}", file=sys.stderr)
@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PceaError as err:
-        print(f"pcea: error: {err}", file=sys.stderr)
+        from pcea.api import printable  # a file name with a newline must not forge a second line
+
+        print(f"pcea: error: {printable(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pcea: interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ import pytest
 import trimesh
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from test_io import pcd_bytes
 
 from pcea.errors import PceaError
 from pcea.io import load_points
@@ -178,6 +179,9 @@ BUILDERS = {
     "csv": (".csv", lambda v, c: text_points(c, sep=",", header="x,y,z,nx,ny,nz")),
     "npy": (".npy", lambda v, c: npy(c.astype(np.float32))),
     "npz": (".npz", lambda v, c: npz(c)),
+    "pcd-ascii": (".pcd", lambda v, c: pcd_bytes(c, "ascii")),
+    "pcd-binary": (".pcd", lambda v, c: pcd_bytes(c, "binary")),
+    "pcd-compressed": (".pcd", lambda v, c: pcd_bytes(c, "binary_compressed")),
 }
 
 
@@ -384,6 +388,62 @@ def test_off_faces_indexing_out_of_range():
     content = off_text(OCTA_VERTICES, OCTA_FACES).replace(b"3 0 2 4\n", b"3 0 2 6\n")
     with hostile_file("faces.off", content) as path:
         assert check_load_points(path) == "refused"
+
+
+PCD_KINDS = ["pcd-ascii", "pcd-binary", "pcd-compressed"]
+
+
+@pytest.mark.parametrize("kind", PCD_KINDS)
+@FEW_EXAMPLES
+@given(points=COUNTS, width=COUNTS)
+def test_pcd_wrong_negative_or_enormous_declared_points(kind, points, width):
+    _, content = VALID[kind]
+    content = content.replace(b"\nWIDTH 40\n", f"\nWIDTH {width}\n".encode(), 1)
+    content = content.replace(b"\nPOINTS 40\n", f"\nPOINTS {points}\n".encode(), 1)
+    with hostile_file("counts.pcd", content) as path:
+        tracemalloc.start()
+        try:
+            result = check_load_points(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        event(result)
+        assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes for a {len(content)}-byte file"
+        if points != width or not 3 <= points <= 40:  # a consistent smaller count reads the first points
+            assert result == "refused", (points, width)
+
+
+@pytest.mark.parametrize("kind", PCD_KINDS)
+@FEW_EXAMPLES
+@given(row=st.integers(0, 5), column=st.integers(0, 2), value=NON_FINITE)
+def test_pcd_nan_rows_are_dropped_and_inf_refused(kind, row, column, value):
+    """PCL marks invalid points with NaN: they are dropped; an infinite coordinate is refused."""
+    with file_with_coordinate(kind, row, column, value, "nonfinite") as path:
+        result = check_load_points(path)
+        assert result == ("loaded" if math.isnan(value) else "refused")
+
+
+def stl_variant(prefix: bytes = b"", name: str = "hostile") -> bytes:
+    return prefix + stl_ascii(OCTA_VERTICES, OCTA_FACES).replace(b"hostile", name.encode())
+
+
+@pytest.mark.parametrize("variant", ["spaces", "tab", "bom", "long-solid-line", "crlf"])
+def test_valid_ascii_stl_variants_are_read(variant):
+    """Issue 16 item 9: leading blanks, a UTF-8 BOM or a long solid line are still ASCII STL."""
+    content = {"spaces": stl_variant(b"   "), "tab": stl_variant(b"\t"), "bom": stl_variant(b"\xef\xbb\xbf"),
+               "long-solid-line": stl_variant(name="n" * 5000),
+               "crlf": stl_variant().replace(b"\n", b"\r\n")}[variant]
+    with hostile_file("plain.stl", stl_variant()) as plain, hostile_file("variant.stl", content) as path:
+        assert check_load_points(path) == "loaded"
+        np.testing.assert_array_equal(load_points(path, NUM_POINTS), load_points(plain, NUM_POINTS))
+
+
+def test_binary_stl_whose_header_starts_with_solid_is_binary():
+    content = stl_binary(OCTA_VERTICES, OCTA_FACES)
+    content = b"solid made by a CAD tool, facet count below".ljust(80, b" ") + content[80:]
+    with hostile_file("binary.stl", content) as path, \
+            hostile_file("plain.stl", stl_binary(OCTA_VERTICES, OCTA_FACES)) as plain:
+        np.testing.assert_array_equal(load_points(path, NUM_POINTS), load_points(plain, NUM_POINTS))
 
 
 @pytest.mark.parametrize("ext", EXTENSIONS)
@@ -751,3 +811,87 @@ def test_h5_declaring_huge_datasets_is_refused_before_allocating():
         size = (root / H5_TRAIN).stat().st_size
         assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes for a {size}-byte file"
         assert result.startswith("refused")
+
+
+# --- issue 16 items 12 and 13, issue 15: what pcea classify does with odd inputs -------------
+
+
+def tetra_off() -> bytes:
+    return off_text(OCTA_VERTICES, OCTA_FACES)
+
+
+def test_a_recursive_glob_does_not_follow_directory_symlink_loops(tmp_path):
+    from pcea.api import expand_inputs
+
+    scans = tmp_path / "scans"
+    (scans / "sub").mkdir(parents=True)
+    (scans / "a.off").write_bytes(tetra_off())
+    (scans / "sub" / "b.off").write_bytes(tetra_off())
+    (scans / "sub" / ".hidden.off").write_bytes(tetra_off())
+    (scans / "l1").symlink_to(".")                      # one loop: glob.glob gave every file ~40 times
+    (scans / "sub" / "l2").symlink_to("..")             # two: glob.glob never finished
+    with time_limit(READ_SECONDS):
+        files, unmatched = expand_inputs(f"{scans}/**/*.off")
+    assert [p.relative_to(scans).as_posix() for p in files] == ["a.off", "sub/b.off"]
+    assert unmatched == []
+    with time_limit(READ_SECONDS):  # a matched directory gives all its files, hidden ones too, once
+        files, _ = expand_inputs([f"{scans}/**", scans / "l1" / "a.off"])
+    assert [p.relative_to(scans).as_posix() for p in files] == ["a.off", "sub/.hidden.off", "sub/b.off"]
+    with time_limit(READ_SECONDS):  # a relative pattern gives relative paths, as glob does
+        cwd = os.getcwd()
+        os.chdir(scans)
+        try:
+            assert [str(p) for p in expand_inputs("**/*.off")[0]] == ["a.off", os.path.join("sub", "b.off")]
+        finally:
+            os.chdir(cwd)
+
+
+def tiny_model():
+    import pcea
+
+    model = pcea.build_model("pcea", num_classes=4, num_points=32, centers=(16, 8), neighbors=(4, 4),
+                             embed_dim=16, stage_dims=(32, 64), fuse_dim=64, head_dims=(32, 16), memory=8)
+    model.class_names = ["ball", "box", "disc", "rod"]
+    return model.eval()
+
+
+def test_file_names_with_newlines_cannot_forge_lines(tmp_path):
+    from pcea.api import print_classification
+
+    good = tmp_path / "chair\nsofa    0.99\x1b[2K.off"
+    good.write_bytes(tetra_off())
+    bad = tmp_path / "bad\npcea: error: forged.off"
+    bad.write_bytes(b"not an OFF file")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    failed = print_classification([good, bad], tiny_model(), stdout=stdout, stderr=stderr, top_k=2,
+                                  num_points=32)
+    assert failed == 1
+    table = stdout.getvalue().splitlines()
+    assert len(table) == 2 and table[1].startswith(str(tmp_path) + "/chair\\nsofa    0.99\\x1b[2K.off ")
+    errors = stderr.getvalue().splitlines()
+    assert errors == [f"pcea: skipped {tmp_path}/bad\\npcea: error: forged.off: not an OFF file "
+                      "(first line 'not an OFF file' does not start with OFF)"]
+
+
+def test_the_cli_error_line_escapes_the_file_name(tmp_path, capsys):
+    from pcea.cli import main
+
+    missing = tmp_path / "run\npcea: all good"
+    assert main(["eval", str(missing), "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pcea: error: ") and "run\\npcea: all good" in err
+
+
+def test_an_empty_directory_named_like_a_file_is_reported_as_a_directory(tmp_path):
+    from pcea.api import expand_inputs, unmatched_problem
+
+    folder = tmp_path / "x.ply"
+    folder.mkdir()
+    files, unmatched = expand_inputs([folder, tmp_path / "nope.off", f"{tmp_path}/*.stl"])
+    assert files == []
+    assert [unmatched_problem(text) for text in unmatched] == [
+        f"{folder}: is a directory holding no file pcea reads (.csv .glb .npy .npz .obj .off .pcd .ply .pts "
+        ".stl .txt .xyz)", f"{tmp_path}/nope.off: no such file", f"{tmp_path}/*.stl: no files matched"]
+    assert check_load_points(folder) == "refused"
+    with pytest.raises(PceaError, match="x.ply: is a directory, expected a file"):
+        load_points(folder)

@@ -150,6 +150,14 @@ def _check_regular(path: Path, max_bytes: int | None = None) -> None:
         raise PceaFileError(path, f"file is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
 
 
+def _plain_name(listing: Path, name: str, line: str) -> str:
+    """``name`` when it is a plain file name inside the dataset root; otherwise refuse ``listing``."""
+    if not name or name in (".", "..") or any(char in name for char in "/\\\0"):
+        raise PceaFileError(listing, f"line {line!r} names a path outside the dataset root "
+                                     "(entries must be plain names inside it)")
+    return name
+
+
 def _read_names(path: Path) -> list[str]:
     _check_regular(path, LIST_MAX_BYTES)
     try:
@@ -220,7 +228,10 @@ class ModelNet40H5(_PointCloudDataset):
     def _files(self) -> list[Path]:
         listing = self.root / f"{self.split}_files.txt"
         if listing.is_file():
-            files = [self.root / Path(line.replace("\\", "/")).name for line in _read_names(listing)]
+            # Only the base name counts (the release's lines carry a data/... prefix), so a line
+            # naming ../elsewhere/x.h5 still reads root/x.h5: nothing outside the root is opened.
+            files = [self.root / _plain_name(listing, Path(line.replace("\\", "/")).name, line)
+                     for line in _read_names(listing)]
             missing = [path.name for path in files if not path.exists() and not path.is_symlink()]
             if missing:
                 raise PceaFileError(listing, f"lists {', '.join(missing)}, not found in {self.root}")
@@ -233,7 +244,7 @@ class ModelNet40H5(_PointCloudDataset):
     def _read(self, path: Path, h5, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, num_points, C) float32 clouds and (n,) labels of one h5 file, checked."""
         for key in ("data", "label") + (("normal",) if self.normals else ()):
-            if key not in h5:
+            if not _stored_here(path, h5, key):
                 what = " (normals=True needs it)" if key == "normal" else ""
                 raise PceaFileError(path, f"has no {key!r} dataset{what}; it has {', '.join(h5.keys())}")
         data, label = h5["data"], h5["label"]
@@ -260,6 +271,40 @@ class ModelNet40H5(_PointCloudDataset):
         if not np.isfinite(clouds).all():
             raise PceaFileError(path, "contains NaN or infinite values")
         return clouds, labels
+
+
+def _stored_here(path: Path, h5, key: str) -> bool:
+    """Whether ``h5`` holds a dataset ``key`` whose data is in this very file.
+
+    A link (external, soft or user-defined), external raw storage or a virtual dataset
+    would make h5py open or read other files (a 1 kB file could point at gigabytes, or at a
+    FIFO that blocks for ever): each is refused before anything follows it. The link is
+    inspected with the low-level API because ``key in h5`` already traverses it.
+    """
+    import h5py
+
+    name = key.encode()
+    if not h5.id.links.exists(name):
+        return False
+    kind = h5.id.links.get_info(name).type
+    if kind == h5py.h5l.TYPE_EXTERNAL:
+        target = h5.id.links.get_val(name)[0].decode("utf-8", "replace")
+        raise PceaFileError(path, f"{key!r} is an external link to {target!r}; pcea reads only data stored "
+                                  "in the file itself")
+    if kind != h5py.h5l.TYPE_HARD:
+        raise PceaFileError(path, f"{key!r} is a link, not a dataset; pcea reads only data stored in the "
+                                  "file itself")
+    dataset = h5[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise PceaFileError(path, f"{key!r} is a group, not a dataset")
+    plist = dataset.id.get_create_plist()
+    if plist.get_external_count() > 0:
+        raise PceaFileError(path, f"{key!r} keeps its data in external files; pcea reads only data stored "
+                                  "in the file itself")
+    if dataset.is_virtual:
+        raise PceaFileError(path, f"{key!r} is a virtual dataset mapping other files; pcea reads only data "
+                                  "stored in the file itself")
+    return True
 
 
 def _check_stored(path: Path, key: str, dataset) -> None:
@@ -419,6 +464,8 @@ class ModelNet40Resampled(_PointCloudDataset):
         shape_ids = _read_names(self.root / f"{prefix}_{split}.txt")
         labels = []
         for shape_id in shape_ids:
+            # root/<class>/<shape id>.txt must stay inside the root: no ../, no /, no absolute path
+            _plain_name(self.root / f"{prefix}_{split}.txt", shape_id, shape_id)
             class_name = shape_id.rsplit("_", 1)[0]
             if class_name not in names:
                 raise PceaFileError(self.root / f"{prefix}_{split}.txt", f"shape {shape_id!r} has class "

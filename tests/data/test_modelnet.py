@@ -311,3 +311,75 @@ def test_special_files_and_unwritten_h5_datasets_are_refused(tmp_path):
     shape.symlink_to("/dev/zero")
     with pytest.raises(PceaFileError, match=r"chair_0001\.txt: is not a regular file"):
         ModelNet40Resampled(tmp_path / "resampled", num_points=8)
+
+# --- issue 16, items 10 and 11: nothing outside the dataset is read ---------------------------
+
+
+def test_h5_external_links_storage_and_virtual_datasets_are_refused(tmp_path):
+    root = tmp_path / "h5"
+    make_h5(root)
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as h5:
+        h5["data"] = np.zeros((100_000, STORED, 3), np.float32)[:10]
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)  # following a link to it would block for ever
+    target = root / "ply_data_train0.h5"
+    label = np.zeros((4, 1), np.uint8)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(bytes(4 * STORED * 3 * 4))
+    cases = {
+        "external link": lambda h5: h5.__setitem__("data", h5py.ExternalLink(str(outside), "/data")),
+        "link to a fifo": lambda h5: h5.__setitem__("data", h5py.ExternalLink(str(fifo), "/data")),
+        "soft link": lambda h5: (h5.__setitem__("stored", np.zeros((4, STORED, 3), np.float32)),
+                                 h5.__setitem__("data", h5py.SoftLink("/stored"))),
+        "external storage": lambda h5: h5.create_dataset("data", shape=(4, STORED, 3), dtype="<f4",
+                                                         external=[(str(raw), 0, h5py.h5f.UNLIMITED)]),
+        "virtual": lambda h5: h5.create_virtual_dataset(
+            "data", _virtual_layout(outside, (10, STORED, 3))),
+    }
+    messages = {"external link": "is an external link to", "link to a fifo": "is an external link to",
+                "soft link": "is a link, not a dataset",
+                "external storage": "keeps its data in external files",
+                "virtual": "is a virtual dataset mapping other files"}
+    for case, build in cases.items():
+        target.unlink()
+        with h5py.File(target, "w") as h5:
+            h5["label"] = label
+            h5["normal"] = np.zeros((4, STORED, 3), np.float32)
+            build(h5)
+        with pytest.raises(PceaFileError, match=f"^{target}: 'data' {messages[case]}"):
+            ModelNet40H5(root, "train", num_points=32)
+
+
+def _virtual_layout(source, shape):
+    layout = h5py.VirtualLayout(shape=shape, dtype="f4")
+    layout[:] = h5py.VirtualSource(str(source), "data", shape=shape)
+    return layout
+
+
+def test_list_files_cannot_name_paths_outside_the_dataset_root(tmp_path):
+    root = tmp_path / "resampled"
+    make_resampled(root)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "secret_0001.txt").write_text("1,2,3,0,0,1\n" * STORED)
+    listing = root / "modelnet40_train.txt"
+    for line in ("../secret/secret_0001", "/etc/passwd_0001", "airplane/../../secret_0001", ".."):
+        (root / "modelnet40_shape_names.txt").write_text("\n".join(CLASSES + ["../secret"]) + "\n")
+        listing.write_text(f"airplane_0001\n{line}\n")
+        with pytest.raises(PceaFileError, match=f"^{listing}: line '{line}' names a path outside the"):
+            ModelNet40Resampled(root, "train", num_points=32, cache_dir=tmp_path / "cache")
+    # h5 lists: only the base name counts, so ../elsewhere/x.h5 still reads root/x.h5 ...
+    h5_root = tmp_path / "h5"
+    written = make_h5(h5_root)
+    elsewhere = tmp_path / "elsewhere"
+    make_h5(elsewhere, seed=1)
+    (h5_root / "train_files.txt").write_text("../elsewhere/ply_data_train0.h5\n"
+                                             "../elsewhere/ply_data_train1.h5\n")
+    dataset = ModelNet40H5(h5_root, "train", num_points=STORED, up="y")
+    np.testing.assert_array_equal(torch.stack([dataset[i][0] for i in range(len(dataset))]).numpy(),
+                                  written["train"][0])
+    # ... and a line whose base name is '..' is refused, naming the list
+    (h5_root / "train_files.txt").write_text("data/..\n")
+    with pytest.raises(PceaFileError, match="train_files.txt: line 'data/..' names a path outside"):
+        ModelNet40H5(h5_root, "train", num_points=32)
