@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tracemalloc
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -383,3 +384,20 @@ def test_list_files_cannot_name_paths_outside_the_dataset_root(tmp_path):
     (h5_root / "train_files.txt").write_text("data/..\n")
     with pytest.raises(PceaFileError, match="train_files.txt: line 'data/..' names a path outside"):
         ModelNet40H5(h5_root, "train", num_points=32)
+
+def test_a_princeton_folder_of_real_pcd_files_is_read(tmp_path):
+    """Issue 12: .pcd joins the per-shape formats; the real samples from ../shared (z up, raw units)."""
+    samples = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples" / "pcd"
+    if not samples.is_dir():
+        pytest.skip(f"no real PCD samples at {samples} (../shared/data is not part of a user's clone)")
+    for name in ("chair", "sofa"):
+        for number in (1, 2):
+            source = samples / f"{name}_{number:04d}.pcd"
+            target = tmp_path / name / "train" / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    dataset = open_dataset(tmp_path, "train", num_points=512)
+    assert type(dataset).__name__ == "ModelNet40Princeton" and dataset.up == "z"
+    assert dataset.class_names == ["chair", "sofa"] and list(dataset.labels) == [0, 0, 1, 1]
+    points, _ = dataset[0]
+    assert points.shape == (512, 3) and float(points.norm(dim=1).max()) == pytest.approx(1.0, abs=1e-5)
