@@ -239,7 +239,7 @@ def test_symlink_loop(tmp_path):
 
 def test_file_larger_than_the_limit(tmp_path):
     path = write(tmp_path / "m.off", tetra_off())
-    with pytest.raises(PceaError, match="num_points=0: must be at least 1"):
+    with pytest.raises(PceaError, match="num_points=0: expected a positive integer"):
         load_points(path, 0)
     with raises_naming(path, "over the limit of 50"):
         load_points(path, max_bytes=50)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from pcea.data.modelnet import ModelNet40H5
 from pcea.errors import PceaError, PceaFileError
 
 __all__ = ["d2_histograms", "d2_baseline", "load_h5_split", "run_baseline"]
@@ -114,7 +114,10 @@ def _h5_root(path: Path) -> Path:
 
 
 def load_h5_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All clouds and labels of one split of an h5-layout dataset.
+    """All clouds and labels of one split of an h5-layout dataset, every stored point of each.
+
+    Read by :class:`pcea.data.ModelNet40H5`, with its checks (shapes, labels in range,
+    finite values, truncated files), in pcea's y-up frame.
 
     Args:
         path: the h5 layout's folder, or a pcea-shapes root holding it in ``h5/``.
@@ -123,23 +126,8 @@ def load_h5_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.n
     Returns:
         points (n, N, 3) float32 and labels (n,) int64.
     """
-    root = _h5_root(Path(path))
-    listing = root / f"{split}_files.txt"
-    if not listing.is_file():
-        raise PceaFileError(listing, "missing")
-    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if not names:
-        raise PceaFileError(listing, "lists no files")
-    points, labels = [], []
-    for name in names:
-        file = root / Path(name).name  # the lines carry the release's directory prefix
-        try:
-            with h5py.File(file, "r") as f:
-                points.append(np.asarray(f["data"], dtype=np.float32))
-                labels.append(np.asarray(f["label"]).astype(np.int64).ravel())
-        except (OSError, KeyError) as err:
-            raise PceaFileError(file, f"cannot read 'data' and 'label': {err}") from None
-    return np.concatenate(points), np.concatenate(labels)
+    dataset = ModelNet40H5(_h5_root(Path(path)), split, num_points=None)
+    return dataset.clouds, dataset.labels
 
 
 def run_baseline(path: str | os.PathLike, *, seed: int = 0, trees: int = 300) -> dict:

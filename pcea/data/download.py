@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
 import time
 import urllib.error
@@ -43,7 +42,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pcea.atomic import make_temp_dir
+from pcea.atomic import replacing_dir, temporary_dir
+from pcea.data import default_root
 from pcea.errors import PceaError, PceaFileError
 
 CHECKSUMS_FILE = Path(__file__).resolve().with_name("checksums.json")
@@ -446,65 +446,54 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
             plan.append((member, _member_path(archive, member.filename)))
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = make_temp_dir(dest.parent, prefix=f".{dest.name}.", suffix=".extracting")
         except OSError as err:
             raise PceaFileError(dest.parent, f"cannot write here ({err.strerror or err})") from None
         try:
-            written = 0
-            for member, relative in plan:
-                if relative is None:
-                    continue
-                target = tmp / relative
-                if member.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "xb") as out:
-                    while chunk := src.read(_CHUNK):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            raise PceaFileError(archive, f"expands past the {_human(max_bytes)} allowed")
-                        out.write(chunk)
-            os.replace(tmp, dest)
+            with replacing_dir(dest, suffix=".extracting") as tmp:  # removed on any failure
+                written = 0
+                for member, relative in plan:
+                    if relative is None:
+                        continue
+                    target = tmp / relative
+                    if member.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, open(target, "xb") as out:
+                        while chunk := src.read(_CHUNK):
+                            written += len(chunk)
+                            if written > max_bytes:
+                                raise PceaFileError(archive, f"expands past the {_human(max_bytes)} allowed")
+                            out.write(chunk)
         except FileExistsError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise PceaFileError(archive, f"member {err.filename!r} appears twice or clashes with a "
                                          f"directory; refusing to extract") from None
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise PceaFileError(archive, f"corrupt or unsupported member ({err})") from None
         except OSError as err:  # a full disk, a read-only directory
-            shutil.rmtree(tmp, ignore_errors=True)
             raise PceaFileError(dest, f"cannot extract here ({err.strerror or err}); "
                                       f"nothing was left behind") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return dest
 
 
 def _install(archive: Path, root: Path, spec: ArchiveSpec, marker: dict, *, max_bytes: int,
              max_members: int) -> Path:
     """Extract ``archive`` and move its ``spec.extracts_to`` directory into ``root``, with a marker."""
+    target = root / spec.extracts_to
     try:
-        staging = make_temp_dir(root, prefix=f".{spec.extracts_to}.", suffix=".staging")
-    except OSError as err:
-        raise PceaFileError(root, f"cannot write here ({err.strerror or err})") from None
-    try:
-        tree = safe_extract(archive, staging / "tree", max_bytes=max_bytes, max_members=max_members)
-        inner = tree / spec.extracts_to
-        if not inner.is_dir():
-            found = sorted(p.name for p in tree.iterdir())[:5]
-            raise PceaFileError(archive, f"does not contain the directory {spec.extracts_to}/ "
-                                         f"(top level: {', '.join(found) or 'nothing'})")
-        (inner / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        target = root / spec.extracts_to
-        os.replace(inner, target)
+        # The archive is extracted whole next to root, and only its extracts_to folder is renamed in.
+        with temporary_dir(root, prefix=f".{spec.extracts_to}.", suffix=".staging") as staging:
+            tree = safe_extract(archive, staging / "tree", max_bytes=max_bytes, max_members=max_members)
+            inner = tree / spec.extracts_to
+            if not inner.is_dir():
+                found = sorted(p.name for p in tree.iterdir())[:5]
+                raise PceaFileError(archive, f"does not contain the directory {spec.extracts_to}/ "
+                                             f"(top level: {', '.join(found) or 'nothing'})")
+            (inner / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            os.replace(inner, target)
     except OSError as err:
         raise PceaFileError(root, f"cannot extract here ({err.strerror or err}); "
                                   f"nothing was left behind") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -543,8 +532,6 @@ def fetch_modelnet40(fmt: str = "h5", root: str | os.PathLike | None = None, *, 
     spec = archive_spec("modelnet40", fmt, checksums=checksums)
     expected = _check_sha256(sha256) or spec.sha256
     if root is None:
-        from pcea.data import default_root
-
         root = default_root()
     root = Path(root)
     target = root / spec.extracts_to

@@ -9,10 +9,11 @@
 All three share one interface: an item is ``(points FloatTensor (num_points, C), label int)``
 with C = 3, or 6 with normals; ``.class_names``, ``.labels``, ``.root`` and ``.up``;
 ``set_epoch(epoch)``; and the transform of item ``i`` is called with
-``np.random.default_rng((seed, epoch, i))``, so a run is reproducible whatever the
+``np.random.default_rng((seed, epoch, i))`` (:func:`pcea.data.transforms.augment_item`,
+which the training subsets use too), so a run is reproducible whatever the
 number of DataLoader workers. Each layout declares the up axis its release uses
 (``UP``: y for h5 and resampled, z for the Princeton folders) and every cloud is turned
-from it into pcea's y-up frame (:func:`pcea.data.transforms.to_canonical`); ``up=``
+from it into pcea's y-up frame (:func:`pcea.geometry.to_canonical`); ``up=``
 overrides the declared axis for a copy that was converted in another frame.
 ``classes=`` selects a subset (ModelNet10 is
 ``classes=MODELNET10_CLASSES``) with labels renumbered 0..K-1 in the dataset's class order.
@@ -38,9 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pcea.atomic import make_temp_file
-from pcea.data.transforms import UP_AXES, normalize_unit_sphere, to_canonical
-from pcea.errors import MissingSplitError, PceaError, PceaFileError
+from pcea.atomic import replacing
+from pcea.data.transforms import augment_item
+from pcea.errors import MissingSplitError, PceaError, PceaFileError, PceaWarning, check_positive_int
+from pcea.geometry import UP_AXES, normalize_unit_sphere, to_canonical
+from pcea.io import DEFAULT_MAX_BYTES, MESH_EXTENSIONS, POINT_EXTENSIONS, load_points
 
 __all__ = [
     "MODELNET10_CLASSES",
@@ -62,20 +65,21 @@ class _PointCloudDataset(Dataset):
     """The shared interface; subclasses fill ``class_names``, ``labels`` and ``_clouds``."""
 
     UP: str = "y"            # the up axis of the layout's public release
+    ALL_POINTS = False       # whether num_points=None (every stored point) is allowed
     root: Path
     class_names: list[str]
     labels: np.ndarray       # (n,) int64
     _clouds: np.ndarray      # (n, num_points, 3 or 6) float32
 
-    def __init__(self, root, split: str, num_points: int, transform: Transform | None,
+    def __init__(self, root, split: str, num_points: int | None, transform: Transform | None,
                  normals: bool, seed: int, up: str | None = None):
         if up is not None and up not in UP_AXES:
             raise PceaError(f"up={up!r}: expected one of {', '.join(UP_AXES)}")
         self.up = up or self.UP
         if split not in SPLITS:
             raise PceaError(f"split={split!r}: expected 'train' or 'test'")
-        if num_points < 1:
-            raise PceaError(f"num_points={num_points}: must be at least 1")
+        if num_points is not None or not self.ALL_POINTS:
+            check_positive_int("num_points", num_points)
         self.root = Path(root)
         if not self.root.is_dir():
             problem = "not a directory" if self.root.exists() else "no such directory"
@@ -91,6 +95,11 @@ class _PointCloudDataset(Dataset):
         """(n, num_points, C) clouds in the dataset's frame -> pcea's y-up frame."""
         return to_canonical(clouds, self.up) if len(clouds) else clouds
 
+    @property
+    def clouds(self) -> np.ndarray:
+        """Every item's points at once, un-augmented: (n, num_points, C) float32, y up."""
+        return self._clouds
+
     def set_epoch(self, epoch: int) -> None:
         """Change the random augmentation of every item (call at the start of each epoch)."""
         self.epoch = int(epoch)
@@ -101,8 +110,7 @@ class _PointCloudDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         points = self._clouds[index]                        # (num_points, C)
         if self.transform is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-            points = self.transform(points.copy(), rng)
+            points = augment_item(points, self.transform, seed=self.seed, epoch=self.epoch, index=index)
         return torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), int(self.labels[index])
 
     def __repr__(self) -> str:
@@ -194,7 +202,8 @@ class ModelNet40H5(_PointCloudDataset):
     Args:
         root: the directory holding the files above.
         split: "train" or "test".
-        num_points: points per item (at most the stored 2048).
+        num_points: points per item (at most the stored 2048); None: every stored point (each
+            file must then store the same number).
         transform: called as ``transform(points (num_points, C), rng)``.
         normals: also return the normals (columns 3:6); needs the ``normal`` dataset.
         classes: names of a class subset (e.g. ModelNet10), labels renumbered 0..K-1.
@@ -202,7 +211,10 @@ class ModelNet40H5(_PointCloudDataset):
         up: the up axis of the stored clouds (default ``UP``, y as in the release).
     """
 
-    def __init__(self, root, split: str = "train", num_points: int = 1024, transform: Transform | None = None,
+    ALL_POINTS = True
+
+    def __init__(self, root, split: str = "train", num_points: int | None = 1024,
+                 transform: Transform | None = None,
                  normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0,
                  up: str | None = None):
         super().__init__(root, split, num_points, transform, normals, seed, up)
@@ -222,6 +234,13 @@ class ModelNet40H5(_PointCloudDataset):
                 raise PceaFileError(path, f"cannot read as HDF5 ({type(err).__name__}: {err})") from None
             clouds.append(cloud)
             labels.append(label)
+        if self.num_points is None:  # every stored point, as many in every file
+            counts = sorted({cloud.shape[1] for cloud in clouds})
+            if len(counts) > 1:
+                stored = " or ".join(map(str, counts))
+                raise PceaFileError(self.root, f"its {self.split} files store {stored} points per shape; "
+                                               "give num_points")
+            self.num_points = counts[0]
         keep = self._select(names, np.concatenate(labels), classes)
         self._clouds = self._to_canonical(np.concatenate(clouds)[keep])
 
@@ -250,7 +269,7 @@ class ModelNet40H5(_PointCloudDataset):
         data, label = h5["data"], h5["label"]
         if data.ndim != 3 or data.shape[2] != 3:
             raise PceaFileError(path, f"'data' has shape {data.shape}, expected (n, points, 3)")
-        if data.shape[1] < self.num_points:
+        if self.num_points is not None and data.shape[1] < self.num_points:
             raise PceaFileError(path, f"stores {data.shape[1]} points per shape, "
                                       f"num_points={self.num_points} asks for more")
         if label.size != data.shape[0]:
@@ -325,8 +344,6 @@ def _check_stored(path: Path, key: str, dataset) -> None:
 # --- Princeton folders --------------------------------------------------------------------
 
 def _shape_extensions() -> tuple[str, ...]:
-    from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS
-
     return tuple(dict.fromkeys(MESH_EXTENSIONS + POINT_EXTENSIONS))
 
 
@@ -390,8 +407,6 @@ class ModelNet40Princeton(_PointCloudDataset):
                  normals: bool = False, classes: Sequence[str] | None = None, seed: int = 0,
                  up: str | None = None):
         super().__init__(root, split, num_points, transform, normals, seed, up)
-        from pcea.io import PceaWarning, load_points
-
         names = mesh_classes(self.root)
         if not names:
             raise PceaFileError(self.root, "no class directories with train/ or test/ folders")
@@ -491,25 +506,15 @@ class ModelNet40Resampled(_PointCloudDataset):
                            for shape_id in shape_ids])
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            handle, temp = make_temp_file(cache_dir, prefix=cache.name)
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    np.save(out, clouds)
-                os.replace(temp, cache)
-            finally:
-                if os.path.exists(temp):
-                    os.unlink(temp)
+            with replacing(cache) as temp, open(temp, "wb") as out:
+                np.save(out, clouds)
         except OSError as err:  # a read-only dataset still loads, just slowly every time
-            from pcea.io import PceaWarning
-
             warnings.warn(f"{cache_dir}: cannot write the parsed cache ({err.strerror or err}); "
                           "pass cache_dir= to a writable place", PceaWarning, stacklevel=3)
         return clouds
 
     def _parse(self, path: Path) -> np.ndarray:
         """The first ``num_points`` ``x,y,z,nx,ny,nz`` lines of one shape, normalised."""
-        from pcea.io import DEFAULT_MAX_BYTES
-
         _check_regular(path, DEFAULT_MAX_BYTES)
         try:
             with path.open("rb") as handle:

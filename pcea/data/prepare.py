@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pcea.atomic import make_temp_file, write_atomic
+from pcea.atomic import replacing, write_atomic
 from pcea.data.modelnet import SPLITS, ModelNet40Princeton, detect_layout, mesh_classes, mesh_files, mesh_seed
-from pcea.errors import MissingSplitError, PceaError, PceaFileError
+from pcea.errors import MissingSplitError, PceaError, PceaFileError, PceaWarning, check_positive_int
+from pcea.io import MESH_EXTENSIONS, load_points
 
 __all__ = ["PrepareReport", "prepare_modelnet40"]
 
@@ -86,8 +87,7 @@ def prepare_modelnet40(
             mesh at all could be read.
     """
     src, out = Path(src), Path(out)
-    if points < 1:
-        raise PceaError(f"points={points}: must be at least 1")
+    check_positive_int("points", points)
     if detect_layout(src) != "mesh":
         raise PceaFileError(src, "not the Princeton layout (expected <class>/train/<class>_0001.off, or "
                                  "one .npy/.ply/.txt/.pcd point file per shape, and <class>/test/...)")
@@ -99,8 +99,6 @@ def prepare_modelnet40(
         work.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PceaFileError(out, f"cannot create the output directory ({err.strerror or err})") from None
-
-    from pcea.io import MESH_EXTENSIONS
 
     tasks, by_split, listed = [], {}, {}
     for split in SPLITS:
@@ -156,8 +154,6 @@ def prepare_modelnet40(
 
 def _sample_one(task: tuple[str, str, str, int, int, bool, str]) -> tuple[str, str | None, bool]:
     """Sample one shape into its work file: ``(relative path, problem or None, reused)``."""
-    from pcea.io import PceaWarning, load_points
-
     relative, path, cached, points, seed, normals, up = task
     if os.path.exists(cached):
         return relative, None, True
@@ -173,10 +169,8 @@ def _sample_one(task: tuple[str, str, str, int, int, bool, str]) -> tuple[str, s
     except Exception as err:  # a bug on one odd file must not end a 12,311-file run
         return relative, f"unexpected {type(err).__name__}: {err}", False
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    handle, temp = make_temp_file(os.path.dirname(cached), prefix=".")
-    with os.fdopen(handle, "wb") as stream:
+    with replacing(cached) as temp, open(temp, "wb") as stream:
         np.save(stream, cloud)
-    os.replace(temp, cached)
     return relative, None, False
 
 
@@ -232,18 +226,11 @@ def _write_split(out: Path, split: str, done: list[tuple[Path, int]], num_classe
         clouds = np.stack([np.load(cached) for cached, _ in chunk])    # (n, points, 3 or 6)
         labels = np.array([[label] for _, label in chunk], dtype=label_type)  # (n, 1)
         name = f"ply_data_{split}{part}.h5"
-        handle, temp = make_temp_file(out, prefix=f".{name}.")  # the umask's mode, not mkstemp's 0600
-        os.close(handle)
-        try:
-            with h5py.File(temp, "w") as h5:
-                h5.create_dataset("data", data=clouds[:, :, :3])
-                if normals:
-                    h5.create_dataset("normal", data=clouds[:, :, 3:6])
-                h5.create_dataset("label", data=labels)
-            os.replace(temp, out / name)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        with replacing(out / name) as temp, h5py.File(temp, "w") as h5:  # the umask's mode, not 0600
+            h5.create_dataset("data", data=clouds[:, :, :3])
+            if normals:
+                h5.create_dataset("normal", data=clouds[:, :, 3:6])
+            h5.create_dataset("label", data=labels)
         names.append(name)
     for stale in out.glob(f"ply_data_{split}*.h5"):  # parts left by an earlier, larger run
         if stale.name not in names:

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from pcea.atomic import make_temp_dir
+from pcea.atomic import replacing_dir
+from pcea.data import default_root
 from pcea.data.shapes import CLASS_NAMES, Mesh, make_shape
-from pcea.data.transforms import normalize_unit_sphere
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import PceaError, PceaFileError, check_positive_int
+from pcea.geometry import normalize_unit_sphere
 from pcea.io import sample_surface
 
 __all__ = ["CLASS_NAMES", "FORMAT", "generate", "ensure_synthetic", "make_shape"]
@@ -113,8 +112,7 @@ def _check(classes: int, per_class: int, points: int) -> None:
         raise PceaError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {classes}")
     if per_class < 2:
         raise PceaError(f"--per-class must be at least 2 (one train and one test shape), got {per_class}")
-    if points < 1:
-        raise PceaError(f"--points must be positive, got {points}")
+    check_positive_int("points", points)
 
 
 def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100, seed: int = 0,
@@ -146,52 +144,46 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
     n_train, n_test = _split_sizes(per_class)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = make_temp_dir(out.parent, prefix=f".{out.name}.")  # the umask's mode, not mkdtemp's 0700
     except OSError as err:
         raise PceaFileError(out.parent, f"cannot create the dataset here: {err.strerror or err}") from None
     try:
-        for name in names:
-            for split in ("train", "test"):
-                (tmp / "mesh" / name / split).mkdir(parents=True)
-            (tmp / "resampled" / name).mkdir(parents=True)
-        (tmp / "h5").mkdir()
-        tasks = [(tmp, name, index, seed, points, "train" if index < n_train else "test")
-                 for name in names for index in range(per_class)]
-        if workers is None:
-            workers = min(2, os.cpu_count() or 1) if len(tasks) >= 200 else 1
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                clouds = list(pool.map(_build_one, tasks, chunksize=16))
-        else:
-            clouds = [_build_one(task) for task in tasks]
-        clouds = np.stack(clouds).reshape(classes, per_class, points, 6)
-        labels = np.repeat(np.arange(classes), per_class).reshape(classes, per_class)
-        shuffle = np.random.default_rng([seed, 2**31])
-        for split, part in (("train", slice(0, n_train)), ("test", slice(n_train, per_class))):
-            _write_h5(tmp, split, clouds[:, part].reshape(-1, points, 6), labels[:, part].ravel(), shuffle)
-        shape_names = "".join(f"{n}\n" for n in names)
-        (tmp / "h5" / "shape_names.txt").write_text(shape_names)
-        (tmp / "resampled" / "modelnet40_shape_names.txt").write_text(shape_names)
-        for split, numbers in (("train", range(n_train)), ("test", range(n_train, per_class))):
-            lines = "".join(f"{_shape_name(n, i + 1)}\n" for n in names for i in numbers)
-            (tmp / "resampled" / f"modelnet40_{split}.txt").write_text(lines)
-        (tmp / PARAMS_FILE).write_text(json.dumps(_params(classes, per_class, seed, points), indent=2) + "\n")
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with replacing_dir(out) as tmp:  # the umask's mode; an old pcea-shapes at out is swapped out
+            _write_dataset(tmp, names, n_train, per_class, seed, points, workers)
+    except OSError as err:  # a full disk, a quota: one line, nothing half-written left
+        raise PceaFileError(out, f"cannot write the dataset: {err.strerror or err}") from None
     return out
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an old dataset there is moved aside first, then deleted."""
-    if out.exists() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "data")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+def _write_dataset(tmp: Path, names: list[str], n_train: int, per_class: int, seed: int, points: int,
+                   workers: int | None) -> None:
+    """Write the three layouts of :func:`generate` into the empty directory ``tmp``."""
+    classes = len(names)
+    for name in names:
+        for split in ("train", "test"):
+            (tmp / "mesh" / name / split).mkdir(parents=True)
+        (tmp / "resampled" / name).mkdir(parents=True)
+    (tmp / "h5").mkdir()
+    tasks = [(tmp, name, index, seed, points, "train" if index < n_train else "test")
+             for name in names for index in range(per_class)]
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if len(tasks) >= 200 else 1
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            clouds = list(pool.map(_build_one, tasks, chunksize=16))
     else:
-        os.replace(tmp, out)
+        clouds = [_build_one(task) for task in tasks]
+    clouds = np.stack(clouds).reshape(classes, per_class, points, 6)
+    labels = np.repeat(np.arange(classes), per_class).reshape(classes, per_class)
+    shuffle = np.random.default_rng([seed, 2**31])
+    for split, part in (("train", slice(0, n_train)), ("test", slice(n_train, per_class))):
+        _write_h5(tmp, split, clouds[:, part].reshape(-1, points, 6), labels[:, part].ravel(), shuffle)
+    shape_names = "".join(f"{n}\n" for n in names)
+    (tmp / "h5" / "shape_names.txt").write_text(shape_names)
+    (tmp / "resampled" / "modelnet40_shape_names.txt").write_text(shape_names)
+    for split, numbers in (("train", range(n_train)), ("test", range(n_train, per_class))):
+        lines = "".join(f"{_shape_name(n, i + 1)}\n" for n in names for i in numbers)
+        (tmp / "resampled" / f"modelnet40_{split}.txt").write_text(lines)
+    (tmp / PARAMS_FILE).write_text(json.dumps(_params(classes, per_class, seed, points), indent=2) + "\n")
 
 
 def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs) -> Path:
@@ -204,8 +196,6 @@ def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs) -> Path:
     Returns:
         The dataset root.
     """
-    from pcea.data import default_root
-
     root = Path(root) if root is not None else default_root() / "pcea-shapes"
     unknown = set(kwargs) - {"classes", "per_class", "seed", "points", "workers"}
     if unknown:

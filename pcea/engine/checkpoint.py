@@ -27,13 +27,12 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pcea.atomic import atomic_write_bytes
+from pcea.atomic import atomic_write_bytes, replacing
 from pcea.errors import PceaFileError
 
 __all__ = [
@@ -93,19 +92,12 @@ def _keep_previous(path: Path) -> None:
     """
     if not path.is_file():
         return
-    prev = previous_path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{prev.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.unlink(tmp)
+    with replacing(previous_path(path)) as tmp:
+        tmp.unlink()
         try:
             os.link(path, tmp)
         except OSError:
             shutil.copyfile(path, tmp)
-        os.replace(tmp, prev)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict, *, keep_previous: bool = False) -> Path:

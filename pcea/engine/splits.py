@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pcea.data.transforms import augment_item
 from pcea.errors import PceaError
 
 __all__ = ["AugmentedSubset", "epoch_seed", "split_train_val"]
@@ -44,7 +45,8 @@ class AugmentedSubset(Dataset):
 
     The random source of item ``i`` in epoch ``e`` is
     ``np.random.default_rng((seed, e, i))`` with ``i`` the index in the base
-    dataset, so the augmentation does not depend on the number of DataLoader
+    dataset (:func:`pcea.data.transforms.augment_item`, as the datasets' own
+    ``transform=``), so the augmentation does not depend on the number of DataLoader
     workers, the order, or whether the run was resumed.
 
     Args:
@@ -73,9 +75,8 @@ class AugmentedSubset(Dataset):
         index = int(self.indices[i])
         points, label = self.base[index]
         if self.transform is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            out = self.transform(np.asarray(points, dtype=np.float32), rng)
-            points = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+            points = torch.from_numpy(augment_item(points, self.transform, seed=self.seed, epoch=self.epoch,
+                                                   index=index))
         return points, int(label)
 
 

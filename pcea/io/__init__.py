@@ -3,8 +3,8 @@
 Meshes (``.off .ply .obj .stl .glb``) are sampled uniformly by surface area; point
 files (``.ply`` without faces, ``.xyz .txt .pts .csv .npy .npz .pcd``) are subsampled.
 Either way the result gets the normalisation of the training data
-(:func:`pcea.data.transforms.normalize_unit_sphere`) and is turned into pcea's y-up frame
-(:func:`pcea.data.transforms.to_canonical`) from the file's up axis: ``up="z"`` or ``"y"``, or
+(:func:`pcea.geometry.normalize_unit_sphere`) and is turned into pcea's y-up frame
+(:func:`pcea.geometry.to_canonical`) from the file's up axis: ``up="z"`` or ``"y"``, or
 ``"auto"`` (the default), which takes y for ``.obj`` and ``.glb`` (the formats' convention)
 and z for every other format (STL, OFF and PLY from CAD tools and scanners, the Princeton
 ModelNet meshes, PCD from PCL and Open3D).
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pcea.data.transforms import UP_AXES, normalize_unit_sphere, to_canonical
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import PceaError, PceaFileError, PceaWarning, check_positive_int
+from pcea.geometry import UP_AXES, normalize_unit_sphere, to_canonical
 from pcea.io.formats import (
     _check_finite,
     _check_stl_header,
@@ -85,10 +85,6 @@ def resolve_up(path: str | os.PathLike, up: str) -> str:
     return up
 
 
-class PceaWarning(UserWarning):
-    """Something pcea worked around in a user's file (the CLI prints these)."""
-
-
 def load_points(
     path: str | os.PathLike,
     num_points: int = 1024,
@@ -129,8 +125,7 @@ def load_points(
             no area, a point file with fewer than 3 points off one line).
         PceaError: num_points is below 1.
     """
-    if num_points < 1:
-        raise PceaError(f"num_points={num_points}: must be at least 1")
+    check_positive_int("num_points", num_points)
     path = Path(path)
     up = resolve_up(path, up)
     suffix = _check_file(path, max_bytes, MESH_EXTENSIONS + POINT_EXTENSIONS)

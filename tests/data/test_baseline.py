@@ -76,11 +76,30 @@ def test_a_folder_without_the_layout(tmp_path, capsys):
 
 
 def test_a_broken_h5_file_is_named(tmp_path):
+    (tmp_path / "shape_names.txt").write_text("a\nb\n")
     (tmp_path / "train_files.txt").write_text("data/modelnet40_ply_hdf5_2048/ply_data_train0.h5\n")
     (tmp_path / "ply_data_train0.h5").write_bytes(b"not hdf5 at all")
-    with pytest.raises(PceaFileError, match="ply_data_train0.h5: cannot read"):
+    with pytest.raises(PceaFileError, match="ply_data_train0.h5: cannot read as HDF5"):
         load_h5_split(tmp_path, "train")
     with h5py.File(tmp_path / "ply_data_train0.h5", "w") as f:
         f.create_dataset("data", data=np.zeros((2, 4, 3), np.float32))  # no 'label'
-    with pytest.raises(PceaFileError, match="ply_data_train0.h5: cannot read"):
+    with pytest.raises(PceaFileError, match="ply_data_train0.h5: has no 'label' dataset"):
+        load_h5_split(tmp_path, "train")
+
+
+def test_the_h5_dataset_checks_apply(tmp_path):
+    # The baseline reads through ModelNet40H5, so its checks hold here too: labels in range, and
+    # one number of points per shape across the split's files.
+    (tmp_path / "shape_names.txt").write_text("a\nb\n")
+    (tmp_path / "train_files.txt").write_text("ply_data_train0.h5\nply_data_train1.h5\n")
+    for index, (points, label) in enumerate([(4, 1), (4, 2)]):
+        with h5py.File(tmp_path / f"ply_data_train{index}.h5", "w") as f:
+            f.create_dataset("data", data=np.ones((2, points, 3), np.float32))
+            f.create_dataset("label", data=np.full((2, 1), label, np.uint8))
+    with pytest.raises(PceaFileError, match="ply_data_train1.h5: label 2 outside the 2 classes"):
+        load_h5_split(tmp_path, "train")
+    with h5py.File(tmp_path / "ply_data_train1.h5", "w") as f:
+        f.create_dataset("data", data=np.ones((2, 6, 3), np.float32))
+        f.create_dataset("label", data=np.zeros((2, 1), np.uint8))
+    with pytest.raises(PceaFileError, match="train files store 4 or 6 points per shape"):
         load_h5_split(tmp_path, "train")

@@ -188,7 +188,7 @@ def test_mesh_layout_samples_each_mesh_once(tmp_path):
 def test_mesh_layout_skips_a_bad_mesh_with_a_warning(tmp_path):
     make_mesh(tmp_path)
     (tmp_path / "bed" / "train" / "bed_0002.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n")
-    with pytest.warns(PceaWarning, match=r"skipped 1 unreadable meshes: .*bed_0002\.off: mesh has zero"):
+    with pytest.warns(PceaWarning, match=r"skipped 1 unreadable files: .*bed_0002\.off: mesh has zero"):
         dataset = ModelNet40Mesh(tmp_path, "train", num_points=16)
     assert len(dataset) == 7 and list(dataset.labels) == [0, 0, 1, 2, 2, 3, 3]
 

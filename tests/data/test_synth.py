@@ -188,7 +188,7 @@ def test_ensure_synthetic_generates_once_and_regenerates_on_a_mismatch(tmp_path,
     ({"classes": 1}, "--classes must be between 2 and 12"),
     ({"classes": 13}, "--classes must be between 2 and 12"),
     ({"per_class": 1}, "--per-class must be at least 2"),
-    ({"points": 0}, "--points must be positive"),
+    ({"points": 0}, "points=0: expected a positive integer"),
 ])
 def test_bad_parameters(tmp_path, kwargs, message):
     with pytest.raises(PceaError, match=message):
