@@ -8,6 +8,9 @@ workers and an interruption with ``--resume`` leave the run unchanged.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -17,18 +20,55 @@ from pcea.errors import PceaError
 
 __all__ = ["AugmentedSubset", "epoch_seed", "split_train_val"]
 
-def split_train_val(labels: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(labels: np.ndarray, val_split: float, seed: int, *,
+                    log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded hold-out of ``val_split`` of the training set for model selection.
+
+    At least one cloud of every class is held out whenever every class has two or more:
+    when ``val_split`` of the set is fewer clouds than there are classes (a small dataset),
+    one cloud per class is held out instead, and ``log`` is told so. Otherwise the split is
+    scikit-learn's stratified one (``ceil(val_split * n)`` clouds).
+
+    Args:
+        labels: (n,) class of each training cloud.
+        val_split: fraction to hold out, 0 for none.
+        seed: seeds the choice.
+        log: receives a one-line note when the hold-out was enlarged.
 
     Returns:
         (train indices, validation indices), each sorted.
 
     Raises:
-        PceaError: a class is too small to be split.
+        PceaError: a class has a single cloud, or the split leaves too few clouds to train on;
+            the message says which option fixes it.
     """
+    labels = np.asarray(labels)
     indices = np.arange(len(labels))
     if val_split <= 0:
         return indices, indices[:0]
+    classes, counts = np.unique(labels, return_counts=True)
+    n, k = len(labels), len(classes)
+    if counts.min() < 2:
+        single = classes[counts < 2]
+        named = ", ".join(str(c) for c in single[:5]) + (", ..." if len(single) > 5 else "")
+        raise PceaError(f"cannot hold out a stratified validation split: {len(single)} of the {k} classes "
+                        f"(label {named}) "
+                        "have a single training cloud, which cannot be both trained and validated on; "
+                        "use --val-split 0 --select-on last")
+    n_val = math.ceil(val_split * n)
+    if n_val < k:
+        # scikit-learn refuses fewer held-out clouds than classes: hold out one of each instead.
+        if log is not None:
+            log(f"note: --val-split {val_split} of {n} training clouds is {n_val}, fewer than the {k} "
+                f"classes; holding out one cloud per class instead ({k} clouds, {k / n:.0%})")
+        rng = np.random.default_rng((seed, 0x5A1))
+        val_idx = np.array([rng.choice(indices[labels == c]) for c in classes])
+        return np.setdiff1d(indices, val_idx), np.sort(val_idx)
+    if n - n_val < k:
+        largest = math.floor(100 * (n - k) / n) / 100
+        raise PceaError(f"--val-split {val_split} holds out {n_val} of {n} training clouds, leaving fewer "
+                        f"than one per class ({k}) to train on; use a smaller --val-split "
+                        f"(at most {largest:.2f})")
     from sklearn.model_selection import train_test_split
 
     try:
@@ -36,7 +76,7 @@ def split_train_val(labels: np.ndarray, val_split: float, seed: int) -> tuple[np
                                               random_state=seed)
     except ValueError as err:
         raise PceaError(f"cannot hold out a stratified validation split of {val_split}: {err}; "
-                        "use a smaller --val-split or --val-split 0 --select-on last") from None
+                        "use --val-split 0 --select-on last") from None
     return np.sort(train_idx), np.sort(val_idx)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,3 +19,27 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     assert (split_train_val(labels, 0.2, seed=4)[1] != val_idx).any()
     with pytest.raises(PceaError, match="stratified validation split"):
         split_train_val(labels[9:11], 0.5, seed=0)  # one cloud of each of two classes
+
+
+def test_a_small_dataset_holds_out_one_cloud_per_class_and_says_so():
+    # 10 classes x 6 training shapes (pcea synth --classes 10 --per-class 8): 10 % of 60 is 6 clouds,
+    # fewer than the classes, which scikit-learn refuses.
+    labels = np.repeat(np.arange(10), 6)
+    notes: list[str] = []
+    train_idx, val_idx = split_train_val(labels, 0.1, seed=0, log=notes.append)
+    assert sorted(labels[val_idx].tolist()) == list(range(10))  # one of each class
+    assert len(train_idx) == 50 and set(train_idx).isdisjoint(val_idx)
+    assert len(notes) == 1 and "holding out one cloud per class instead (10 clouds" in notes[0]
+    assert (split_train_val(labels, 0.1, seed=0)[1] == val_idx).all()  # seeded
+    assert (split_train_val(labels, 0.1, seed=1)[1] != val_idx).any()
+
+
+def test_a_split_that_cannot_work_gives_the_right_advice():
+    with pytest.raises(PceaError, match=r"label 1\) have a single training cloud.*--val-split 0 "
+                                        r"--select-on last"):
+        split_train_val(np.array([0, 0, 1, 2, 2]), 0.4, seed=0)
+    labels = np.repeat(np.arange(4), 3)  # 12 clouds: holding out 10 leaves fewer than one per class
+    with pytest.raises(PceaError, match=r"use a smaller --val-split \(at most 0.66\)"):
+        split_train_val(labels, 0.8, seed=0)
+    train_idx, val_idx = split_train_val(labels, 0.66, seed=0)  # the advice holds
+    assert len(val_idx) == 8 and len(train_idx) == 4
