@@ -7,9 +7,10 @@ from pcea.api import classify, load_model
 from pcea.engine.config import TrainConfig
 from pcea.engine.train import train
 from pcea.errors import PceaError, PceaFileError
+from pcea.fast import accelerate, fuse_batchnorm
 from pcea.io import PceaWarning, load_points
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
-from pcea.model import ModelConfig, PCTClassifier, build_model, fuse_batchnorm
+from pcea.model import ModelConfig, PCTClassifier, build_model
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "SelfAttention",
     "TrainConfig",
     "__version__",
+    "accelerate",
     "build_model",
     "classify",
     "fuse_batchnorm",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pcea.errors import PceaError, PceaFileError
+from pcea.fast import accelerate
 from pcea.io import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POINTS,
@@ -30,7 +31,7 @@ from pcea.io import (
     PceaWarning,
     load_points,
 )
-from pcea.model import ModelConfig, PCTClassifier, fuse_batchnorm
+from pcea.model import ModelConfig, PCTClassifier
 from pcea.precision import autocast, use_amp
 
 __all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "open_checkpoint",
@@ -106,16 +107,15 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
         device: where the model goes.
 
     Returns:
-        The :class:`pcea.PCTClassifier` in eval mode with its BatchNorms folded into
-        the Linears (:func:`pcea.model.fuse_batchnorm`: the same logits within 1e-5,
-        ~10 % faster on the CPU; ``model.train()`` undoes it); ``model.class_names``
+        The :class:`pcea.PCTClassifier` in eval mode, accelerated (:func:`pcea.fast.accelerate`:
+        the same logits within 1e-5, its BatchNorms folded at inference); ``model.class_names``
         lists the classes in output order and ``model.config.num_points`` is the
         cloud size it was trained with.
 
     Raises:
         PceaFileError: the file is missing, damaged, or not a safe pcea checkpoint.
     """
-    return fuse_batchnorm(open_checkpoint(checkpoint, device=device)[0])
+    return accelerate(open_checkpoint(checkpoint, device=device)[0])
 
 
 def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:

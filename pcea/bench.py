@@ -26,8 +26,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pcea.allocator import describe_allocator
+from pcea import ops
+from pcea.atomic import write_atomic
+from pcea.bench_reference import ReferencePCT
 from pcea.errors import PceaError
+from pcea.fast import accelerate, sampling
+from pcea.fast.allocator import describe_allocator
+from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
+from pcea.model import build_model
 from pcea.precision import autocast
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "machine_info"]
@@ -196,12 +202,9 @@ def _timed(
 
 
 def _build(name: str, num_points: int, overrides: dict | None = None) -> nn.Module:
+    """The reference, or a pcea model as built (plain: :func:`pcea.fast.accelerate` is the caller's)."""
     if name == REFERENCE:
-        from pcea.bench_reference import ReferencePCT
-
         return ReferencePCT()
-    from pcea.model import build_model
-
     return build_model(name, num_points=num_points, **(overrides or {}))
 
 
@@ -230,7 +233,12 @@ def _train_step(model: nn.Module, points: torch.Tensor, labels: torch.Tensor, *,
 
 
 def measure_model(case: dict) -> dict:
-    """Inference (unfused and fused) and training-step throughput of one model setting."""
+    """Inference and training-step throughput of one model setting.
+
+    ``infer`` and ``train`` time the model as users get it (accelerated, :func:`pcea.fast.accelerate`;
+    the reference as written); ``plain`` times a pcea model's inference as written in
+    :mod:`pcea.model`, without the acceleration.
+    """
     device, batch, num_points = case["device"], case["batch_size"], case["points"]
     repeats, warmup = case["repeats"], case["warmup"]
     precision = case.get("precision", "fp32")
@@ -242,16 +250,14 @@ def measure_model(case: dict) -> dict:
 
     model.eval()
     with torch.no_grad(), autocast(device, precision == "bf16"):
+        if case["model"] != REFERENCE:
+            seconds, peak, cpu = _timed(lambda: model(points), repeats=repeats, warmup=warmup, device=device)
+            row.update(plain_clouds_s=batch / seconds, plain_ms=seconds * 1e3, plain_peak_mb=peak,
+                       plain_user_ms=cpu[0] * 1e3, plain_sys_ms=cpu[1] * 1e3)
+            accelerate(model)
         seconds, peak, cpu = _timed(lambda: model(points), repeats=repeats, warmup=warmup, device=device)
         row.update(infer_clouds_s=batch / seconds, infer_ms=seconds * 1e3, infer_peak_mb=peak,
-                       infer_user_ms=cpu[0] * 1e3, infer_sys_ms=cpu[1] * 1e3)
-        if case["model"] != REFERENCE:
-            from pcea.model import fuse_batchnorm
-
-            fuse_batchnorm(model)
-            seconds, peak, cpu = _timed(lambda: model(points), repeats=repeats, warmup=warmup, device=device)
-            row.update(fused_clouds_s=batch / seconds, fused_ms=seconds * 1e3, fused_peak_mb=peak,
-                       fused_user_ms=cpu[0] * 1e3, fused_sys_ms=cpu[1] * 1e3)
+                   infer_user_ms=cpu[0] * 1e3, infer_sys_ms=cpu[1] * 1e3)
 
     if case["train"]:
         num_classes = model.config.num_classes if hasattr(model, "config") else 40
@@ -268,10 +274,8 @@ def measure_interleaved(case: dict) -> dict:
 
     On a shared machine the load changes from one setting to the next, so the
     speed ratio is only fair when both models see the same moments. The pcea
-    models run fused for inference, as :func:`pcea.load_model` users get them.
+    models run accelerated, as :func:`pcea.load_model` and ``pcea train`` users get them.
     """
-    from pcea.model import fuse_batchnorm
-
     device, batch, num_points = case["device"], case["batch_size"], case["points"]
     torch.manual_seed(0)
     points = torch.randn(batch, num_points, 3, device=device)
@@ -280,11 +284,12 @@ def measure_interleaved(case: dict) -> dict:
     # One entry per (model, precision); a model's entries share its weights.
     entries = [(name, p) for name in list(case["models"]) + [REFERENCE] for p in precisions]
     models = {name: _build(name, num_points).to(device) for name in dict(entries)}
+    for name, model in models.items():
+        if name != REFERENCE:
+            accelerate(model)
 
     def infer(name: str, precision: str) -> Callable[[], object]:
         model = models[name].eval()
-        if name != REFERENCE:
-            fuse_batchnorm(model)
 
         def run() -> None:
             with torch.no_grad(), autocast(device, precision == "bf16"):
@@ -324,14 +329,12 @@ def measure_interleaved(case: dict) -> dict:
 
 def measure_attention(case: dict) -> dict:
     """Forward time and extra memory of the four attention blocks alone at N tokens."""
-    from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
-
     device, kind, tokens = case["device"], case["attention"], case["points"]
     dim, batch = case["attention_dim"], case["attention_batch"]
     cores = {"external": lambda: ExternalAttention(dim), "offset": lambda: OffsetAttention(dim),
              "self": lambda: SelfAttention(dim)}
     torch.manual_seed(0)
-    blocks = nn.Sequential(*[OffsetBlock(cores[kind](), dim) for _ in range(4)]).to(device).eval()
+    blocks = accelerate(nn.Sequential(*[OffsetBlock(cores[kind](), dim) for _ in range(4)])).to(device).eval()
     x = torch.randn(batch, tokens, dim, device=device)
     before = torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else _rss_mb()
     with torch.no_grad():
@@ -344,11 +347,9 @@ def measure_attention(case: dict) -> dict:
 
 def measure_ops(config: BenchConfig) -> list[dict]:
     """FPS and kNN, the compiled kernels against the plain torch forms, interleaved."""
-    from pcea import fast_ops, ops
-
     device = config.device
     gen = torch.Generator().manual_seed(0)
-    fast = device == "cpu" and fast_ops.available()
+    fast = device == "cpu" and sampling.available()
 
     try:  # an optional third contender, timed only where it is installed
         import torch_quickfps
@@ -384,7 +385,7 @@ def measure_ops(config: BenchConfig) -> list[dict]:
         other = None
         if torch_quickfps is not None:
             other = lambda xyz=xyz, m=m: torch_quickfps.sample_idx(xyz, m, start_idx=0)  # noqa: E731
-        rows.append(pair("fps", f"{b}x{n}->{m}", lambda xyz=xyz, m=m: ops.farthest_point_sample(xyz, m),
+        rows.append(pair("fps", f"{b}x{n}->{m}", lambda xyz=xyz, m=m: sampling.farthest_point_sample(xyz, m),
                          lambda xyz=xyz, m=m, first=first: ops._farthest_point_sample_torch(xyz, m, first),
                          other))
     k = config.knn_k
@@ -393,7 +394,7 @@ def measure_ops(config: BenchConfig) -> list[dict]:
         query = ref[:, : max(1, n // 2)].contiguous()
         kk = min(k, n)
         rows.append(pair("knn", f"{config.batch_size}x{query.shape[1]} vs {n}, k={kk}",
-                         lambda q=query, r=ref, kk=kk: ops.knn(q, r, kk),
+                         lambda q=query, r=ref, kk=kk: sampling.knn(q, r, kk),
                          lambda q=query, r=ref, kk=kk: ops._knn_torch(q, r, kk)))
     return rows
 
@@ -481,18 +482,18 @@ def format_report(result: dict) -> str:
     ]
     if result["models"]:
         lines += ["", "models: clouds/s (median), peak memory MB "
-                  + ("(peak RSS of the process)" if m["device"] == "cpu" else "(max_memory_allocated)"),
-                  f"{'model':<10}{'prec':<6}{'B':>4}{'N':>6}{'infer':>9}{'fused':>9}{'train':>9}"
-                  f"{'infer MB':>10}{'fused MB':>10}{'train MB':>10}"]
+                  + ("(peak RSS of the process)" if m["device"] == "cpu" else "(max_memory_allocated)")
+                  + "; plain: the pcea model as written, without pcea.fast",
+                  f"{'model':<10}{'prec':<6}{'B':>4}{'N':>6}{'plain':>9}{'infer':>9}{'train':>9}"
+                  f"{'plain MB':>10}{'infer MB':>10}{'train MB':>10}"]
         for r in result["models"]:
             lines.append(
                 f"{r['model']:<10}{r.get('precision', 'fp32'):<6}{r['batch_size']:>4}{r['points']:>6}"
-                f"{_fmt(r['infer_clouds_s']):>9}"
-                f"{_fmt(r.get('fused_clouds_s')):>9}{_fmt(r.get('train_clouds_s')):>9}"
-                f"{_fmt(r['infer_peak_mb'], '.0f'):>10}{_fmt(r.get('fused_peak_mb'), '.0f'):>10}"
-                f"{_fmt(r.get('train_peak_mb'), '.0f'):>10}")
+                f"{_fmt(r.get('plain_clouds_s')):>9}{_fmt(r['infer_clouds_s']):>9}"
+                f"{_fmt(r.get('train_clouds_s')):>9}{_fmt(r.get('plain_peak_mb'), '.0f'):>10}"
+                f"{_fmt(r['infer_peak_mb'], '.0f'):>10}{_fmt(r.get('train_peak_mb'), '.0f'):>10}")
     if result.get("interleaved"):
-        lines += ["", "against the reference in one process, calls alternating (pcea models fused): "
+        lines += ["", "against the reference in one process, calls alternating (pcea models accelerated): "
                   "clouds/s; ratio to the reference in the same precision (and in fp32)",
                   f"{'model':<10}{'prec':<6}{'B':>4}{'N':>6}{'infer':>9}{'ratio':>8}{'fp32':>7}"
                   f"{'train':>9}{'ratio':>8}{'fp32':>7}"]
@@ -522,8 +523,6 @@ def format_report(result: dict) -> str:
 
 def write_json(result: dict, path: str) -> None:
     """Write the results as JSON, atomically (PceaFileError if the file cannot be written)."""
-    from pcea.atomic import write_atomic
-
     write_atomic(path, json.dumps(result, indent=2) + "\n")
 
 

@@ -8,8 +8,8 @@ of :mod:`pcea.model` is measured side by side in one process:
   kernel 1 followed by ``BatchNorm1d``;
 - each neighbour-embedding stage builds the full ``[f_j - f_i, f_i]`` groups
   (B, M, k, 2C) and applies its two-layer MLP to all M x k rows;
-- FPS is the pure-torch batched loop and kNN is cdist + topk
-  (``pcea.ops._farthest_point_sample_torch`` and ``pcea.ops._knn_torch``);
+- FPS is the pure-torch batched loop and kNN is cdist + topk, written out
+  here so that the baseline stays fixed when :mod:`pcea.ops` changes;
 - offset attention (PCT eq. 9-11) with q and k sharing one weight.
 
 It has the same 2,876,136 parameters as the ``pct`` preset for 40 classes
@@ -21,9 +21,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pcea.ops import _farthest_point_sample_torch, _knn_torch
+from pcea.ops import square_distance
 
 __all__ = ["ReferencePCT"]
+
+
+def _farthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
+    """The batched FPS loop from point 0: (B, N, 3) -> (B, m) indices."""
+    B, N, _ = xyz.shape
+    batch = torch.arange(B, device=xyz.device)
+    picked = torch.empty(B, m, dtype=torch.long, device=xyz.device)
+    min_dist = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    current = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    for i in range(m):
+        picked[:, i] = current
+        dist = (xyz - xyz[batch, current].unsqueeze(1)).square().sum(-1)  # (B, N)
+        torch.minimum(min_dist, dist, out=min_dist)
+        min_dist[batch, current] = -1.0
+        current = min_dist.argmax(dim=1)
+    return picked
+
+
+def _knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """cdist + topk: (B, M, 3), (B, N, 3) -> (B, M, k) indices."""
+    return square_distance(query, ref).topk(k, dim=-1, largest=False, sorted=True).indices
 
 
 def _conv_bn(in_dim: int, out_dim: int, *, bias: bool = False) -> nn.Sequential:
@@ -43,11 +64,10 @@ class _GroupedEmbedding(nn.Module):
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # xyz (B, N, 3), feats (B, C, N) -> centres (B, M, 3), features (B, out, M)
         B, C, N = feats.shape
-        first = torch.zeros(B, dtype=torch.long, device=xyz.device)
-        center_idx = _farthest_point_sample_torch(xyz, self.num_centers, first)  # (B, M)
+        center_idx = _farthest_point_sample(xyz, self.num_centers)  # (B, M)
         batch = torch.arange(B, device=xyz.device)
         centers = xyz[batch.unsqueeze(1), center_idx]  # (B, M, 3)
-        neighbor_idx = _knn_torch(centers, xyz, self.k)  # (B, M, k)
+        neighbor_idx = _knn(centers, xyz, self.k)  # (B, M, k)
         points = feats.transpose(1, 2)  # (B, N, C)
         neighbors = points[batch.view(B, 1, 1), neighbor_idx]  # (B, M, k, C)
         center_feats = points[batch.unsqueeze(1), center_idx].unsqueeze(2)  # (B, M, 1, C)

@@ -427,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # pcea is the whole process (console script or python -m pcea): restart
         # it once with glibc malloc keeping freed memory, which makes CPU passes
-        # ~2x faster (see pcea/allocator.py; PCEA_ALLOCATOR=system turns it off).
+        # ~2x faster (see pcea/fast/allocator.py; PCEA_ALLOCATOR=system turns it off).
         # Never from a library caller that passes argv: that would replace its process.
-        from pcea.allocator import reexec_if_needed
+        from pcea.fast.allocator import reexec_if_needed
 
         reexec_if_needed(args.command, getattr(args, "device", None), sys.argv[1:])
     try:

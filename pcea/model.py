@@ -1,23 +1,30 @@
 """The PCT-style point-cloud classifier, with a choice of attention core.
 
-Data flow of :class:`PCTClassifier` (PCT, Guo et al. 2020, Fig. 2 and Sec. 3.3;
-shapes for the defaults, B clouds of N points):
+Data flow of :class:`PCTClassifier` (PCT, Guo et al. 2020, Fig. 2 and Sec. 3.3),
+for B clouds of N points; the symbols are :class:`ModelConfig` fields
+(E embed_dim, M1 and M2 centers, k neighbors, C1 and C2 stage_dims,
+L num_layers, F fuse_dim, H1 and H2 head_dims; the defaults are PCT's:
+E=64, M1=512, M2=256, k=32, C1=128, C2=256, L=4, F=1024, H1=512, H2=256):
 
     points (B, N, 3 or 6)
-      -> per-point embedding, LBR x2                      (B, N, 64)
-      -> neighbour embedding 1: FPS 512, kNN 32, MLP, max (B, 512, 128)
-      -> neighbour embedding 2: FPS 256, kNN 32, MLP, max (B, 256, 256)
-      -> LBR x2                                           (B, 256, 256)
-      -> 4 attention blocks x + LBR(x - attn(x)), outputs concatenated
-         with the stage-2 features                        (B, 256, 1280)
-      -> fusion LBR (LeakyReLU 0.2)                       (B, 256, 1024)
-      -> global max pool (or max+mean)                    (B, 1024 or 2048)
-      -> head 512 -> 256 -> num_classes, dropout 0.5      (B, num_classes)
+      -> per-point embedding, LBR x2                          (B, N, E)
+      -> neighbour embedding 1: FPS M1, kNN k, LBR x2, max    (B, M1, C1)
+      -> neighbour embedding 2: FPS M2, kNN k, LBR x2, max    (B, M2, C2)
+      -> LBR x2                                               (B, M2, C2)
+      -> L attention blocks x + LBR(x - attn(x)), outputs
+         concatenated with the stage-2 features               (B, M2, (L+1) C2)
+      -> fusion LBR (LeakyReLU 0.2)                           (B, M2, F)
+      -> global max pool (or max and mean)                    (B, F or 2F)
+      -> head LBR H1, LBR H2, Linear, dropout 0.5 between     (B, num_classes)
 
 The three presets differ only in the attention core: ``pcea`` (external
 attention, the default), ``pct`` (PCT's offset attention; 2,876,136 parameters
 for 40 classes, exactly the released PCT classifier) and ``pct-sa`` (plain
 self-attention).
+
+This file is plain PyTorch. :func:`pcea.fast.accelerate` applies the CPU
+speed-ups to a built model in one step; ``pcea.load_model``, ``pcea train``,
+``eval``, ``classify`` and ``bench`` call it (``PCEA_FAST_OPS=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -30,11 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcea import fast_ops, fused_bn
-from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, linear, max_over
-from pcea.ops import flat_index, gather, group_index
+from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, batch_norm
+from pcea.ops import gather, group_index
 
-__all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "fuse_batchnorm", "PRESETS"]
+__all__ = ["ModelConfig", "PCTClassifier", "NeighborEmbedding", "build_model", "PRESETS"]
 
 AttentionKind = Literal["external", "offset", "self"]
 
@@ -103,32 +109,28 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-# Rows x channels of one chunk of grouped features at inference (4 MB in float32):
-# measured fastest on the 2-core machine for both stages (docs/benchmarks.md).
-_CHUNK_ELEMENTS = 1 << 20
-
-
 class NeighborEmbedding(nn.Module):
-    """One neighbour-embedding stage of PCT: sample, group, shared MLP, max over neighbours.
+    """One neighbour-embedding stage of PCT (Sec. 3.3): sample, group, LBR, LBR, max over neighbours.
 
-    The MLP's first layer is linear in the neighbour descriptor
-    ``[f_j - f_i, f_i]``: ``W [f_j - f_i; f_i] = W_a f_j + (W_b - W_a) f_i``.
-    We apply ``W_a`` to the N source points and ``W_b - W_a`` to the M centres
-    before gathering, instead of to the M x k grouped rows. It is the same
+    Each of the k neighbours j of an FPS centre i is described by
+    ``[f_j - f_i, f_i]``, passed through two LBRs, and the centre keeps the
+    max over its neighbours. The first Linear is linear in that descriptor:
+    ``W [f_j - f_i; f_i] = W_a f_j + (W_b - W_a) f_i`` with ``W = [W_a, W_b]``.
+    So ``W_a`` is applied to the N points and ``W_b - W_a`` to the M centres
+    before the gather, instead of ``W`` to the M x k grouped rows: the same
     function with the same parameters (tested against
-    :func:`pcea.ops.sample_and_group` followed by the plain MLP) at about a
-    third of the stage's FLOPs, and it never materialises the 2C-wide groups.
+    :func:`pcea.ops.sample_and_group` followed by the two LBRs) at about a
+    third of the FLOPs, without materialising the 2C-wide groups.
 
     Args:
         in_dim: feature channels C of the input points.
-        out_dim: output channels.
+        out_dim: output channels D.
         num_centers: M, centres picked by FPS.
         k: neighbours per centre.
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, num_centers: int, k: int):
         super().__init__()
-        self.in_dim = in_dim
         self.num_centers = num_centers
         self.k = k
         self.lbr1 = LBR(2 * in_dim, out_dim)  # on [f_j - f_i, f_i]
@@ -142,73 +144,19 @@ class NeighborEmbedding(nn.Module):
 
         Returns:
             centers: (B, M, 3) coordinates of the centres.
-            out: (B, M, out_dim) features of the centres.
+            out: (B, M, D) features of the centres.
         """
+        C = feats.shape[-1]
         center_idx, neighbor_idx = group_index(xyz, self.num_centers, self.k)  # (B, M), (B, M, k)
-        weight, bias = self.lbr1.weight_and_bias()  # BatchNorm folded in when fused
-        w_offset, w_center = weight.split(self.in_dim, dim=1)  # (out, C) each
-        per_point = linear(feats, w_offset)  # (B, N, out): W_a f_j for every point
-        center_feats = gather(feats, center_idx)  # (B, M, C)
-        per_center = linear(center_feats, w_center - w_offset)  # (B, M, out): (W_b - W_a) f_i
-        if bias is not None:  # in the matmul's dtype: an fp32 bias would promote bf16 (autocast)
-            per_center = per_center + bias.to(per_center.dtype)
-        if self.training or torch.is_grad_enabled() or feats.device.type != "cpu" or fast_ops.compiling():
-            out = self._grouped_max(per_point, per_center, neighbor_idx)  # (B, M, out)
-        else:
-            out = self._grouped_max_in_chunks(per_point, per_center, neighbor_idx)  # (B, M, out)
-        # ReLU is monotone, so max_k ReLU(h) = ReLU(max_k h): one pass over the
-        # (B, M, k, out) rows less, the same values.
-        return gather(xyz, center_idx), self.lbr2.activation(out)  # (B, M, 3), (B, M, out)
-
-    def _grouped_max(self, per_point: torch.Tensor, per_center: torch.Tensor,
-                     neighbor_idx: torch.Tensor) -> torch.Tensor:
-        """max over k of the MLP on every row, before the last activation: (B, M, out)."""
-        if fused_bn.applies(per_point, self.lbr1.bn):  # a CPU training step: fewer passes over the rows
-            h = fused_bn.gather_norm_act(per_point, per_center, neighbor_idx, self.lbr1.bn,
-                                         self.lbr1.negative_slope)  # (B, M, k, out)
-        else:
-            # Out of place: gather returns a view of its index_select, and an in-place add
-            # on a view would make autograd clone the whole tensor in the backward pass.
-            h = gather(per_point, neighbor_idx) + per_center.unsqueeze(2)  # (B, M, k, out)
-            h = self.lbr1.norm_act(h)  # (B, M, k, out)
-        return self.lbr2.linear_norm_max(h, dim=2)  # (B, M, k, out) -> (B, M, out)
-
-    def _grouped_max_in_chunks(self, per_point: torch.Tensor, per_center: torch.Tensor,
-                               neighbor_idx: torch.Tensor) -> torch.Tensor:
-        """:meth:`_grouped_max` a few hundred centres at a time, for inference only.
-
-        Each chunk's rows (about 4 MB) stay in the CPU caches from the gather to
-        the max, instead of a 268 MB tensor going through memory four times:
-        21 % (stage 1) and 16 % (stage 2) faster here. The rows are the same, so
-        the result is the same up to the matmul's summation order (within 1e-5).
-        BatchNorm in training mode needs all rows at once, and autograd would keep
-        every chunk anyway, so :meth:`forward` uses this only without either, and
-        only on the CPU: a GPU has no such cache to fit, and would launch a few
-        hundred small kernels instead of six large ones (nor would torch.compile
-        want the loop unrolled into its graph).
-        """
-        B, N, D = per_point.shape  # D: the stage's output width
-        M, k = neighbor_idx.shape[1:]
-        flat_idx = flat_index(neighbor_idx, N).view(B * M, k)  # rows of the flattened (B * N, D) points
-        points = per_point.reshape(B * N, D)
-        centers = per_center.reshape(B * M, D)
-        step = max(1, _CHUNK_ELEMENTS // (k * D))  # centres per chunk
-        # Fused, the last bias is added after the max (see LBR.linear_norm_max).
-        weight, bias = self.lbr2.weight_and_bias() if self.lbr2.is_fused else (None, None)
-        out = None
-        for start in range(0, B * M, step):
-            stop = min(start + step, B * M)
-            rows = flat_idx[start:stop].reshape(-1)  # (chunk * k,)
-            h = points.index_select(0, rows).view(stop - start, k, D)  # (chunk, k, D)
-            h += centers[start:stop].unsqueeze(1)  # no autograd here, so in place is free
-            h = self.lbr1.norm_act(h)  # (chunk, k, D)
-            h = self.lbr2.linear_norm(h) if weight is None else linear(h, weight)
-            if out is None:  # the dtype the layers produce (bf16 under autocast)
-                out = torch.empty(B * M, h.shape[-1], dtype=h.dtype, device=h.device)
-            torch.amax(h, dim=1, out=out[start:stop])  # (chunk, k, D) -> (chunk, D)
-        if bias is not None:
-            out += bias.to(out.dtype)
-        return out.view(B, M, -1)
+        linear = self.lbr1.linear
+        w_offset, w_center = linear.weight.split(C, dim=1)  # W_a, W_b: (D, C) each
+        per_point = nn.functional.linear(feats, w_offset)  # (B, N, D): W_a f_j
+        per_center = nn.functional.linear(gather(feats, center_idx), w_center - w_offset,
+                                          linear.bias)  # (B, M, D): (W_b - W_a) f_i + b
+        h = gather(per_point, neighbor_idx) + per_center.unsqueeze(2)  # (B, M, k, D): W [f_j - f_i; f_i] + b
+        h = self.lbr1.act(batch_norm(self.lbr1.bn, h))  # (B, M, k, D), the rest of the first LBR
+        h = self.lbr2(h)  # (B, M, k, D)
+        return gather(xyz, center_idx), h.max(dim=2).values  # (B, M, 3), (B, M, D)
 
 
 def _attention_core(config: ModelConfig, dim: int) -> nn.Module:
@@ -223,8 +171,12 @@ class PCTClassifier(nn.Module):
     """PCT-style point-cloud classifier (see the module docstring for the data flow).
 
     ``forward`` takes (B, N, in_channels) float32 points with N >= centers[0]
-    and returns (B, num_classes) logits. ``class_names`` is filled in by
-    :func:`pcea.load_model` when the model comes from a checkpoint.
+    and returns (B, num_classes) logits. The interface is timm's:
+    :meth:`forward_features` gives the (B, num_features) global descriptor,
+    :meth:`forward_head` the logits from it (or the head's last hidden layer,
+    ``pre_logits=True``), :meth:`reset_classifier` a new last layer for
+    fine-tuning. ``class_names`` is filled in by :func:`pcea.load_model` when
+    the model comes from a checkpoint.
     """
 
     def __init__(self, config: ModelConfig):
@@ -245,9 +197,10 @@ class PCTClassifier(nn.Module):
             OffsetBlock(_attention_core(c, dim), dim) for _ in range(c.num_layers)
         )
         self.fuse = LBR(dim * (c.num_layers + 1), c.fuse_dim, negative_slope=0.2)
-        pooled_dim = c.fuse_dim * (2 if c.pool == "max+mean" else 1)
+        self.num_features = c.fuse_dim * (2 if c.pool == "max+mean" else 1)  # width of forward_features
+        self.head_hidden_size = c.head_dims[1]  # width of forward_head(pre_logits=True)
         self.head = nn.Sequential(
-            LBR(pooled_dim, c.head_dims[0], negative_slope=0.2),
+            LBR(self.num_features, c.head_dims[0], negative_slope=0.2),
             nn.Dropout(c.dropout),
             LBR(c.head_dims[0], c.head_dims[1], bias=True, negative_slope=0.2),
             nn.Dropout(c.dropout),
@@ -261,7 +214,7 @@ class PCTClassifier(nn.Module):
             points: (B, N, in_channels) coordinates first, then any normals.
 
         Returns:
-            (B, fuse_dim), or (B, 2 * fuse_dim) with max+mean pooling.
+            (B, num_features): (B, F), or (B, 2F) with max+mean pooling.
         """
         c = self.config
         if points.dim() != 3 or points.shape[-1] != c.in_channels:
@@ -276,32 +229,61 @@ class PCTClassifier(nn.Module):
         if self.training and points.shape[0] < 2:
             raise ValueError("training mode needs at least 2 clouds per batch (BatchNorm in the head)")
         xyz = points[..., :3].contiguous()  # (B, N, 3)
-        x = self.embedding(points)  # (B, N, 64)
-        xyz, x = self.stage1(xyz, x)  # (B, 512, 3), (B, 512, 128)
-        _, stage2 = self.stage2(xyz, x)  # (B, 256, 256)
-        x = self.pre_attention(stage2)  # (B, 256, 256)
-        outputs = [stage2]
+        x = self.embedding(points)  # (B, N, E)
+        xyz, x = self.stage1(xyz, x)  # (B, M1, 3), (B, M1, C1)
+        _, stage2 = self.stage2(xyz, x)  # (B, M2, C2)
+        x = self.pre_attention(stage2)  # (B, M2, C2)
+        outputs = []
         for block in self.blocks:
-            x = block(x)  # (B, 256, 256)
+            x = block(x)  # (B, M2, C2)
             outputs.append(x)
-        # PCT concatenates the attention outputs and then the stage-2 features;
-        # the order only permutes the fusion layer's input columns.
-        x = torch.cat(outputs[1:] + outputs[:1], dim=-1)  # (B, 256, 1280)
-        if c.pool == "max":
-            # LeakyReLU is monotone: applying it after the max gives the same values.
-            return self.fuse.activation(self.fuse.linear_norm_max(x, dim=1))  # (B, 256, 1280) -> (B, 1024)
-        x = self.fuse(x)  # (B, 256, 1024)
-        return torch.cat([max_over(x, dim=1), x.mean(dim=1)], dim=-1)  # (B, 2048)
+        # PCT concatenates the attention outputs and then the stage-2 features.
+        x = torch.cat(outputs + [stage2], dim=-1)  # (B, M2, (L+1) C2)
+        return self.global_feature(x)  # (B, num_features)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)  # (B, num_classes)
+    def global_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """PCT's fusion LBR and global pooling: (B, M2, (L+1) C2) -> (B, F), or (B, 2F) for max+mean."""
+        x = self.fuse(x)  # (B, M2, F)
+        if self.config.pool == "max":
+            return x.max(dim=1).values  # (B, F)
+        return torch.cat([x.max(dim=1).values, x.mean(dim=1)], dim=-1)  # (B, 2F)
 
-    def fuse_batchnorm(self) -> PCTClassifier:
-        """Switch to eval mode and fold every BatchNorm into its Linear (see :func:`fuse_batchnorm`)."""
-        return fuse_batchnorm(self)
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The classification head on :meth:`forward_features`' descriptor.
+
+        Args:
+            features: (B, num_features).
+            pre_logits: stop before the last Linear.
+
+        Returns:
+            (B, num_classes) logits, or (B, head_hidden_size) with ``pre_logits``.
+        """
+        *hidden_layers, classifier = self.head
+        for layer in hidden_layers:
+            features = layer(features)  # (B, H1), then (B, H2)
+        return features if pre_logits else classifier(features)  # (B, num_classes)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(points))
+
+    def get_classifier(self) -> nn.Linear:
+        """The last Linear of the head (timm's name)."""
+        return self.head[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last Linear by a freshly initialised one with ``num_classes`` outputs.
+
+        For fine-tuning on another dataset: everything before the last layer
+        keeps its weights. ``config.num_classes`` follows and ``class_names``
+        is cleared (the old names no longer fit).
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: need at least one class")
+        old = self.head[-1]
+        self.head[-1] = nn.Linear(old.in_features, num_classes, device=old.weight.device,
+                                  dtype=old.weight.dtype)
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        self.class_names = None
 
     @torch.no_grad()
     def predict(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -324,46 +306,27 @@ class PCTClassifier(nn.Module):
         return probs[0] if single else probs
 
 
-def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """Prepare a model for fast inference: eval mode, each BatchNorm folded into its Linear.
-
-    The logits stay within float rounding (~1e-6) of the unfused model's and
-    the state_dict is unchanged (the folded weights are non-persistent
-    buffers). ``model.train()`` or ``load_state_dict`` undo the folding, so a
-    fused model can still be trained or saved as usual.
-
-    Args:
-        model: a :class:`PCTClassifier`, or any module built from :class:`pcea.layers.LBR`.
-
-    Returns:
-        The same model, fused, in eval mode.
-    """
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, LBR):
-            module.fuse()
-    return model
-
-
-PRESETS: dict[str, AttentionKind] = {
-    "pcea": "external",
-    "pct": "offset",
-    "pct-sa": "self",
+# The presets: configurations that differ only in the attention core. build_model copies one
+# and applies the caller's overrides, so a preset itself never changes.
+PRESETS: dict[str, ModelConfig] = {
+    "pcea": ModelConfig(attention="external"),
+    "pct": ModelConfig(attention="offset"),
+    "pct-sa": ModelConfig(attention="self"),
 }
 
 
 def build_model(name: str = "pcea", num_classes: int = 40, **overrides) -> PCTClassifier:
-    """Build a classifier by preset name.
+    """Build a classifier from a preset.
 
     Args:
         name: "pcea" (external attention), "pct" (offset attention) or
-            "pct-sa" (self-attention).
+            "pct-sa" (self-attention): a key of :data:`PRESETS`.
         num_classes: output classes.
         **overrides: any other :class:`ModelConfig` field, e.g. ``in_channels=6``,
             ``memory=32``, ``centers=(256, 128)``, ``pool="max+mean"``.
 
     Returns:
-        A :class:`PCTClassifier` in training mode.
+        A :class:`PCTClassifier` in training mode, as written here.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(PRESETS)}")
@@ -373,5 +336,4 @@ def build_model(name: str = "pcea", num_classes: int = 40, **overrides) -> PCTCl
         raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
     if "attention" in overrides:
         raise ValueError("the attention kind is set by the preset name, not an override")
-    config = ModelConfig(attention=PRESETS[name], num_classes=num_classes, **overrides)
-    return PCTClassifier(config)
+    return PCTClassifier(dataclasses.replace(PRESETS[name], num_classes=num_classes, **overrides))

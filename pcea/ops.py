@@ -4,6 +4,8 @@ Pure tensor functions on channels-last clouds, batched over the leading axis,
 written in plain PyTorch so they run the same on CPU and CUDA without a custom
 C++/CUDA build. They implement the neighbour-embedding step of PCT
 (Guo et al. 2020, arXiv 2012.09688, Sec. 3.3), which in turn follows PointNet++.
+:mod:`pcea.fast.sampling` has compiled CPU versions of FPS and kNN that return
+the same indices; the accelerated model (:func:`pcea.fast.accelerate`) uses those.
 
 Shapes: ``B`` clouds, ``N`` points, ``M`` sampled centres, ``k`` neighbours,
 ``C`` feature channels.
@@ -15,22 +17,17 @@ from typing import Literal
 
 import torch
 
-from pcea import fast_ops
-
 __all__ = [
+    "check_knn",
     "flat_index",
     "farthest_point_sample",
+    "first_picks",
     "knn",
     "gather",
     "group_index",
     "sample_and_group",
     "square_distance",
 ]
-
-# dtypes the compiled CPU kernels of pcea.fast_ops run on; others take the torch
-# path (each extra dtype would cost seconds of JIT compilation on first use).
-_FAST_DTYPES = (torch.float32,)
-
 
 def _check_cloud(xyz: torch.Tensor, name: str = "xyz") -> None:
     """Raise ValueError unless ``xyz`` is a finite (B, N, 3) float tensor."""
@@ -82,6 +79,20 @@ def farthest_point_sample(
     Returns:
         (B, m) int64 indices into the N points, in the order they were picked.
     """
+    return _farthest_point_sample_torch(xyz, m, first_picks(xyz, m, start, generator))
+
+
+def first_picks(
+    xyz: torch.Tensor,
+    m: int,
+    start: int | Literal["random"] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Check the arguments of :func:`farthest_point_sample` and return each cloud's first pick.
+
+    Returns:
+        (B,) int64 point indices on xyz's device.
+    """
     _check_cloud(xyz)
     B, N, _ = xyz.shape
     if not 1 <= m <= N:
@@ -95,10 +106,7 @@ def farthest_point_sample(
         if not 0 <= int(start) < N:
             raise ValueError(f"start={start} is not a point index of a cloud of N={N} points")
         first = torch.full((B,), int(start), dtype=torch.long, device=device)
-
-    if xyz.device.type == "cpu" and xyz.dtype in _FAST_DTYPES and fast_ops.available():
-        return fast_ops.farthest_point_sample_cpu(xyz, m, first)  # same picks, compiled
-    return _farthest_point_sample_torch(xyz, m, first)
+    return first
 
 
 def _farthest_point_sample_torch(xyz: torch.Tensor, m: int, first: torch.Tensor) -> torch.Tensor:
@@ -141,6 +149,12 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     Returns:
         (B, M, k) int64 indices into ``ref``.
     """
+    check_knn(query, ref, k)
+    return _knn_torch(query, ref, k)
+
+
+def check_knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> None:
+    """Raise ValueError unless :func:`knn` can take ``k`` neighbours of ``query`` in ``ref``."""
     _check_cloud(query, "query")
     _check_cloud(ref, "ref")
     if query.shape[0] != ref.shape[0]:
@@ -150,9 +164,6 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     N = ref.shape[1]
     if not 1 <= k <= N:
         raise ValueError(f"cannot take k={k} neighbours from N={N} reference points")
-    if query.device.type == "cpu" and query.dtype in _FAST_DTYPES and fast_ops.available():
-        return fast_ops.knn_cpu(query, ref, k)  # exact direct distances, ties by lower index
-    return _knn_torch(query, ref, k)
 
 
 def _knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:

@@ -5,10 +5,8 @@ within 1e-5 of the plain formulation. bf16 autocast keeps the weights in
 float32 and runs the matmuls on bfloat16 inputs; on the CPU the activations
 that follow them (BatchNorm, softmax) then stay in bfloat16 too, while the loss
 is computed in float32 (PyTorch's CPU autocast rules, checked with torch
-2.13). It is not exact (logits move by about 1e-2), but on hardware with native bf16 it more than doubles CPU
-throughput: 68 -> 183 clouds/s inference and 16.8 -> 38.7 clouds/s training
-for the default model on this project's 2-core AVX512-BF16 machine
-(docs/benchmarks.md).
+2.13). It is not exact (logits move by about 1e-2), but on hardware with
+native bf16 it runs the model much faster (docs/benchmarks.md has the figures).
 Without native instructions the CPU emulates bf16 and gets slower than float32,
 so pcea only turns it on where it helps.
 """
@@ -93,7 +91,7 @@ def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractCo
 def cpu_autocast_active() -> bool:
     """Whether CPU autocast is on at this point of the program.
 
-    pcea's float32-only CPU shortcuts step aside under it. torch >= 2.4 asks
+    pcea's float32-only CPU shortcuts (:mod:`pcea.fast`) step aside under it. torch >= 2.4 asks
     ``is_autocast_enabled("cpu")``; older versions have a call of their own.
     """
     try:

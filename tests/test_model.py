@@ -1,5 +1,6 @@
 """The PCT-style classifier: every preset forward and backward, exactness, size, errors."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,11 +9,8 @@ from autograd_graph import backward_node_names
 
 import pcea
 from pcea.engine.checkpoint import load_checkpoint
-from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier, fuse_batchnorm
+from pcea.model import PRESETS, ModelConfig, NeighborEmbedding, PCTClassifier
 from pcea.ops import sample_and_group
-
-TINY = dict(num_points=128, centers=(64, 32), neighbors=(8, 8), embed_dim=16,
-            stage_dims=(32, 64), fuse_dim=128, head_dims=(64, 32), memory=16)
 
 
 def test_pct_preset_has_the_parameter_count_of_the_original_pct():
@@ -70,9 +68,8 @@ def test_logits_do_not_depend_on_the_batch(name):
             torch.testing.assert_close(model(points[i : i + 1])[0], batched[i], atol=1e-5, rtol=1e-5)
 
 
-def test_tiny_batch_is_overfitted():
-    torch.manual_seed(0)
-    model = pcea.build_model("pcea", num_classes=4, dropout=0.0, **TINY)
+def test_tiny_batch_is_overfitted(tiny_model):
+    model = tiny_model("pcea", num_classes=4, dropout=0.0)
     points = torch.randn(8, 128, 3)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -88,9 +85,8 @@ def test_tiny_batch_is_overfitted():
     assert losses[-1] <= 0.1 * losses[0], (losses[0], min(losses), len(losses))
 
 
-def test_state_dict_round_trip_gives_identical_logits():
-    torch.manual_seed(0)
-    model = pcea.build_model("pcea", num_classes=7, **TINY)
+def test_state_dict_round_trip_gives_identical_logits(tiny_model):
+    model = tiny_model("pcea", num_classes=7)
     model.train()(torch.randn(4, 128, 3))  # move the running statistics away from their init
     clone = PCTClassifier(ModelConfig(**model.config.to_dict()))
     clone.load_state_dict(model.state_dict())
@@ -131,41 +127,9 @@ def test_neighbor_embedding_equals_the_plain_grouped_mlp(training):
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_inference_in_chunks_equals_the_plain_grouped_mlp(monkeypatch, fused):
-    """Without autograd in eval mode the stage runs a few centres at a time; 7 centres of 5
-    neighbours per chunk here, so 60 centres make 8 full chunks and a ragged one."""
-    import pcea.model
-
-    monkeypatch.setattr(pcea.model, "_CHUNK_ELEMENTS", 7 * 5 * 16)
-    torch.manual_seed(0)
-    stage = NeighborEmbedding(6, 16, num_centers=20, k=5)
-    with torch.no_grad():
-        for lbr in (stage.lbr1, stage.lbr2):
-            lbr.bn.running_mean.uniform_(-0.5, 0.5)
-            lbr.bn.running_var.uniform_(0.5, 2.0)
-    stage.eval()
-    if fused:
-        fuse_batchnorm(stage)
-    calls = []
-    chunked = stage._grouped_max_in_chunks
-    monkeypatch.setattr(stage, "_grouped_max_in_chunks", lambda *a: calls.append(1) or chunked(*a))
-    xyz, feats = torch.randn(3, 50, 3), torch.randn(3, 50, 6)
-    with torch.no_grad():
-        centers, out = stage(xyz, feats)
-        expected_centers, grouped = sample_and_group(xyz, feats, 20, 5)  # (B, M, k, 12)
-        rows = grouped.reshape(-1, 12)
-        for lbr in (stage.lbr1, stage.lbr2):
-            rows = torch.relu(lbr.bn(lbr.linear(rows)))  # the unfused modules, eval statistics
-        expected = rows.view(3, 20, 5, 16).amax(dim=2)
-    assert calls == [1]
-    assert torch.equal(centers, expected_centers)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_normals_and_max_mean_pooling():
-    model = pcea.build_model("pcea", num_classes=3, in_channels=6, pool="max+mean", **TINY)
-    assert model.head[0].linear.in_features == 2 * TINY["fuse_dim"]
+def test_normals_and_max_mean_pooling(tiny_model, tiny_options):
+    model = tiny_model("pcea", num_classes=3, in_channels=6, pool="max+mean")
+    assert model.head[0].linear.in_features == model.num_features == 2 * tiny_options["fuse_dim"]
     assert model(torch.randn(2, 128, 6)).shape == (2, 3)
     with pytest.raises(ValueError, match=r"\(B, N, 6\).*\(2, 128, 3\)"):
         model(torch.randn(2, 128, 3))
@@ -177,14 +141,14 @@ def test_too_few_points_names_both_numbers():
         model(torch.randn(1, 300, 3))
 
 
-def test_training_on_one_cloud_is_a_clear_error():
-    model = pcea.build_model("pcea", **TINY)
+def test_training_on_one_cloud_is_a_clear_error(tiny_model):
+    model = tiny_model("pcea")
     with pytest.raises(ValueError, match="at least 2 clouds"):
         model(torch.randn(1, 128, 3))
 
 
-def test_predict_returns_probabilities_and_keeps_the_mode():
-    model = pcea.build_model("pcea", num_classes=5, **TINY).train()
+def test_predict_returns_probabilities_and_keeps_the_mode(tiny_model):
+    model = tiny_model("pcea", num_classes=5).train()
     probs = model.predict(torch.randn(128, 3).numpy())
     assert probs.shape == (5,)
     torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
@@ -204,10 +168,10 @@ def test_build_model_rejects_bad_options(kwargs, match):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_training_graph_has_no_copy_of_a_whole_tensor(name):
+def test_training_graph_has_no_copy_of_a_whole_tensor(name, tiny_model):
     """No in-place op on a view in the training forward: autograd would otherwise clone the base
     tensor in the backward pass (CopySlices), the B x M x k x C groups included."""
-    model = pcea.build_model(name, num_classes=4, **TINY).train()
+    model = tiny_model(name).train()
     nodes = backward_node_names(model(torch.randn(2, 128, 3)).sum())
     assert "MmBackward0" in nodes  # the walk does reach the layers
     assert not any("CopySlices" in node or "AsStrided" in node for node in nodes), nodes
@@ -235,3 +199,43 @@ def test_checkpoints_written_before_load_with_the_same_logits(name):
         torch.testing.assert_close(loaded(points), want["folded_logits"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(loaded(points), want["logits"], atol=1e-5, rtol=1e-5)
     assert loaded.class_names == ["a", "b", "c"]
+
+
+def test_presets_are_configurations_that_differ_only_in_the_attention():
+    assert {name: config.attention for name, config in PRESETS.items()} == {
+        "pcea": "external", "pct": "offset", "pct-sa": "self"}
+    for config in PRESETS.values():
+        assert dataclasses.replace(config, attention="external") == ModelConfig()
+    model = pcea.build_model("pct", num_classes=7, memory=8)
+    assert model.config == dataclasses.replace(PRESETS["pct"], num_classes=7, memory=8)
+    assert PRESETS["pct"].num_classes == 40 and PRESETS["pct"].memory == 64  # the preset is untouched
+
+
+def test_timm_classifier_interface(tiny_model, tiny_options):
+    model = tiny_model("pcea", num_classes=5).eval()
+    points = torch.randn(3, 128, 3)
+    with torch.no_grad():
+        features = model.forward_features(points)
+        hidden = model.forward_head(features, pre_logits=True)
+        logits = model(points)
+    assert features.shape == (3, model.num_features) and model.num_features == tiny_options["fuse_dim"]
+    assert hidden.shape == (3, model.head_hidden_size)
+    assert model.head_hidden_size == tiny_options["head_dims"][1]
+    torch.testing.assert_close(model.get_classifier()(hidden), logits)
+    torch.testing.assert_close(model.forward_head(features), logits)
+
+
+def test_reset_classifier_keeps_the_features_and_replaces_the_last_layer(tiny_model):
+    model = tiny_model("pcea", num_classes=5).eval()
+    model.class_names = list("abcde")
+    points = torch.randn(2, 128, 3)
+    with torch.no_grad():
+        features = model.forward_features(points)
+        model.reset_classifier(3)
+        assert model(points).shape == (2, 3)
+        torch.testing.assert_close(model.forward_features(points), features)
+    assert model.config.num_classes == 3 and model.class_names is None
+    clone = PCTClassifier(ModelConfig(**model.config.to_dict()))
+    clone.load_state_dict(model.state_dict())  # the stored config describes the new head
+    with pytest.raises(ValueError, match="num_classes=0"):
+        model.reset_classifier(0)

@@ -24,7 +24,8 @@ from sklearn.metrics import confusion_matrix
 from pcea.atomic import write_atomic
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.errors import PceaError
-from pcea.model import PCTClassifier, fuse_batchnorm
+from pcea.fast import accelerate
+from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
 
 __all__ = [
@@ -252,7 +253,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     if votes < 1:
         raise PceaError(f"--votes {votes}: must be at least 1")
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
-    fuse_batchnorm(model)  # eval mode, BatchNorm folded: the same logits within 1e-5, faster
+    accelerate(model).eval()  # the CPU speed-ups of pcea.fast: the same logits within 1e-5
     log = log or (lambda line: print(line, file=sys.stderr))
     amp = use_amp(amp, next(model.parameters()).device,
                   lambda why: log(f"note: --amp ignored, float32 it is: {why}"))

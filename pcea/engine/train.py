@@ -47,6 +47,7 @@ from pcea.engine.metrics import accuracy_from_counts
 from pcea.engine.rundir import prepare_run_dir, write_curves
 from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
+from pcea.fast import accelerate
 from pcea.precision import use_amp
 
 __all__ = ["PROTOCOLS", "Trainer", "run_train_command", "train"]
@@ -242,7 +243,7 @@ class Trainer:
         self.test_loader = (self._loader(self.test_set, train=False, generator=self.eval_generator)
                             if self.test_set is not None else None)
 
-        model = self._build_model(self.num_classes)
+        model = accelerate(self._build_model(self.num_classes))  # the CPU speed-ups, before the optimiser
         model.class_names = self.class_names
         self.model = model.to(self.device)
         if config.optimizer == "adamw":

@@ -1,20 +1,25 @@
-"""Compiled CPU kernels for farthest point sampling and kNN, with numba.
+"""Farthest point sampling and kNN compiled for the CPU with numba, and their dispatch.
 
-:mod:`pcea.ops` calls these for CPU tensors when numba is installed and keeps
-its pure-PyTorch loops as the reference, the fallback and the CUDA path. Both
-kernels compute every squared distance with the same float operations, in the
-same order, as the reference (``dx*dx + dy*dy + dz*dz`` in float32, no
+:func:`farthest_point_sample`, :func:`knn` and :func:`group_index` take the
+arguments of their plain forms in :mod:`pcea.ops` and return the same indices:
+from the compiled kernels for float32 CPU tensors when numba is available,
+from the plain forms otherwise (CUDA, other dtypes, ``torch.jit.trace``, no
+numba, ``PCEA_FAST_OPS=0``). The accelerated neighbour embedding
+(:mod:`pcea.fast.model`) samples and groups through them.
+
+Both kernels compute every squared distance with the same float operations, in
+the same order, as the plain forms (``dx*dx + dy*dy + dz*dz`` in float32, no
 fused multiply-add, no reassociation), so they return the same indices, bit
-for bit; ``tests/test_fast_ops.py`` checks it against the plain forms.
+for bit; ``tests/fast/test_sampling.py`` checks it against the plain forms.
 
 FPS prunes with a leaf partition of each cloud (as bucket-based FPS does) and
 updates only the leaves a new pick can reach. kNN buckets each cloud into a
 uniform grid and visits the cells around a query ring by ring, stopping once
-the k-th distance found is below the distance to any cell not yet visited. The clouds of a batch are split
-over a small thread pool (numba releases the GIL), sized by
-``torch.get_num_threads()`` at the call; numba's own parallel layers are not
-used, so there is nothing to configure and no clash with PyTorch's OpenMP
-threads. Set ``PCEA_FAST_OPS=0`` to turn the kernels off.
+the k-th distance found is below the distance to any cell not yet visited. The
+clouds of a batch are split over a small thread pool (numba releases the GIL),
+sized by ``torch.get_num_threads()`` at the call; numba's own parallel layers
+are not used, so there is nothing to configure and no clash with PyTorch's
+OpenMP threads.
 
 Why not a library (checked 2026-11 with ``pip download --no-deps``):
 ``fpsample`` 1.0.2 came as a source archive here (no wheel for CPython 3.11 on
@@ -22,10 +27,9 @@ this Linux, so a Rust toolchain would be needed), runs one cloud at a time,
 and its faster bucket methods do not honour the start index.
 ``torch-quickfps`` 2.1.0 (MIT, bucket-based, exact: the same picks as ours
 with start index 0) ships a torch-stable-ABI wheel that needs torch >= 2.10,
-and a separate package per CUDA version for the GPU. It is faster than this
-kernel on large clouds (see docs/benchmarks.md, where ``pcea bench`` times it
-when installed); numba gives both ops for every torch version and platform
-pcea supports, with the torch loop behind it.
+and a separate package per CUDA version for the GPU. ``pcea bench`` times it
+when installed (docs/benchmarks.md); numba gives both ops for every torch
+version and platform pcea supports, with the plain forms behind it.
 """
 
 from __future__ import annotations
@@ -37,26 +41,25 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["available", "compiling", "farthest_point_sample_cpu", "knn_cpu", "run_split"]
+from pcea import ops
+
+__all__ = ["available", "farthest_point_sample", "farthest_point_sample_cpu", "group_index", "knn",
+           "knn_cpu", "run_split"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_pid = 0  # a forked child inherits the pool object but not its threads
 
 
-def compiling() -> bool:
-    """Whether torch.compile is tracing this call (torch >= 2.3 can tell; older: no).
-
-    The compiled kernels and pcea's other CPU shortcuts stay out of a traced
-    graph: torch.compile cannot see into numba, and makes its own choices.
-    """
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
-
-
 def available() -> bool:
-    """Whether the compiled kernels can be used (numba importable, not disabled)."""
+    """Whether the compiled kernels can be used: numba importable and ``PCEA_FAST_OPS`` not 0."""
     return os.environ.get("PCEA_FAST_OPS", "1") != "0" and _kernels() is not None
+
+
+def _compiled_serves(x: torch.Tensor) -> bool:
+    """Whether the kernels serve a call on ``x``: eager float32 on the CPU (a traced graph keeps
+    the plain ops, which it can record; torch.compile breaks its graph here and runs them)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing() and available()
 
 
 def _fps_kernel(xyz_t, first, m, out, start, stop):  # pragma: no cover - compiled by numba
@@ -336,7 +339,7 @@ def run_split(kernel, args: tuple, total: int) -> None:
 
 
 def farthest_point_sample_cpu(xyz: torch.Tensor, m: int, first: torch.Tensor) -> torch.Tensor:
-    """Exact FPS on CPU, the same picks as :func:`pcea.ops.farthest_point_sample`.
+    """Exact FPS on CPU by the compiled kernel, the same picks as :func:`pcea.ops.farthest_point_sample`.
 
     Args:
         xyz: (B, N, 3) float32 CPU coordinates, already validated.
@@ -370,3 +373,39 @@ def knn_cpu(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
     out = np.empty((B, M, k), dtype=np.int64)
     run_split(_kernels()[1], (q, r_t, k, out), B * M)
     return torch.from_numpy(out)
+
+
+def farthest_point_sample(xyz: torch.Tensor, m: int, start: int | str | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`pcea.ops.farthest_point_sample` (same arguments, same picks), compiled where it can be.
+
+    Returns:
+        (B, m) int64 indices into the N points, in the order they were picked.
+    """
+    if not _compiled_serves(xyz):
+        return ops.farthest_point_sample(xyz, m, start, generator)
+    first = ops.first_picks(xyz, m, start, generator)  # (B,), the request checked
+    return farthest_point_sample_cpu(xyz, m, first)
+
+
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`pcea.ops.knn` (same arguments), compiled where it can be; ties go to the lower index.
+
+    Returns:
+        (B, M, k) int64 indices into ``ref``, nearest first.
+    """
+    if not _compiled_serves(query):
+        return ops.knn(query, ref, k)
+    ops.check_knn(query, ref, k)
+    return knn_cpu(query, ref, k)
+
+
+def group_index(xyz: torch.Tensor, num_centers: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pcea.ops.group_index` through the compiled FPS and kNN.
+
+    Returns:
+        center_idx: (B, M) indices of the centres; neighbor_idx: (B, M, k) of their neighbours.
+    """
+    center_idx = farthest_point_sample(xyz, num_centers)  # (B, M)
+    neighbor_idx = knn(ops.gather(xyz, center_idx), xyz, k)  # (B, M, 3) centres -> (B, M, k)
+    return center_idx, neighbor_idx

@@ -1,13 +1,14 @@
-"""The compiled CPU kernels of pcea.fast_ops against the plain forms they replace."""
+"""The compiled FPS and kNN of pcea.fast.sampling against the plain forms of pcea.ops."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pcea import fast_ops, ops
+from pcea import ops
+from pcea.fast import sampling
 
-pytestmark = pytest.mark.skipif(not fast_ops.available(), reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not sampling.available(), reason="numba is not installed")
 
 
 def loop_fps(xyz: torch.Tensor, m: int, start: int = 0) -> torch.Tensor:
@@ -34,7 +35,7 @@ def brute_knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
 
 def fast_fps(xyz: torch.Tensor, m: int, start: int = 0) -> torch.Tensor:
     first = torch.full((xyz.shape[0],), start, dtype=torch.long)
-    return fast_ops.farthest_point_sample_cpu(xyz, m, first)
+    return sampling.farthest_point_sample_cpu(xyz, m, first)
 
 
 def test_fps_matches_torch_loop_and_definition():
@@ -75,6 +76,7 @@ def test_fps_hand_placed_ties():
     xyz = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [3, 0, 0]]])
     assert fast_fps(xyz, 5).tolist() == [[0, 3, 1, 2, 4]]
     assert ops.farthest_point_sample(xyz, 5).tolist() == [[0, 3, 1, 2, 4]]
+    assert sampling.farthest_point_sample(xyz, 5).tolist() == [[0, 3, 1, 2, 4]]
 
 
 def test_fps_start_index_and_batch_independence():
@@ -86,13 +88,31 @@ def test_fps_start_index_and_batch_independence():
         assert torch.equal(fast_fps(xyz[b : b + 1], 64, start=17)[0], batch[b])
 
 
-def test_public_fps_uses_the_kernel_and_agrees(monkeypatch):
+def test_dispatching_fps_and_knn_agree_with_the_plain_ops(monkeypatch):
     gen = torch.Generator().manual_seed(3)
     xyz = torch.rand(3, 256, 3, generator=gen)
-    fast = ops.farthest_point_sample(xyz, 100)
-    assert torch.equal(fast, ops.farthest_point_sample(xyz.double(), 100))  # float64: the torch loop
-    monkeypatch.setenv("PCEA_FAST_OPS", "0")
+    fast = sampling.farthest_point_sample(xyz, 100)
     assert torch.equal(fast, ops.farthest_point_sample(xyz, 100))
+    assert torch.equal(fast, sampling.farthest_point_sample(xyz.double(), 100))  # float64: the plain loop
+    assert torch.equal(sampling.farthest_point_sample(xyz, 100, start="random", generator=torch.Generator()),
+                       ops.farthest_point_sample(xyz, 100, start="random", generator=torch.Generator()))
+    centers, neighbors = sampling.group_index(xyz, 50, 8)
+    assert torch.equal(centers, ops.group_index(xyz, 50, 8)[0])
+    assert torch.equal(neighbors, brute_knn(ops.gather(xyz, centers), xyz, 8))
+    monkeypatch.setenv("PCEA_FAST_OPS", "0")
+    assert torch.equal(fast, sampling.farthest_point_sample(xyz, 100))
+
+
+def test_dispatching_fps_and_knn_check_their_arguments_as_the_plain_ops():
+    xyz = torch.rand(2, 20, 3)
+    with pytest.raises(ValueError, match="m=21 points from a cloud of N=20"):
+        sampling.farthest_point_sample(xyz, 21)
+    with pytest.raises(ValueError, match="start=20"):
+        sampling.farthest_point_sample(xyz, 5, start=20)
+    with pytest.raises(ValueError, match="k=21 neighbours from N=20"):
+        sampling.knn(xyz, xyz, 21)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sampling.knn(xyz.clone().fill_(float("nan")), xyz, 3)
 
 
 @pytest.mark.parametrize("k", [1, 7, 32])
@@ -100,8 +120,8 @@ def test_knn_matches_brute_force(k):
     gen = torch.Generator().manual_seed(4)
     ref = torch.rand(4, 257, 3, generator=gen)
     query = torch.rand(4, 50, 3, generator=gen)
-    assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
-    assert torch.equal(ops.knn(query, ref, k), brute_knn(query, ref, k))
+    assert torch.equal(sampling.knn_cpu(query, ref, k), brute_knn(query, ref, k))
+    assert torch.equal(sampling.knn(query, ref, k), brute_knn(query, ref, k))
 
 
 def test_knn_ties_keep_lower_index_and_k_equals_n():
@@ -110,7 +130,7 @@ def test_knn_ties_keep_lower_index_and_k_equals_n():
     ref = torch.cat([grid, grid[:, :10]], dim=1)  # (1, 74, 3)
     query = grid[:, ::5] + 0.5 * (torch.arange(13).view(1, 13, 1) % 2)
     for k in (6, 27, ref.shape[1]):
-        assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
+        assert torch.equal(sampling.knn_cpu(query, ref, k), brute_knn(query, ref, k))
 
 
 def _surface_clouds(gen: torch.Generator, batch: int, n: int) -> torch.Tensor:
@@ -129,29 +149,29 @@ def test_knn_grid_search_is_exact_on_surfaces_flat_clouds_and_far_queries(n, m, 
     gen = torch.Generator().manual_seed(n + k)
     ref = _surface_clouds(gen, 3, n)
     query = ref[:, torch.randperm(n, generator=gen)[:m]]
-    assert torch.equal(fast_ops.knn_cpu(query, ref, k), brute_knn(query, ref, k))
+    assert torch.equal(sampling.knn_cpu(query, ref, k), brute_knn(query, ref, k))
     flat = ref * torch.tensor([1.0, 1.0, 0.0])  # z = 0 everywhere: one cell along z
-    assert torch.equal(fast_ops.knn_cpu(query * torch.tensor([1.0, 1.0, 0.0]), flat, k),
+    assert torch.equal(sampling.knn_cpu(query * torch.tensor([1.0, 1.0, 0.0]), flat, k),
                        brute_knn(query * torch.tensor([1.0, 1.0, 0.0]), flat, k))
     far = torch.rand(3, m, 3, generator=gen) * 20 - 10  # most queries outside the bounding box
-    assert torch.equal(fast_ops.knn_cpu(far, ref, k), brute_knn(far, ref, k))
+    assert torch.equal(sampling.knn_cpu(far, ref, k), brute_knn(far, ref, k))
 
 
 def test_knn_one_repeated_point_and_tiny_offsets():
     same = torch.full((1, 100, 3), 0.25)  # every distance equal: the k lowest indices
-    assert torch.equal(fast_ops.knn_cpu(same[:, :7], same, 9), torch.arange(9).expand(1, 7, 9))
+    assert torch.equal(sampling.knn_cpu(same[:, :7], same, 9), torch.arange(9).expand(1, 7, 9))
     gen = torch.Generator().manual_seed(9)
     near = 0.5 + 1e-6 * torch.randn(2, 200, 3, generator=gen)  # distances near float32 rounding
-    assert torch.equal(fast_ops.knn_cpu(near[:, :50], near, 16), brute_knn(near[:, :50], near, 16))
+    assert torch.equal(sampling.knn_cpu(near[:, :50], near, 16), brute_knn(near[:, :50], near, 16))
 
 
 def test_knn_batch_independence():
     gen = torch.Generator().manual_seed(5)
     ref = torch.rand(8, 128, 3, generator=gen)
     query = ref[:, :40]
-    batch = ops.knn(query, ref, 16)
+    batch = sampling.knn(query, ref, 16)
     for b in range(8):
-        assert torch.equal(ops.knn(query[b : b + 1], ref[b : b + 1], 16)[0], batch[b])
+        assert torch.equal(sampling.knn(query[b : b + 1], ref[b : b + 1], 16)[0], batch[b])
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
@@ -160,7 +180,7 @@ def test_kernels_work_in_a_forked_child():
     import multiprocessing
 
     xyz = torch.rand(4, 256, 3, generator=torch.Generator().manual_seed(7))
-    expected = ops.farthest_point_sample(xyz, 32)  # creates the pool in this process
+    expected = sampling.farthest_point_sample(xyz, 32)  # creates the pool in this process
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        got = pool.apply_async(ops.farthest_point_sample, (xyz, 32)).get(timeout=60)
+        got = pool.apply_async(sampling.farthest_point_sample, (xyz, 32)).get(timeout=60)
     assert torch.equal(got, expected)

@@ -1,10 +1,10 @@
-"""The memory allocator configuration that makes CPU training and inference fast.
+"""The memory allocator and OpenMP configuration the ``pcea`` commands restart themselves with.
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB by
 default) with a fresh ``mmap`` and returns it with ``munmap`` on free. A
 forward pass of the classifier allocates activations of tens to hundreds of
 MB, so each pass maps them again and the kernel zero-fills every page on first
-touch: on a 2-core machine about half of the process time was kernel time.
+touch (docs/benchmarks.md measures how much of the process time that was).
 Raising ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
 ``MALLOC_TOP_PAD_`` keeps freed memory in the heap for the next pass. glibc
 reads them only when the process starts (a later ``mallopt`` recovers only
@@ -14,13 +14,12 @@ themselves once with them set; see :func:`reexec_if_needed`.
 The same re-exec sets ``GOMP_SPINCOUNT=10000``. After each parallel region
 the OpenMP workers of PyTorch's pip wheels (GNU libgomp) otherwise spin on
 their cores for a long while, and the compiled FPS and kNN kernels
-(:mod:`pcea.fast_ops`), which split a batch over their own threads right after
-the layers before them, then share one core between two threads: FPS of
-32 x 1024 -> 512 took 13 ms on 2 threads instead of 7. Sleeping at once
-(``OMP_WAIT_POLICY=PASSIVE``) fixed FPS but cost the model's many short
-parallel regions a wake-up each; a short spin of 10,000 iterations keeps the
-workers for back-to-back regions and frees the cores in time for FPS (both
-measured in docs/benchmarks.md).
+(:mod:`pcea.fast.sampling`), which split a batch over their own threads right
+after the layers before them, then share one core with a spinning thread. Sleeping
+at once (``OMP_WAIT_POLICY=PASSIVE``) fixed FPS but cost the model's many
+short parallel regions a wake-up each; a short spin of 10,000 iterations
+keeps the workers for back-to-back regions and frees the cores in time for
+FPS (both measured in docs/benchmarks.md).
 
 The cost: the process keeps its peak memory until it exits instead of giving
 it back between passes. ``PCEA_ALLOCATOR=system`` turns the re-exec off

@@ -7,13 +7,12 @@ A neighbour-embedding stage in training runs, on its (B, M, k, C) grouped rows,
     y = x W^T                           second layer's matmul
     out = max_k BatchNorm(y)            second layer's norm, max over neighbours
 
-With plain PyTorch ops each step is one or more full passes over a 268 MB
-tensor (for the defaults at B = 32), forward and backward: the gather, the
-add, BatchNorm's statistics and its normalisation, the ReLU, the max with its
-indices, the zero-filled gradient the max scatters into, the ReLU mask,
-BatchNorm's two backward passes and the scatter-add back to the points. On
-this project's 2-core CPU they took 0.5 s of a 1.9 s training step; fused,
-0.19 s (docs/benchmarks.md).
+With plain PyTorch ops each step is one or more full passes over the
+(B, M, k, C) rows, forward and backward: the gather, the add, BatchNorm's
+statistics and its normalisation, the ReLU, the max with its indices, the
+zero-filled gradient the max scatters into, the ReLU mask, BatchNorm's two
+backward passes and the scatter-add back to the points. What that costs, and
+what fusing saves, is measured in docs/benchmarks.md.
 
 Two autograd functions do the same arithmetic in fewer passes:
 
@@ -31,12 +30,12 @@ Two autograd functions do the same arithmetic in fewer passes:
   channel.
 
 Both match the plain ops within float rounding, values, gradients and running
-statistics (``tests/test_fused_bn.py`` checks all three against
+statistics (``tests/fast/test_batchnorm.py`` checks all three against
 ``nn.BatchNorm1d``, and runs ``gradcheck`` in float64). A tie in the max
 sends the whole gradient to the first maximum, as ``max(dim)`` does.
-:class:`pcea.layers.LBR` and :class:`pcea.model.NeighborEmbedding` use them
-when :func:`applies`; everywhere else (inference, CUDA, bf16 autocast,
-torch.compile, no numba) they keep the plain ops.
+The accelerated modules of :mod:`pcea.fast.layers` and :mod:`pcea.fast.model`
+call them where :func:`serves` says so; everywhere else (inference, CUDA,
+bf16 autocast, torch.compile) they keep the plain ops.
 """
 
 from __future__ import annotations
@@ -47,38 +46,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcea import fast_ops, precision
+from pcea.fast import sampling
+from pcea.fast.call import eager_cpu
 
-__all__ = ["applies", "gather_norm_act", "norm_max"]
+__all__ = ["available", "gather_norm_act", "norm_max", "serves"]
 
 
-def applies(x: torch.Tensor, bn: nn.Module) -> bool:
-    """Whether the fused functions serve this call: a CPU float training step with autograd.
+def available() -> bool:
+    """Whether the kernels can be compiled here (numba importable)."""
+    return _kernels() is not None
+
+
+def serves(x: torch.Tensor, bn: nn.Module) -> bool:
+    """Whether the fused functions serve this call: an eager CPU float training step with autograd.
+
+    Only what the call is; whether numba is there is the caller's decision, taken
+    once (:func:`pcea.fast.accelerate`).
 
     Args:
         x: the tensor the BatchNorm's input is computed from.
-        bn: the BatchNorm; a plain, affine ``nn.BatchNorm1d`` in training mode
-            that tracks running statistics (a SyncBatchNorm or a subclass keeps
-            its own forward).
+        bn: the BatchNorm; a plain ``nn.BatchNorm1d`` in training mode (a SyncBatchNorm
+            that replaced it keeps its own forward).
     """
-    return (
-        torch.is_grad_enabled()
-        and type(bn) is nn.BatchNorm1d
-        and bn.training
-        and bn.affine
-        and bn.track_running_stats
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and not precision.cpu_autocast_active()
-        and not fast_ops.compiling()
-        and fast_ops.available()
-        and _kernels() is not None
-    )
+    return (torch.is_grad_enabled() and type(bn) is nn.BatchNorm1d and bn.training
+            and eager_cpu(x, (torch.float32, torch.float64)))
 
 
 # ---------------------------------------------------------------------------
 # Kernels. Each runs over groups start..stop (one group: a centre's k rows),
-# or over clouds for the scatter, so fast_ops.run_split can share them among
+# or over clouds for the scatter, so sampling.run_split can share them among
 # threads. Per-group partial sums are float64 and summed afterwards, so the
 # statistics do not depend on the number of threads.
 
@@ -217,7 +213,7 @@ def _norm_max_grad_kernel(y, grad, arg, coef_g, coef_1, coef_y, mean, out, start
 
 @functools.cache
 def _kernels() -> dict | None:
-    """The kernels compiled by numba (cached on disk like fast_ops'), or None without numba."""
+    """The kernels compiled by numba (cached on disk like sampling's), or None without numba."""
     try:
         import numba
     except Exception:  # noqa: BLE001 - any import failure means "use the plain ops"
@@ -231,7 +227,7 @@ def _kernels() -> dict | None:
 
 
 def _run(name: str, args: tuple, total: int) -> None:
-    fast_ops.run_split(_kernels()[name], args, total)
+    sampling.run_split(_kernels()[name], args, total)
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pcea import allocator
-from pcea.allocator import FAST_ENV, MARKER, THREAD_ENV, allocator_env, describe_allocator
+from pcea.fast import allocator
+from pcea.fast.allocator import FAST_ENV, MARKER, THREAD_ENV, allocator_env, describe_allocator
 
 LINUX = dict(system="linux", libc="glibc")
 
