@@ -17,6 +17,12 @@ Payload keys (the contract with ``pcea.load_model`` and ``pcea eval``):
 "model_config" (dict), "class_names" (list[str]), "train_config" (dict),
 "epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "metrics"
 (dict), "protocol" (str).
+
+The model's side of a checkpoint is a symmetric pair: :func:`model_payload` is what a
+model contributes to the payload it is saved in ("model", "model_name", "model_config",
+"class_names", "up"), and :func:`open_checkpoint` rebuilds the model from exactly those
+keys (``pcea.load_model`` and ``pcea eval`` open checkpoints through it);
+:func:`resolve_checkpoint` says which file a run directory or a built-in name means.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ import torch
 
 from pcea.atomic import atomic_write_bytes, replacing
 from pcea.errors import PceaFileError
+from pcea.geometry import CANONICAL_UP
+from pcea.model import ModelConfig, PCTClassifier
+from pcea.weights import builtin_path, is_builtin
 
 __all__ = [
     "FORMAT",
@@ -42,7 +51,10 @@ __all__ = [
     "atomic_write_bytes",
     "load_checkpoint",
     "load_latest",
+    "model_payload",
+    "open_checkpoint",
     "previous_path",
+    "resolve_checkpoint",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -210,6 +222,94 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise PceaFileError(path, f"unsupported checkpoint format {found!r}, expected {FORMAT!r}")
     return payload
+
+
+def model_payload(model: PCTClassifier, *, model_name: str) -> dict:
+    """What a model contributes to the checkpoint it is saved in; :func:`open_checkpoint` reads it back.
+
+    Args:
+        model: the classifier (plain or accelerated: the state_dict keys are the same), with
+            ``class_names`` set.
+        model_name: the preset it was built from ("pcea", "pct", "pct-sa").
+
+    Returns:
+        ``{"model", "model_name", "model_config", "class_names", "up"}``: the weights, the config
+        that rebuilds the module, the class names in output order and the frame it was trained
+        in (:data:`pcea.geometry.CANONICAL_UP`). A training run adds its own keys to this.
+    """
+    return {
+        "model": model.state_dict(),
+        "model_name": model_name,
+        "model_config": model.config.to_dict(),
+        "class_names": [str(name) for name in model.class_names],
+        "up": CANONICAL_UP,
+    }
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint file a path names: the file itself, a run directory's best.pt (else last.pt),
+    or the weights shipped with pcea when it is a built-in name such as "modelnet40"
+    (:mod:`pcea.weights`; a file or directory of that name takes precedence).
+
+    Raises:
+        PceaFileError: the path does not exist, or is a directory without a checkpoint.
+    """
+    if is_builtin(checkpoint):
+        return builtin_path(checkpoint)
+    path = Path(checkpoint)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise PceaFileError(path, "run directory without best.pt or last.pt")
+    if not path.exists():
+        raise PceaFileError(path, "no such checkpoint file or run directory")
+    return path
+
+
+def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
+                    ) -> tuple[PCTClassifier, dict, Path]:
+    """Rebuild the model stored in a checkpoint (see :func:`model_payload`), and return the rest too.
+
+    Args:
+        checkpoint: a checkpoint file, a run directory or a built-in name (see
+            :func:`resolve_checkpoint`).
+        device: where the model goes.
+
+    Returns:
+        (the plain model in eval mode with ``class_names`` and ``up`` set, the checkpoint
+        payload, the file loaded).
+
+    Raises:
+        PceaFileError: missing, damaged or unsafe file, weights that do not fit the stored config,
+            or a model trained in another frame than pcea's y-up one.
+    """
+    path = resolve_checkpoint(checkpoint)
+    payload = load_checkpoint(path)
+    missing = [key for key in ("model", "model_config") if key not in payload]
+    if missing:
+        raise PceaFileError(path, f"checkpoint without {', '.join(missing)}")
+    try:
+        model = PCTClassifier(ModelConfig(**payload["model_config"]))
+        # A model saved from inside DistributedDataParallel or torch.compile has prefixed keys.
+        state = {key.removeprefix("module.").removeprefix("_orig_mod."): value
+                 for key, value in payload["model"].items()}
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PceaFileError(path, f"the stored weights do not fit the stored model config: {first_line}"
+                            ) from None
+    up = payload.get("up", CANONICAL_UP)  # checkpoints before the frame was recorded: pcea-shapes, y-up
+    if up != CANONICAL_UP:
+        raise PceaFileError(path, f"trained in a {up}-up frame; pcea feeds models {CANONICAL_UP}-up clouds")
+    model.up = up
+    names = payload.get("class_names")
+    model.class_names = [str(name) for name in names] if names else [
+        f"class{i}" for i in range(model.config.num_classes)]
+    if len(model.class_names) != model.config.num_classes:
+        raise PceaFileError(path, f"{len(model.class_names)} class names for "
+                            f"{model.config.num_classes} outputs")
+    return model.to(device).eval(), payload, path
 
 
 def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
