@@ -35,7 +35,8 @@ def _check_cloud(xyz: torch.Tensor, name: str = "xyz") -> None:
         raise ValueError(f"{name} must have shape (B, N, 3), got {tuple(xyz.shape)}")
     if not xyz.is_floating_point():
         raise ValueError(f"{name} must be a float tensor, got {xyz.dtype}")
-    if not bool(torch.isfinite(xyz).all()):
+    # A traced graph (pcea.export) cannot keep a check on values; its callers check the input.
+    if not torch.jit.is_tracing() and not bool(torch.isfinite(xyz).all()):
         raise ValueError(f"{name} of shape {tuple(xyz.shape)} has NaN or infinite coordinates")
 
 
@@ -110,7 +111,12 @@ def first_picks(
 
 
 def _farthest_point_sample_torch(xyz: torch.Tensor, m: int, first: torch.Tensor) -> torch.Tensor:
-    """The plain batched FPS loop: the reference, the fallback and the CUDA path.
+    """The plain batched FPS loop: the reference, the fallback, the CUDA path and the ONNX graph.
+
+    Written out of place (no ``out=``, no index assignment), with a row gather and
+    a mask instead of advanced indexing, so that tracing it for ONNX
+    (:mod:`pcea.export`) records the same operations for any batch size, and
+    few of them: the loop is unrolled into the graph, m steps of about ten nodes.
 
     Args:
         xyz: (B, N, 3) validated coordinates.
@@ -120,22 +126,22 @@ def _farthest_point_sample_torch(xyz: torch.Tensor, m: int, first: torch.Tensor)
     Returns:
         (B, m) int64 indices. On CUDA the loop never synchronises with the host.
     """
-    B, N, _ = xyz.shape
-    device = xyz.device
-    batch = torch.arange(B, device=device)
-    picked = torch.empty(B, m, dtype=torch.long, device=device)
+    rows = xyz.reshape(-1, 3)  # (B * N, 3)
+    offset = torch.arange(xyz.shape[0], device=xyz.device) * xyz.shape[1]  # (B,): each cloud's first row
+    point_index = torch.arange(xyz.shape[1], device=xyz.device)  # (N,)
     # Distance of every point to the picked set; picked points get -1 so that
     # they lose every later argmax, even against duplicates at distance 0.
-    min_dist = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=device)
-    current = first
-    for i in range(m):
-        picked[:, i] = current
-        last = xyz[batch, current].unsqueeze(1)  # (B, 1, 3)
+    min_dist = torch.full_like(xyz[..., 0], float("inf"))  # (B, N)
+    current = first  # (B,)
+    picks = []
+    for _ in range(m):
+        picks.append(current)
+        last = rows.index_select(0, current + offset).unsqueeze(1)  # (B, 1, 3)
         dist = (xyz - last).square().sum(-1)  # (B, N)
-        torch.minimum(min_dist, dist, out=min_dist)
-        min_dist[batch, current] = -1.0
-        current = min_dist.argmax(dim=1)  # first maximum on CPU and CUDA
-    return picked
+        picked = point_index == current.unsqueeze(1)  # (B, N)
+        min_dist = torch.where(picked, -1.0, torch.minimum(min_dist, dist))  # (B, N)
+        current = min_dist.argmax(dim=1)  # (B,), the first maximum on CPU, CUDA and ONNX Runtime
+    return torch.stack(picks, dim=1)  # (B, m)
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
@@ -167,8 +173,18 @@ def check_knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> None:
 
 
 def _knn_torch(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
-    """cdist + topk: the fallback and the CUDA path (ties in any order)."""
-    dist = square_distance(query, ref)  # (B, M, N)
+    """Direct squared distances + topk: the fallback, the CUDA path and the ONNX graph.
+
+    ``dx*dx + dy*dy + dz*dz`` one coordinate at a time, the floats of the CPU
+    kernel (pcea.fast.sampling), so both find the same neighbours (ties in any order
+    here); the matmul expansion of :func:`square_distance` rounds differently
+    and could swap near-tied neighbours. One (B, M, N) plane per coordinate
+    keeps the peak memory at two such planes, not a (B, M, N, 3) difference.
+    """
+    dist = None
+    for axis in range(3):
+        delta = ref[..., axis].unsqueeze(1) - query[..., axis].unsqueeze(2)  # (B, M, N)
+        dist = delta * delta if dist is None else dist + delta * delta
     return dist.topk(k, dim=-1, largest=False, sorted=True).indices  # (B, M, k)
 
 
