@@ -16,7 +16,12 @@ Payload keys (the contract with ``pcea.load_model`` and ``pcea eval``):
 "format" ("pcea-checkpoint/1"), "model" (state_dict), "model_name",
 "model_config" (dict), "class_names" (list[str]), "train_config" (dict),
 "epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "metrics"
-(dict), "protocol" (str).
+(dict), "protocol" (str). :func:`check_payload` verifies their types, so a file with
+a valid hash but a malformed payload is one error naming the file, not a traceback.
+
+Only regular files of at most :data:`MAX_CHECKPOINT_BYTES` (4 GiB; a checkpoint of the
+``pcea`` preset, 2.67 M parameters with their SGD momentum, is 21.5 MB) are read: a FIFO,
+a device such as ``/dev/zero`` or a huge sparse file is refused before a byte of it is read.
 
 The model's side of a checkpoint is a symmetric pair: :func:`model_payload` is what a
 model contributes to the payload it is saved in ("model", "model_name", "model_config",
@@ -33,6 +38,7 @@ import os
 import pickle
 import random
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +53,12 @@ from pcea.weights import builtin_path, is_builtin
 __all__ = [
     "FORMAT",
     "MAGIC",
+    "MAX_CHECKPOINT_BYTES",
+    "MODEL_KEYS",
     "PREVIOUS_SUFFIX",
+    "RESUME_KEYS",
     "atomic_write_bytes",
+    "check_payload",
     "load_checkpoint",
     "load_latest",
     "model_payload",
@@ -64,6 +74,10 @@ FORMAT = "pcea-checkpoint/1"
 MAGIC = b"PCEA-CHECKPOINT/1"
 PREVIOUS_SUFFIX = ".prev.pt"
 _MAX_HEADER = 128  # magic + space + 64 hex digits + space + length + newline fits easily
+MAX_CHECKPOINT_BYTES = 4 * 2**30
+MODEL_KEYS = ("model", "model_config")  # what rebuilding the model needs (pcea.load_model, eval)
+RESUME_KEYS = ("model", "model_name", "model_config", "class_names", "train_config", "epoch", "optimizer",
+               "scheduler", "rng", "metrics")  # what --resume needs
 
 _PLAIN = (type(None), bool, int, float, str, bytes, torch.Tensor)
 
@@ -128,11 +142,16 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, *, keep_previous: bo
     Raises:
         TypeError: the payload holds something that would not load with
             ``weights_only=True`` (a bug in the caller, not a user mistake).
+        ValueError: a model tensor holds NaN or infinity (the trainer stops before that).
         PceaFileError: the file cannot be written (read-only directory, disk full).
     """
     path = Path(path)
     payload = {"format": FORMAT, **payload}
     _check_plain(payload)
+    for name, tensor in (payload.get("model") or {}).items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() \
+                and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: refusing to save non-finite weights ({name})")
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
@@ -147,16 +166,45 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, *, keep_previous: bo
     return path
 
 
-def _read_verified(path: Path) -> bytes:
-    """The payload bytes of a checkpoint file after checking its length and SHA-256."""
+def _open_regular(path: Path, max_bytes: int) -> tuple[int, int]:
+    """Open ``path`` for reading without blocking; return (fd, size) if it is a regular file.
+
+    ``O_NONBLOCK`` lets a FIFO be opened (and refused) without waiting for a writer.
+    """
     try:
-        with open(path, "rb") as f:
-            header = f.readline(_MAX_HEADER)
-            body = f.read()
-    except IsADirectoryError:
-        raise PceaFileError(path, "is a directory, expected a checkpoint file") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise PceaFileError(path, "no such checkpoint file") from None
+    except IsADirectoryError:
+        raise PceaFileError(path, "is a directory, expected a checkpoint file") from None
+    except OSError as err:
+        raise PceaFileError(path, f"cannot read the checkpoint: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = "is a directory, expected a checkpoint file"
+    elif not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "special")
+        problem = f"is {kind}, not a regular file; refusing to read it as a checkpoint"
+    elif info.st_size > max_bytes:
+        problem = (f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit of a checkpoint "
+                   "(pcea.engine.checkpoint.MAX_CHECKPOINT_BYTES); refusing to read it")
+    if problem:
+        os.close(fd)
+        raise PceaFileError(path, problem)
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd, info.st_size
+
+
+def _read_verified(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
+    """The payload bytes of a checkpoint file after checking its length and SHA-256."""
+    fd, size = _open_regular(path, max_bytes)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            header = f.readline(_MAX_HEADER)
+            body = f.read(size)  # at most what fstat reported: a file that grows is not followed
     except OSError as err:
         raise PceaFileError(path, f"cannot read the checkpoint: {err.strerror or err}") from None
     parts = header.rstrip(b"\n").split(b" ")
@@ -192,23 +240,114 @@ def _refused_global(message: str) -> str:
     return ""
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict:
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _str_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _rng_ok(value) -> bool:
+    if not _str_dict(value) or not {"python", "numpy", "torch", "loader"} <= set(value):
+        return False
+    python, numpy_state = value["python"], value["numpy"]
+    return (isinstance(python, list | tuple) and len(python) == 3 and _is_int(python[0])
+            and isinstance(python[1], list | tuple) and all(_is_int(v) for v in python[1])
+            and (python[2] is None or _is_number(python[2]))
+            and _str_dict(numpy_state) and isinstance(numpy_state.get("key"), torch.Tensor)
+            and _is_int(numpy_state.get("pos")) and _is_int(numpy_state.get("has_gauss"))
+            and _is_number(numpy_state.get("gauss"))
+            and isinstance(value["torch"], torch.Tensor) and value["torch"].dtype == torch.uint8
+            and isinstance(value["loader"], torch.Tensor) and value["loader"].dtype == torch.uint8
+            and (isinstance(value.get("cuda", []), list | tuple)))
+
+
+def _metrics_ok(value) -> bool:
+    if not _str_dict(value):
+        return False
+    history, best = value.get("history"), value.get("best")
+    return (isinstance(history, list) and all(_str_dict(row) and _is_int(row.get("epoch")) for row in history)
+            and _str_dict(best) and (best.get("epoch") is None or _is_int(best.get("epoch")))
+            and _is_number(best.get("score")))
+
+
+# What each payload key must hold: (test, description for the error).
+_KEY_TYPES = {
+    "format": (lambda v: isinstance(v, str), "a string"),
+    "model": (lambda v: _str_dict(v) and all(isinstance(t, torch.Tensor) for t in v.values()),
+              "a mapping of parameter names to tensors"),
+    "model_name": (lambda v: isinstance(v, str), "a string"),
+    "model_config": (_str_dict, "a mapping of model settings"),
+    "class_names": (lambda v: isinstance(v, list | tuple) and all(isinstance(n, str) for n in v),
+                    "a list of strings"),
+    "train_config": (_str_dict, "a mapping of training settings"),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "optimizer": (lambda v: _str_dict(v) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list), "an optimizer state (state, param_groups)"),
+    "scheduler": (_str_dict, "a scheduler state"),
+    "rng": (_rng_ok, "the random states (python, numpy, torch, loader)"),
+    "metrics": (_metrics_ok, "metrics with a history of epochs and the best epoch"),
+    "protocol": (lambda v: isinstance(v, str), "a string"),
+    "up": (lambda v: isinstance(v, str), "a string"),
+}
+_ALWAYS_CHECKED = ("model", "model_name", "model_config", "class_names", "train_config", "epoch", "protocol",
+                   "up")
+
+
+def check_payload(payload: dict, path: str | os.PathLike, require: tuple[str, ...] = ()) -> dict:
+    """Check that a loaded payload holds the keys a caller needs, each of the right type.
+
+    Args:
+        payload: what :func:`load_checkpoint` unpickled.
+        path: the file, for the message.
+        require: keys that must be present (:data:`MODEL_KEYS`, :data:`RESUME_KEYS`); these
+            and the simple keys (names, configs, epoch) are type-checked whenever present.
+
+    Returns:
+        ``payload``.
+
+    Raises:
+        PceaFileError: a required key is missing or a key holds the wrong type.
+    """
+    missing = [key for key in require if key not in payload]
+    if missing:
+        raise PceaFileError(path, f"malformed checkpoint: no {', '.join(repr(k) for k in missing)} entry")
+    for key in dict.fromkeys((*_ALWAYS_CHECKED, *require)):
+        if key in payload:
+            ok, expected = _KEY_TYPES[key]
+            if not ok(payload[key]):
+                found = type(payload[key]).__name__
+                raise PceaFileError(path, f"malformed checkpoint: {key!r} is not {expected} "
+                                          f"(found a {found})")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                    require: tuple[str, ...] = (), max_bytes: int = MAX_CHECKPOINT_BYTES) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, safely.
 
     Args:
         path: the checkpoint file.
         map_location: where tensors go; the CPU by default.
+        require: payload keys the caller needs (see :func:`check_payload`).
+        max_bytes: larger files are refused before they are read.
 
     Returns:
         The payload dict (see the module docstring for its keys).
 
     Raises:
-        PceaFileError: missing, truncated, altered, not a pcea checkpoint, or
-            holding objects other than tensors and plain types (a file crafted to
-            run code on load is refused here, before any of its code runs).
+        PceaFileError: missing, not a regular file, too large, truncated, altered, not a
+            pcea checkpoint, holding objects other than tensors and plain types (a file
+            crafted to run code on load is refused here, before any of its code runs), or
+            a payload without the required keys or with wrongly typed ones.
     """
     path = Path(path)
-    body = _read_verified(path)
+    body = _read_verified(path, max_bytes)
     try:
         payload = torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -221,7 +360,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise PceaFileError(path, f"unsupported checkpoint format {found!r}, expected {FORMAT!r}")
-    return payload
+    return check_payload(payload, path, require)
 
 
 def model_payload(model: PCTClassifier, *, model_name: str) -> dict:
@@ -285,12 +424,15 @@ def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device
             or a model trained in another frame than pcea's y-up one.
     """
     path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    missing = [key for key in ("model", "model_config") if key not in payload]
-    if missing:
-        raise PceaFileError(path, f"checkpoint without {', '.join(missing)}")
+    payload = load_checkpoint(path, require=MODEL_KEYS)  # keys and their types checked
     try:
-        model = PCTClassifier(ModelConfig(**payload["model_config"]))
+        model_config = ModelConfig(**payload["model_config"])
+    except (TypeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PceaFileError(path, f"malformed checkpoint: its model_config is invalid: {first_line}"
+                            ) from None
+    try:
+        model = PCTClassifier(model_config)
         # A model saved from inside DistributedDataParallel or torch.compile has prefixed keys.
         state = {key.removeprefix("module.").removeprefix("_orig_mod."): value
                  for key, value in payload["model"].items()}
@@ -312,13 +454,14 @@ def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device
     return model.to(device).eval(), payload, path
 
 
-def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
-                ) -> tuple[Path, dict, list[str]]:
-    """Load ``path``, or its ``.prev.pt`` fallback when ``path`` is damaged or missing.
+def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                require: tuple[str, ...] = ()) -> tuple[Path, dict, list[str]]:
+    """Load ``path``, or its ``.prev.pt`` fallback when ``path`` is damaged, malformed or missing.
 
     Args:
         path: usually ``runs/NAME/last.pt``.
         map_location: where tensors go.
+        require: payload keys the caller needs (see :func:`check_payload`).
 
     Returns:
         (the file actually loaded, its payload, one message per file that was
@@ -331,7 +474,7 @@ def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "
     problems: list[str] = []
     for candidate in (path, previous_path(path)):
         try:
-            return candidate, load_checkpoint(candidate, map_location=map_location), problems
+            return candidate, load_checkpoint(candidate, map_location=map_location, require=require), problems
         except PceaFileError as err:
             problems.append(str(err))
     raise PceaFileError(path, "no usable checkpoint to resume from: " + "; ".join(problems))

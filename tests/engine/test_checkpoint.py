@@ -18,6 +18,9 @@ import torch
 from pcea.engine.checkpoint import (
     FORMAT,
     MAGIC,
+    MAX_CHECKPOINT_BYTES,
+    MODEL_KEYS,
+    RESUME_KEYS,
     load_checkpoint,
     load_latest,
     previous_path,
@@ -194,3 +197,101 @@ def test_sigkill_while_writing_leaves_complete_files(tmp_path):
         assert torch.equal(last["model"]["w"], torch.full((300_000,), float(last["epoch"])))
         if previous_path(path).exists():  # the epoch before, or the same one when killed in between
             assert load_checkpoint(previous_path(path))["epoch"] in (last["epoch"] - 1, last["epoch"])
+
+
+# -- issue 16: malformed payloads, special files, non-finite weights ------------------------------
+
+def _framed(tmp_path, name: str, payload: dict):
+    """A file with a valid header and hash around ``payload``: only the payload checks can refuse it."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    path = tmp_path / name
+    path.write_bytes(_wrap(buffer.getvalue()))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": None}, r"no 'model' entry"),
+    ({"model": "weights"}, r"'model' is not a mapping of parameter names to tensors \(found a str\)"),
+    ({"model": {"w": [1.0, 2.0]}}, r"'model' is not a mapping of parameter names to tensors"),
+    ({"model_config": [64, 32]}, r"'model_config' is not a mapping"),
+    ({"class_names": "abcd"}, r"'class_names' is not a list of strings"),
+    ({"class_names": [1, 2, 3, 4]}, r"'class_names' is not a list of strings"),
+    ({"epoch": "3"}, r"'epoch' is not a non-negative integer \(found a str\)"),
+    ({"epoch": -1}, r"'epoch' is not a non-negative integer"),
+])
+def test_a_malformed_payload_with_a_valid_hash_is_one_error_naming_the_file(tmp_path, change, message):
+    payload = {**_payload(), **change}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    path = _framed(tmp_path, "bad.pt", payload)
+    with pytest.raises(PceaFileError, match=f"bad.pt: malformed checkpoint: {message}"):
+        load_checkpoint(path, require=MODEL_KEYS)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("optimizer", "sgd"), ("optimizer", {"state": {}}), ("scheduler", 3), ("rng", {"torch": 1}),
+    ("metrics", {"history": "none", "best": {}}), ("train_config", None),
+])
+def test_resume_keys_are_checked_when_resuming(tmp_path, key, value):
+    good = {**_payload(), "train_config": {"epochs": 2}, "optimizer": {"state": {}, "param_groups": []},
+            "scheduler": {"last_epoch": 1},
+            "rng": {"python": (3, tuple(range(625)), None), "torch": torch.get_rng_state(),
+                    "loader": torch.Generator().get_state(),
+                    "numpy": {"key": torch.zeros(624, dtype=torch.int64), "pos": 0, "has_gauss": 0,
+                              "gauss": 0.0}},
+            "metrics": {"history": [{"epoch": 1}], "best": {"epoch": 1, "score": 0.5}}}
+    assert load_checkpoint(_framed(tmp_path, "good.pt", good), require=RESUME_KEYS)["epoch"] == 0
+    bad = {k: v for k, v in {**good, key: value}.items() if v is not None}
+    path = _framed(tmp_path, "bad.pt", bad)
+    with pytest.raises(PceaFileError, match=f"bad.pt: malformed checkpoint: .*'{key}'"):
+        load_checkpoint(path, require=RESUME_KEYS)
+    # load_latest skips it for the previous checkpoint, as for a damaged file.
+    save_checkpoint(tmp_path / "last.prev.pt", good)
+    path.rename(tmp_path / "last.pt")
+    used, payload, problems = load_latest(tmp_path / "last.pt", require=RESUME_KEYS)
+    assert used.name == "last.prev.pt" and "malformed checkpoint" in problems[0]
+
+
+class _Timeout(BaseException):
+    pass
+
+
+@pytest.fixture
+def guard():
+    """Fail instead of hanging: a read that blocks is interrupted after 5 s."""
+    def alarm(signum, frame):
+        raise _Timeout("the read did not return")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_fifos_devices_and_huge_files_are_refused_before_reading(tmp_path, guard):
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)  # no writer: opening it for reading would block for ever
+    with pytest.raises(PceaFileError, match=r"fifo.pt: is a FIFO, not a regular file"):
+        load_checkpoint(fifo)
+    zero = tmp_path / "zero.pt"
+    zero.symlink_to("/dev/zero")  # endless data
+    with pytest.raises(PceaFileError, match=r"zero.pt: is a device, not a regular file"):
+        load_checkpoint(zero)
+    sparse = tmp_path / "sparse.pt"
+    with open(sparse, "wb") as f:  # 1 TiB of holes: no disk used, but reading it would exhaust memory
+        f.write(MAGIC + b" " + b"0" * 64 + b" 1099511627776\n")
+        f.truncate(2**40)
+    with pytest.raises(PceaFileError, match=r"sparse.pt: 1,099,511,627,776 bytes, over the 4,294,967,296"):
+        load_checkpoint(sparse)
+    small = save_checkpoint(tmp_path / "small.pt", _payload())
+    with pytest.raises(PceaFileError, match="over the 100-byte limit"):
+        load_checkpoint(small, max_bytes=100)
+    assert MAX_CHECKPOINT_BYTES == 4 * 2**30
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    payload = _payload()
+    payload["model"]["linear.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"refusing to save non-finite weights \(linear.weight\)"):
+        save_checkpoint(tmp_path / "nan.pt", payload)
+    assert not list(tmp_path.iterdir())
