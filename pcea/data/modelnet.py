@@ -356,8 +356,10 @@ def mesh_classes(root: Path) -> list[str]:
 def shape_files(root: Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
     """``(path, label)`` of every shape file of one split, in class then name order.
 
-    A shape file is a regular file whose extension :func:`pcea.io.load_points` reads;
-    anything else in the folders (READMEs, hidden files) is ignored.
+    A shape file is an entry whose extension :func:`pcea.io.load_points` reads; anything
+    else in the folders (READMEs, hidden files) is ignored. An entry with such an extension
+    that is not a regular file (a directory, a FIFO, a dangling link) is kept, so that the
+    reader refuses it and the dataset's warning names it instead of dropping it silently.
 
     Raises:
         PceaFileError: no class has a ``split`` folder (a copy holding only the train split).
@@ -369,7 +371,7 @@ def shape_files(root: Path, split: str, class_names: list[str]) -> list[tuple[Pa
     extensions = _shape_extensions()
     return [(path, label) for label, name in enumerate(class_names)
             for path in sorted((root / name / split).glob("*"))
-            if path.suffix.lower() in extensions and not path.name.startswith(".") and path.is_file()]
+            if path.suffix.lower() in extensions and not path.name.startswith(".")]
 
 
 mesh_files = shape_files  # the name prepare.py and older code use
