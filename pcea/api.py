@@ -1,9 +1,10 @@
 """The library entry points for a trained model: :func:`load_model` and :func:`classify`.
 
-A checkpoint is loaded through :func:`pcea.engine.checkpoint.load_checkpoint`
-(``torch.load(weights_only=True)`` after a SHA-256 check), so loading one never
-runs code from the file. A user's files are read with :func:`pcea.io.load_points`,
-which normalises them like the training data.
+A checkpoint is opened by :func:`pcea.engine.checkpoint.open_checkpoint`, which reads it
+with :func:`pcea.engine.checkpoint.load_checkpoint` (``torch.load(weights_only=True)``
+after a SHA-256 check), so loading one never runs code from the file; voting is
+:func:`pcea.engine.evaluate.vote_probabilities`, the same as ``pcea eval``'s. A user's
+files are read with :func:`pcea.io.load_points`, which normalises them like the training data.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import TextIO
 import numpy as np
 import torch
 
+from pcea.engine.checkpoint import open_checkpoint
+from pcea.engine.evaluate import vote_probabilities
 from pcea.errors import PceaError, PceaFileError
 from pcea.fast import accelerate
 from pcea.io import (
@@ -31,79 +34,23 @@ from pcea.io import (
     PceaWarning,
     load_points,
 )
-from pcea.model import ModelConfig, PCTClassifier
+from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
 
-__all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "open_checkpoint",
-           "print_classification", "resolve_checkpoint"]
+__all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "print_classification"]
 
 KNOWN_EXTENSIONS = tuple(sorted(set(MESH_EXTENSIONS + POINT_EXTENSIONS)))
 _GLOB_CHARS = ("*", "?", "[")
-
-
-def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
-    """The checkpoint file a path names: the file itself, or a run directory's best.pt (else last.pt).
-
-    Raises:
-        PceaFileError: the path does not exist, or is a directory without a checkpoint.
-    """
-    path = Path(checkpoint)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise PceaFileError(path, "run directory without best.pt or last.pt")
-    if not path.exists():
-        raise PceaFileError(path, "no such checkpoint file or run directory")
-    return path
-
-
-def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
-                    ) -> tuple[PCTClassifier, dict, Path]:
-    """Rebuild the model stored in a checkpoint, and return the rest of the checkpoint too.
-
-    Args:
-        checkpoint: a checkpoint file or a run directory (see :func:`resolve_checkpoint`).
-        device: where the model goes.
-
-    Returns:
-        (the model in eval mode with ``class_names`` set, the checkpoint payload, the file loaded).
-
-    Raises:
-        PceaFileError: missing, damaged or unsafe file, or weights that do not fit the stored config.
-    """
-    from pcea.engine.checkpoint import load_checkpoint
-
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    missing = [key for key in ("model", "model_config") if key not in payload]
-    if missing:
-        raise PceaFileError(path, f"checkpoint without {', '.join(missing)}")
-    try:
-        model = PCTClassifier(ModelConfig(**payload["model_config"]))
-        # A model saved from inside DistributedDataParallel or torch.compile has prefixed keys.
-        state = {key.removeprefix("module.").removeprefix("_orig_mod."): value
-                 for key, value in payload["model"].items()}
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PceaFileError(path, f"the stored weights do not fit the stored model config: {first_line}"
-                            ) from None
-    names = payload.get("class_names")
-    model.class_names = [str(name) for name in names] if names else [
-        f"class{i}" for i in range(model.config.num_classes)]
-    if len(model.class_names) != model.config.num_classes:
-        raise PceaFileError(path, f"{len(model.class_names)} class names for "
-                            f"{model.config.num_classes} outputs")
-    return model.to(device).eval(), payload, path
 
 
 def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu") -> PCTClassifier:
     """Load a trained classifier, ready for ``model.predict(points)``.
 
     Args:
-        checkpoint: a ``.pt`` file written by ``pcea train``, or a run directory
-            (its ``best.pt``, else ``last.pt``).
+        checkpoint: a ``.pt`` file written by ``pcea train``, a run directory (its
+            ``best.pt``, else ``last.pt``), or ``"modelnet40"``: the weights that ship with
+            pcea, trained on ModelNet40 (docs/modelnet40.md); opened by
+            :func:`pcea.engine.checkpoint.open_checkpoint`.
         device: where the model goes.
 
     Returns:
@@ -250,8 +197,6 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
         ``{"path": str, "top_k": [(class, probability), ...]}`` or, for a file that
         cannot be read, ``{"path": str, "error": "PATH: problem"}``.
     """
-    from pcea.engine.evaluate import vote_probabilities
-
     if top_k < 1:
         raise PceaError(f"top_k={top_k}: must be at least 1")
     if votes < 1:

@@ -1,9 +1,14 @@
 """The ``pcea`` command line: argparse over the library's functions.
 
 Each subcommand has an ``_add_<name>`` function that declares its arguments
-and a ``_cmd_<name>`` function that runs it. A :class:`pcea.PceaError` (a
-user's mistake: a bad file, a bad option) is printed as one line and exits
-with status 1; argparse's usage errors exit with status 2.
+and a ``_cmd_<name>`` function that runs it (``_cmd_train`` also merges the defaults,
+``--config`` and the flags, and picks a run, a resume or a ``--seeds`` sweep). A
+:class:`pcea.PceaError` (a user's mistake: a bad file, a bad option) is printed as one
+line and exits with status 1; argparse's usage errors exit with status 2.
+
+This is the one module that imports the rest of pcea inside its functions (each
+``_cmd_<name>`` imports what it runs); everywhere else imports sit at the top of the
+module, which ``tests/test_imports.py`` checks.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import platform
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pcea.errors import PceaError
 
@@ -146,8 +152,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pcea.engine.config import parse_model_options
-    from pcea.engine.train import run_train_command
+    """Merge the defaults, the config file and the flags, then train, resume, or sweep --seeds.
+
+    Returns:
+        The exit status: 0 when finished, 130/143 when stopped by SIGINT/SIGTERM.
+    """
+    from pcea.engine.config import TrainConfig, load_config_file, parse_model_options
+    from pcea.engine.seeds import train_seeds
+    from pcea.engine.train import train
 
     names = ["data", "model", "epochs", "batch_size", "points", "normals", "lr", "optimizer", "warmup_epochs",
              "seed", "val_split",
@@ -161,8 +173,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise PceaError(f"--seeds {args.seeds!r}: expected integers like 0,1,2") from None
-    return run_train_command(out=args.out, resume=args.resume, force=args.force, config_file=args.config,
-                             overrides=overrides, seeds=seeds)
+    out, resume = args.out, args.resume
+    if resume and out and Path(out) != Path(resume):
+        raise PceaError("give either --out for a new run or --resume RUN_DIR, not both")
+    if resume and (seeds or args.config):
+        raise PceaError("--resume takes its settings from the run; drop --config/--seeds "
+                        "(rerun the --seeds command itself to continue a sweep)")
+    if not resume and not out:
+        raise PceaError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if resume:
+        result = train(None, resume, resume=True, overrides=overrides)
+    else:
+        values = load_config_file(args.config) if args.config else {}
+        values.update(overrides)
+        config = TrainConfig.from_dict(values, source=args.config or "command line")
+        if seeds:
+            train_seeds(config, out, seeds, force=args.force)
+            return 0
+        result = train(config, out, force=args.force)
+    if result.get("interrupted"):
+        return {"SIGINT": 130, "SIGTERM": 143}.get(result.get("signal"), 1)
+    return 0
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:

@@ -9,30 +9,39 @@ the arrangement of the parts, not just the size or the spread of the points.
 
 Shapes are built z-up (trimesh's primitives are) and turned y-up by :func:`make_shape`,
 because the ModelNet40 h5 release that the PCT family trains on is y-up.
-:mod:`pcea.data.synth` writes them in the three ModelNet40 layouts.
+:mod:`pcea.data.synth` writes them in the three ModelNet40 layouts. trimesh is imported
+by the functions that build meshes, not with this module: the training loop imports
+:mod:`pcea.data.synth` to generate pcea-shapes on demand, and ``import pcea`` should not
+pay for trimesh (and SciPy under it) when no mesh is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
+
+if TYPE_CHECKING:
+    from trimesh import Trimesh as Mesh
 
 __all__ = ["CLASS_NAMES", "make_shape"]
 
 MAX_YAW = np.pi / 6  # turn about the up axis, either way (ModelNet40 is mostly aligned)
 STRETCH = np.log(1.4)  # per-axis stretch in [1/1.4, 1.4]: proportions overlap across classes
-Mesh = trimesh.Trimesh
 
 
 # --- primitives, all z-up ----------------------------------------------------------------
 
 def _box(size, center) -> Mesh:
+    import trimesh
+
     return trimesh.creation.box(extents=size, transform=trimesh.transformations.translation_matrix(center))
 
 
 def _rod(start, end, radius: float, sections: int = 8) -> Mesh:
+    import trimesh
+
     return trimesh.creation.cylinder(radius=radius, segment=[start, end], sections=sections)
 
 
@@ -42,6 +51,8 @@ def _disc(radius: float, thickness: float, z: float, sections: int = 24) -> Mesh
 
 def _revolve(profile, sections: int = 24) -> Mesh:
     """Surface of revolution about z of a (radius, z) profile from axis to axis, normals outward."""
+    import trimesh
+
     mesh = trimesh.creation.revolve(np.asarray(profile, dtype=np.float64), sections=sections)
     if mesh.volume < 0:
         mesh.invert()
@@ -113,6 +124,8 @@ def _table(rng) -> list[Mesh]:
 
 
 def _stool(rng) -> list[Mesh]:
+    import trimesh
+
     height, thick = rng.uniform(0.42, 0.85), rng.uniform(0.03, 0.07)
     under = height - thick
     round_seat = rng.random() < 0.7
@@ -164,6 +177,8 @@ def _bench(rng) -> list[Mesh]:
 
 
 def _chair(rng) -> list[Mesh]:
+    import trimesh
+
     width, depth = rng.uniform(0.4, 0.56), rng.uniform(0.4, 0.56)
     height, thick = rng.uniform(0.4, 0.5), rng.uniform(0.03, 0.07)
     under = height - thick
@@ -220,6 +235,8 @@ def _shelf(rng) -> list[Mesh]:
 
 
 def _lamp(rng) -> list[Mesh]:
+    import trimesh
+
     height = rng.uniform(0.35, 1.7)
     base_r = rng.uniform(0.08, 0.2) * (0.6 + 0.4 * height)
     parts = [_disc(base_r, 0.03, 0.015, 24) if rng.random() < 0.7
@@ -276,6 +293,8 @@ def _bottle(rng) -> list[Mesh]:
 
 
 def _bowl(rng) -> list[Mesh]:
+    import trimesh
+
     radius = rng.uniform(0.06, 0.15)
     depth = radius * rng.uniform(0.3, 1.0)
     foot = rng.uniform(0.0, 0.15) * depth if rng.random() < 0.6 else 0.0
@@ -302,6 +321,8 @@ def _vase(rng) -> list[Mesh]:
 
 
 def _airplane(rng) -> list[Mesh]:
+    import trimesh
+
     length = rng.uniform(1.0, 1.6)
     body_r = length * rng.uniform(0.04, 0.1)
     fuselage = trimesh.creation.capsule(height=length - 2 * body_r, radius=body_r, count=[12, 12])
@@ -369,9 +390,6 @@ BUILDERS: dict[str, Callable[[np.random.Generator], list[Mesh]]] = {
 }
 CLASS_NAMES: tuple[str, ...] = tuple(BUILDERS)
 
-# z-up (trimesh) -> y-up (ModelNet40 h5): (x, y, z) -> (x, z, -y)
-_Z_TO_Y = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])
-
 
 def make_shape(name: str, rng: np.random.Generator) -> Mesh:
     """One random shape of class ``name``, y-up, in metres.
@@ -383,6 +401,8 @@ def make_shape(name: str, rng: np.random.Generator) -> Mesh:
     Returns:
         A triangle mesh whose face normals point outwards.
     """
+    import trimesh
+
     if name not in BUILDERS:
         raise ValueError(f"unknown shape class {name!r}; choose one of {', '.join(CLASS_NAMES)}")
     mesh = trimesh.util.concatenate(BUILDERS[name](rng))
@@ -395,5 +415,6 @@ def make_shape(name: str, rng: np.random.Generator) -> Mesh:
     vertices *= np.exp(rng.uniform(-STRETCH, STRETCH, size=3))
     mesh = trimesh.Trimesh(vertices, mesh.faces, process=False)
     mesh.apply_transform(trimesh.transformations.rotation_matrix(rng.uniform(-MAX_YAW, MAX_YAW), [0, 0, 1]))
-    mesh.apply_transform(_Z_TO_Y)
+    # z-up (trimesh) -> y-up (ModelNet40 h5): (x, y, z) -> (x, z, -y)
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
     return mesh

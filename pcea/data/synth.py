@@ -22,16 +22,19 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from pcea.atomic import replacing_dir
 from pcea.data import default_root
-from pcea.data.shapes import CLASS_NAMES, Mesh, make_shape
+from pcea.data.shapes import CLASS_NAMES, make_shape
 from pcea.errors import PceaError, PceaFileError, check_positive_int
 from pcea.geometry import normalize_unit_sphere
 from pcea.io import sample_surface
+
+if TYPE_CHECKING:
+    from trimesh import Trimesh as Mesh
 
 __all__ = ["CLASS_NAMES", "FORMAT", "generate", "ensure_synthetic", "make_shape"]
 
@@ -83,6 +86,8 @@ def _build_one(task: tuple[Path, str, int, int, int, str]) -> np.ndarray:
 
 def _write_h5(out: Path, split: str, clouds: np.ndarray, labels: np.ndarray,
               rng: np.random.Generator) -> None:
+    import h5py  # here, as trimesh in pcea.data.shapes: import pcea does not wait for it
+
     order = rng.permutation(len(clouds))
     clouds, labels = clouds[order], labels[order]
     names = []

@@ -268,7 +268,7 @@ def augment_item(points, transform, *, seed: int, epoch: int, index: int) -> np.
         (M, C) float32, C-contiguous.
     """
     rng = np.random.default_rng((seed, epoch, int(index)))
-    out = transform(np.array(points, dtype=np.float32, copy=True), rng)
+    out = transform(np.array(np.asarray(points), dtype=np.float32, copy=True), rng)  # asarray: a tensor too
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

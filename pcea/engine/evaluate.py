@@ -19,11 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix
 
 from pcea.atomic import write_atomic
+from pcea.data import open_dataset
+from pcea.data.synth import ensure_synthetic
+from pcea.data.transforms import vote_transform
+from pcea.engine.checkpoint import open_checkpoint
+from pcea.engine.distributed import resolve_device
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
-from pcea.errors import PceaError
+from pcea.errors import PceaError, check_positive_int
 from pcea.fast import accelerate
 from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
@@ -34,30 +38,16 @@ __all__ = [
     "format_report",
     "summarize",
     "vote_probabilities",
-    "vote_transform",
     "write_report",
 ]
 
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-
-def vote_transform() -> Transform:
-    """The augmentation of one voting copy: ``pcea.data.transforms.vote_transform()``."""
-    from pcea.data import transforms
-
-    if hasattr(transforms, "vote_transform"):
-        return transforms.vote_transform()
-    # Until the shared transform exists: PCT's random anisotropic scaling, xyz only.
-    def scale(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        out = np.array(points, dtype=np.float32, copy=True)
-        out[:, :3] *= rng.uniform(2 / 3, 3 / 2, size=3).astype(np.float32)
-        return out
-    return scale
+Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 @torch.no_grad()
 def vote_probabilities(model: torch.nn.Module, points: torch.Tensor, *, votes: int,
-                       keys: Sequence[tuple[int, ...]], transform: Transform | None = None) -> torch.Tensor:
+                       keys: Sequence[tuple[int, ...]], transform: Augmentation | None = None
+                       ) -> torch.Tensor:
     """Mean softmax over ``votes`` augmented copies of each cloud.
 
     Copy ``v`` of cloud ``b`` is ``transform(points[b], np.random.default_rng((*keys[b], v)))``,
@@ -68,7 +58,7 @@ def vote_probabilities(model: torch.nn.Module, points: torch.Tensor, *, votes: i
         points: (B, N, C) clouds.
         votes: copies per cloud.
         keys: B integer tuples seeding the copies of each cloud.
-        transform: the augmentation; :func:`vote_transform` by default.
+        transform: the augmentation; :func:`pcea.data.transforms.vote_transform` by default.
 
     Returns:
         (B, num_classes) averaged probabilities, on the CPU.
@@ -105,8 +95,7 @@ def evaluate(model: PCTClassifier, dataset, *, votes: int = 1, seed: int = 0, ba
         ``labels`` (n,), ``single`` (n, num_classes) probabilities and, with votes > 1,
         ``voted`` (n, num_classes).
     """
-    if votes < 1:
-        raise PceaError(f"votes={votes}: must be at least 1")
+    check_positive_int("votes", votes)
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -139,6 +128,8 @@ def summarize(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
         A JSON-ready dict; accuracies are fractions in [0, 1] (``None`` for a class
         without test samples), the confusion matrix has true classes as rows.
     """
+    from sklearn.metrics import confusion_matrix  # here: scikit-learn takes seconds to import
+
     num_classes = len(class_names)
     pred = probs.argmax(axis=1)
     per_class = per_class_accuracy(labels, pred, num_classes)
@@ -246,20 +237,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     Raises:
         PceaError: bad data path, a dataset whose classes differ from the model's, an unwritable ``out``.
     """
-    from pcea.api import open_checkpoint
-    from pcea.data import open_dataset
-    from pcea.engine.distributed import resolve_device
-
-    if votes < 1:
-        raise PceaError(f"--votes {votes}: must be at least 1")
+    check_positive_int("votes", votes)  # before the checkpoint is read
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
     accelerate(model).eval()  # the CPU speed-ups of pcea.fast: the same logits within 1e-5
     log = log or (lambda line: print(line, file=sys.stderr))
     amp = use_amp(amp, next(model.parameters()).device,
                   lambda why: log(f"note: --amp ignored, float32 it is: {why}"))
     if os.fspath(data) == "synthetic":
-        from pcea.data.synth import ensure_synthetic
-
         data = ensure_synthetic()
     config = model.config
     dataset = open_dataset(data, split=split, num_points=config.num_points, normals=config.in_channels >= 6)

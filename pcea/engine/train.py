@@ -2,7 +2,8 @@
 
 What one run writes is listed in :mod:`pcea.engine.rundir`; the data of a run
 (validation split, augmentation) is :mod:`pcea.engine.splits`, and
-``--seeds`` sweeps are :mod:`pcea.engine.seeds`.
+``--seeds`` sweeps are :mod:`pcea.engine.seeds` (which calls :func:`train`; the
+command line, :mod:`pcea.cli`, picks one or the other).
 
 Resuming is exact: every epoch's shuffling and augmentation depend only on
 (seed, epoch, sample), and the checkpoint holds the optimiser, scheduler and
@@ -32,10 +33,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pcea.atomic import write_atomic
-from pcea.data.transforms import CANONICAL_UP
+from pcea.data import open_dataset
+from pcea.data.synth import ensure_synthetic
+from pcea.data.transforms import pct_train_transform
 from pcea.engine.checkpoint import (
     load_checkpoint,
     load_latest,
+    model_payload,
     previous_path,
     rng_state,
     save_checkpoint,
@@ -48,9 +52,10 @@ from pcea.engine.rundir import prepare_run_dir, write_curves
 from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.fast import accelerate
+from pcea.model import build_model
 from pcea.precision import use_amp
 
-__all__ = ["PROTOCOLS", "Trainer", "run_train_command", "train"]
+__all__ = ["PROTOCOLS", "Trainer", "train"]
 
 PROTOCOLS = {"val": "best on val", "test": "best on test", "last": "last epoch"}
 def _format_pct(value: float | None) -> str:
@@ -152,13 +157,9 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------
 
     def _datasets(self):
-        from pcea.data import open_dataset
-
         config = self.config
         data = config.data
         if data == "synthetic":
-            from pcea.data.synth import ensure_synthetic
-
             if self.env.is_main:
                 data = str(ensure_synthetic())
             self.env.barrier()
@@ -197,8 +198,6 @@ class Trainer:
         )
 
     def _build_model(self, num_classes: int) -> nn.Module:
-        from pcea.model import build_model
-
         config = self.config
         options = {"num_points": config.points, "in_channels": 6 if config.normals else 3,
                    **config.model_options}
@@ -229,8 +228,6 @@ class Trainer:
                             f"of {config.batch_size}; use a smaller --batch-size")
         transform = None
         if config.augment == "pct":
-            from pcea.data.transforms import pct_train_transform
-
             transform = pct_train_transform()
         self.train_set = AugmentedSubset(train_base, train_idx, transform=transform, seed=config.seed)
         self.val_set = AugmentedSubset(train_base, val_idx) if len(val_idx) else None
@@ -437,10 +434,7 @@ class Trainer:
 
     def _payload(self, epoch: int, protocol: str) -> dict:
         return {
-            "model": self.model.state_dict(),
-            "model_name": self.config.model,
-            "model_config": self.model.config.to_dict(),
-            "class_names": self.class_names,
+            **model_payload(self.model, model_name=self.config.model),  # what open_checkpoint reads
             "train_config": self.config.to_dict(),
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -449,7 +443,6 @@ class Trainer:
             "metrics": {"history": self.history, "best": self.best,
                         "last": self.history[-1] if self.history else {}},
             "protocol": protocol,
-            "up": CANONICAL_UP,  # the frame the model was trained in (pcea.data.transforms)
         }
 
     def _write_epoch_files(self, epoch: int, improved: bool) -> None:
@@ -612,46 +605,3 @@ def train(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = 
     """Run one training (see :class:`Trainer`); returns the results dict."""
     return Trainer(config, out, resume=resume, force=force, overrides=overrides, log=log,
                    stop_after=stop_after).run()
-
-
-def run_train_command(*, out: str | None, resume: str | None, force: bool, config_file: str | None,
-                      overrides: dict, seeds: list[int] | None, log: Callable[[str], None] = print) -> int:
-    """``pcea train``: merge defaults, the config file and the flags, then train (or resume).
-
-    Args:
-        out: run directory of a new run.
-        resume: run directory to continue (instead of ``out``).
-        force: start over in ``out`` even if it holds a run.
-        config_file: YAML file of settings, applied under the flags.
-        overrides: the settings given as flags (only those actually given).
-        seeds: train one run per seed under ``out/seed<S>`` and summarise them.
-
-    Returns:
-        The exit status: 0 when finished, 130/143 when stopped by SIGINT/SIGTERM.
-    """
-    from pcea.engine.config import load_config_file
-
-    if resume and out and Path(out) != Path(resume):
-        raise PceaError("give either --out for a new run or --resume RUN_DIR, not both")
-    if resume and (seeds or config_file):
-        raise PceaError("--resume takes its settings from the run; drop --config/--seeds "
-                        "(rerun the --seeds command itself to continue a sweep)")
-    if not resume and not out:
-        raise PceaError("--out RUN_DIR is required (or --resume RUN_DIR)")
-    if resume:
-        result = train(None, resume, resume=True, overrides=overrides, log=log)
-    else:
-        values = load_config_file(config_file) if config_file else {}
-        values.update(overrides)
-        config = TrainConfig.from_dict(values, source=config_file or "command line")
-        if seeds:
-            from pcea.engine.seeds import train_seeds
-
-            train_seeds(config, out, seeds, force=force, log=log)
-            return 0
-        if DistEnv.from_env().is_main:
-            log("config: " + json.dumps(config.to_dict()))
-        result = train(config, out, force=force, log=log)
-    if result.get("interrupted"):
-        return {"SIGINT": 130, "SIGTERM": 143}.get(result.get("signal"), 1)
-    return 0
