@@ -84,9 +84,26 @@ class ModelConfig:
     pool: Literal["max", "max+mean"] = "max"
 
     def __post_init__(self) -> None:
+        # Strict types, so a bad option is one clear line here instead of an error inside torch.
+        def positive_int(v) -> bool:
+            return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
+
         # Tuples survive a round trip through YAML/JSON as lists; normalise them.
         for name in ("centers", "neighbors", "stage_dims", "head_dims"):
-            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+            value = getattr(self, name)
+            if not isinstance(value, list | tuple) or len(value) != 2 or not all(map(positive_int, value)):
+                raise ValueError(f"{name}={value!r}: expected two positive integers, e.g. [512, 256]")
+            setattr(self, name, tuple(int(v) for v in value))
+        for name in ("num_classes", "in_channels", "num_points", "embed_dim", "num_layers", "memory", "heads",
+                     "fuse_dim"):
+            if not positive_int(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) \
+                or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r}: expected a number with 0 <= x < 1")
+        if self.attention != "offset" and self.stage_dims[1] % self.heads:
+            raise ValueError(f"heads={self.heads} must divide the attention width "
+                             f"stage_dims[1]={self.stage_dims[1]}")
         if self.attention not in ("external", "offset", "self"):
             raise ValueError(f"attention={self.attention!r}: expected 'external', 'offset' or 'self'")
         if self.pool not in ("max", "max+mean"):

@@ -9,7 +9,9 @@ command-line flags. The resolved config is stored in the run directory as
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,14 +19,38 @@ from typing import Any, Literal
 import yaml
 
 from pcea.errors import PceaError, PceaFileError
+from pcea.model import PRESETS, ModelConfig
 
-__all__ = ["RUNTIME_KEYS", "TrainConfig", "load_config_file", "parse_model_options"]
+__all__ = ["MAX_SEED", "RUNTIME_KEYS", "TrainConfig", "load_config_file", "max_threads", "max_workers",
+           "parse_model_options"]
 
 SelectOn = Literal["val", "test", "last"]
 
 # Options that change how a run executes but not what it computes on the CPU;
 # the only ones that may differ when a run is resumed.
 RUNTIME_KEYS = ("data", "device", "workers", "threads", "compile")
+# Seeds reach scikit-learn's random_state (the validation split), which takes 32 bits.
+MAX_SEED = 2**32 - 1
+# Settings of the model that the recipe sets itself (from the dataset, the preset, --points).
+_RECIPE_MODEL_KEYS = ("num_classes", "attention")
+
+
+def max_threads() -> int:
+    """The most ``--threads`` accepted: 4 per CPU core (more only adds contention)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most ``--workers`` accepted: 4 per CPU core and at most 64 processes."""
+    return min(64, 4 * (os.cpu_count() or 1))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass
@@ -90,28 +116,83 @@ class TrainConfig:
     workers: int = 4
 
     def __post_init__(self) -> None:
-        self.model_options = dict(self.model_options or {})
+        """Check every value's type and range, once, with one message style: ``name=value: problem``.
+
+        Raises:
+            PceaError: the first invalid value.
+        """
+        self._check_types()
+        self.model_options = dict(self.model_options)
         checks = [
             (self.points >= 1, f"points={self.points}: need at least 1"),
             (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
             (self.batch_size >= 2, f"batch_size={self.batch_size}: BatchNorm needs at least 2 per step"),
-            (self.lr > 0 and self.min_lr >= 0, f"lr={self.lr}, min_lr={self.min_lr}: must be positive"),
+            (self.lr > 0, f"lr={self.lr}: must be positive"),
+            (self.min_lr >= 0, f"min_lr={self.min_lr}: must be 0 or more"),
             (self.optimizer in ("sgd", "adamw"), f"optimizer={self.optimizer!r}: expected 'sgd' or 'adamw'"),
             (0 <= self.warmup_epochs < self.epochs,
              f"warmup_epochs={self.warmup_epochs}: need 0 <= x < epochs ({self.epochs})"),
+            (0 <= self.momentum < 1, f"momentum={self.momentum}: need 0 <= x < 1"),
+            (self.weight_decay >= 0, f"weight_decay={self.weight_decay}: must be 0 or more"),
             (0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing}: need 0 <= x < 1"),
+            (0 <= self.seed <= MAX_SEED, f"seed={self.seed}: need 0 <= seed <= {MAX_SEED} (2**32 - 1)"),
             (0 <= self.val_split < 1, f"val_split={self.val_split}: need 0 <= x < 1"),
             (self.select_on in ("val", "test", "last"),
              f"select_on={self.select_on!r}: expected 'val', 'test' or 'last'"),
             (self.augment in ("pct", "none"), f"augment={self.augment!r}: expected 'pct' or 'none'"),
-            (self.workers >= 0, f"workers={self.workers}: need 0 or more"),
-            (self.threads is None or self.threads >= 1, f"threads={self.threads}: need 1 or more"),
+            (0 <= self.workers <= max_workers(),
+             f"workers={self.workers}: need 0 to {max_workers()} on this machine "
+             f"({os.cpu_count() or 1} CPUs; at most 4 per CPU and 64)"),
+            (self.threads is None or 1 <= self.threads <= max_threads(),
+             f"threads={self.threads}: need 1 to {max_threads()} on this machine "
+             f"({os.cpu_count() or 1} CPUs; at most 4 per CPU)"),
             (self.select_on != "val" or self.val_split > 0,
              "select_on='val' needs val_split > 0; use --select-on last or test"),
         ]
         for ok, message in checks:
             if not ok:
                 raise PceaError(message)
+        self._check_model()
+
+    def _check_types(self) -> None:
+        """Strict types: an integer setting refuses 2.5 and true, a number refuses "1" and inf, a
+        switch refuses "no" (a YAML string; unquoted ``no`` is false)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = _FIELD_KINDS[f.name]
+            if kind == "int":
+                ok, expected = _is_int(value), "an integer"
+            elif kind == "int?":
+                ok, expected = value is None or _is_int(value), "an integer or null"
+            elif kind == "number":
+                ok, expected = _is_number(value) and math.isfinite(value), "a finite number"
+            elif kind == "bool":
+                ok, expected = isinstance(value, bool), "true or false"
+            elif kind == "str":
+                ok, expected = isinstance(value, str) and value != "", "a non-empty string"
+            else:  # "dict": model_options
+                ok = value is None or (isinstance(value, dict) and all(isinstance(k, str) for k in value))
+                expected = "a mapping of model settings, e.g. {memory: 32}"
+            if not ok:
+                raise PceaError(f"{f.name}={value!r}: expected {expected}")
+        if self.model_options is None:
+            self.model_options = {}
+
+    def _check_model(self) -> None:
+        """Build the model's config (not the model) now, so that a bad option fails before a run
+        directory is created or data is read."""
+        if self.model not in PRESETS:
+            raise PceaError(f"model={self.model!r}: expected one of {', '.join(repr(p) for p in PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(_RECIPE_MODEL_KEYS)
+        unknown = sorted(set(self.model_options) - fields)
+        if unknown:
+            raise PceaError(f"model_options: unknown model option(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(sorted(fields))}")
+        options = {"num_points": self.points, "in_channels": 6 if self.normals else 3, **self.model_options}
+        try:
+            dataclasses.replace(PRESETS[self.model], num_classes=2, **options)  # what build_model builds
+        except (ValueError, TypeError) as err:
+            raise PceaError(f"model {self.model!r}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,11 +216,54 @@ class TrainConfig:
             )
         try:
             return cls(**values)
-        except TypeError as err:
+        except (TypeError, PceaError) as err:
             raise PceaError(f"{source}: {err}") from None
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def summary(self) -> str:
+        """The settings that differ from the defaults (PCT's recipe), as ``key=value`` lines of
+        at most ~100 characters: what the start of a run prints instead of the whole config."""
+        defaults = TrainConfig().to_dict()
+        changed = [f"{key}={_short(value)}" for key, value in self.to_dict().items()
+                   if value != defaults[key]]
+        lines, line = [], ""
+        for item in changed or ["(none: PCT's recipe)"]:
+            if line and len(line) + len(item) > 96:
+                lines.append(line)
+                line = ""
+            line = f"{line}  {item}" if line else item
+        return "\n".join([*lines, line])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+_FIELD_KINDS = {"data": "str", "model": "str", "model_options": "dict", "points": "int", "normals": "bool",
+                "epochs": "int", "batch_size": "int", "optimizer": "str", "lr": "number", "min_lr": "number",
+                "warmup_epochs": "number", "momentum": "number", "weight_decay": "number",
+                "label_smoothing": "number", "augment": "str", "seed": "int", "val_split": "number",
+                "select_on": "str", "device": "str", "amp": "bool", "compile": "bool", "threads": "int?",
+                "workers": "int"}
+# YAML 1.1 (PyYAML) reads 1e-4 as a string: it wants a dot (1.0e-4). Accept the usual spelling.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_numbers(value: Any) -> Any:
+    """``value`` with YAML-1.1 exponent strings like ``"1e-4"`` read as the floats they mean."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_yaml_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _yaml_numbers(v) for k, v in value.items()}
+    return value
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -167,13 +291,14 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(str(k) for k in set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise PceaFileError(path, f"unknown setting(s) {', '.join(unknown)}")
-    return values
+    return {key: _yaml_numbers(value) for key, value in values.items()}
 
 
 def parse_model_options(items: list[str]) -> dict[str, Any]:
     """``["memory=32", "centers=[256, 128]"]`` -> ``{"memory": 32, "centers": [256, 128]}``.
 
-    Values are parsed as YAML, so numbers, lists and strings all work.
+    Values are parsed as YAML, so numbers, lists and strings all work; their types and
+    ranges are checked where the config is built (:class:`TrainConfig`).
 
     Raises:
         PceaError: an item without ``=``.
@@ -184,7 +309,7 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise PceaError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. memory=32")
         try:
-            options[key.strip()] = yaml.safe_load(value)
+            options[key.strip()] = _yaml_numbers(yaml.safe_load(value))
         except yaml.YAMLError:
             raise PceaError(f"--model-opt {item!r}: cannot parse the value") from None
     return options

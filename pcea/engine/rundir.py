@@ -4,19 +4,27 @@ One run writes into its directory::
 
     config.yaml     the resolved TrainConfig
     metrics.jsonl   one JSON line per completed epoch
-    curves.png      loss, accuracies and learning rate per epoch
+    curves.png      loss, accuracies and learning rate per epoch, the selected epoch marked
     last.pt         the last completed epoch (last.prev.pt: the one before)
     best.pt         the epoch chosen by ``select_on`` (validation OA by default)
     results.json    test figures at the end, each labelled with its protocol
+    .lock           while a run is going: who holds the directory (:class:`RunLock`)
+
+Killed writers leave ``.NAME.*.tmp`` files; the next start removes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import json
 import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +32,145 @@ import numpy as np
 from pcea.atomic import write_atomic
 from pcea.errors import PceaFileError
 
-__all__ = ["RUN_FILES", "prepare_run_dir", "write_curves"]
+__all__ = ["LOCK_FILE", "RUN_FILES", "RunLock", "check_run_dir", "clean_stale_temporaries", "curves_figure",
+           "prepare_run_dir", "run_state", "write_curves"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "last.prev.pt", "best.pt",
              "results.json")
+LOCK_FILE = ".lock"
+# Files of a run that mean it completed at least one epoch (or its first checkpoint).
+_PROGRESS_FILES = ("last.pt", "last.prev.pt", "best.pt", "metrics.jsonl", "results.json")
+
+
+def run_state(out: str | os.PathLike) -> str:
+    """What a directory holds: "none" (no run), "unstarted" (a config.yaml but no
+    checkpoint or metrics: the run was stopped before its first checkpoint was written)
+    or "run"."""
+    out = Path(out)
+    if any((out / name).exists() for name in _PROGRESS_FILES):
+        return "run"
+    return "unstarted" if (out / "config.yaml").exists() else "none"
+
+
+def check_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False,
+                  clean: bool = True) -> str:
+    """The checks of :func:`prepare_run_dir` that create nothing, so that they can run before
+    the rest of a run is validated; returns :func:`run_state`.
+
+    Stale temporary files of killed writers are removed here too, so that they go on the
+    next start whatever that start then does (unless ``clean`` is False: the caller holds
+    the lock and cleans).
+
+    Raises:
+        PceaFileError: ``out`` is not a directory, another process is running in it (naming
+            it), it holds a run (without resume/force), or it holds nothing to resume.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PceaFileError(out, "exists and is not a directory")
+    if out.is_dir() and clean:
+        try:
+            lock = RunLock(out).acquire()  # a live run in the directory: its holder is named
+        except OSError:
+            pass  # read-only: nothing to clean
+        else:
+            try:
+                clean_stale_temporaries(out)
+            finally:
+                lock.release()
+    state = run_state(out)
+    if resume and state == "none":
+        raise PceaFileError(out, "no run to resume here (no config.yaml or last.pt)")
+    if state == "run" and not resume and not force:
+        raise PceaFileError(out, f"already holds a run; continue it with --resume {out} "
+                                 "or start over with --force")
+    return state
+
+
+class RunLock:
+    """An advisory lock (``fcntl.flock``) on ``RUN/.lock``, held for the life of one run.
+
+    The file holds the holder's pid, host and start time, so that a second ``pcea train``
+    into the same directory can say who holds it. The lock is released when the process
+    ends however it ends (the kernel drops it), so a killed run never leaves a stale lock;
+    the file itself is removed on :meth:`release`.
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.path = Path(out) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; runs are not protected from each other
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)  # a file system without locks (some NFS): run unprotected, as before
+                    return self
+                holder = self._holder(fd)
+                os.close(fd)
+                raise PceaFileError(self.path.parent, f"another pcea train is using this run directory "
+                                                      f"({holder}); wait for it to end, or use another --out"
+                                    ) from None
+            try:  # the holder before us may have removed the file: then lock the new one
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(info) + "\n").encode())
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+            return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "held by a process that did not say who it is"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)  # while still holding it: see acquire()
+        os.close(self._fd)
+        self._fd = None
+
+
+def clean_stale_temporaries(out: Path) -> list[Path]:
+    """Remove what killed writers of a run left: ``.NAME.*.tmp`` for every run file
+    (including the ``last.prev.pt`` link) and the ``.write-test.*`` probes. Call it
+    with the run's lock held, so that no live writer's file is removed."""
+    removed = []
+    patterns = [f".{name}.*.tmp" for name in RUN_FILES] + [".write-test.*"]
+    for pattern in patterns:
+        for stale in out.glob(pattern):
+            try:
+                stale.unlink()
+                removed.append(stale)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise PceaFileError(stale, f"cannot remove a stale temporary file: {err.strerror or err}"
+                                    ) from None
+    return removed
 
 
 def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False,
-                    needed_bytes: int = 0) -> Path:
-    """Create the run directory and make sure a run can write there, before any training.
+                    needed_bytes: int = 0) -> RunLock:
+    """Create the run directory, lock it, and make sure a run can write there, before any training.
 
     Args:
         out: the run directory.
@@ -41,75 +179,115 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool
         needed_bytes: free space required (a few checkpoints' worth).
 
     Returns:
-        The directory.
+        The directory's :class:`RunLock`, held; release it when the run ends.
 
     Raises:
-        PceaError: it already holds a run (without resume/force), it is not
-            writable, or the disk is too full.
+        PceaError: another process holds the lock (naming it), it already holds a run
+            (without resume/force), it is not writable, or the disk is too full.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PceaFileError(out, "exists and is not a directory")
-    holds_run = any((out / name).exists() for name in ("config.yaml", "last.pt", "last.prev.pt"))
-    if resume and not holds_run:
-        raise PceaFileError(out, "no run to resume here (no config.yaml or last.pt)")
-    if holds_run and not resume and not force:
-        raise PceaFileError(out, f"already holds a run; continue it with --resume {out} "
-                                 "or start over with --force")
+    check_run_dir(out, resume=resume, force=force)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PceaFileError(out, f"run directory is not writable: {err.strerror or err}") from None
+    try:
+        lock = RunLock(out).acquire()
+    except OSError as err:
+        raise PceaFileError(out, f"run directory is not writable: {err.strerror or err}") from None
+    try:
+        clean_stale_temporaries(out)
+        check_run_dir(out, resume=resume, force=force, clean=False)  # again: a run may have ended meanwhile
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
+        lock.release()
         raise PceaFileError(out, f"run directory is not writable: {err.strerror or err}") from None
+    except BaseException:
+        lock.release()
+        raise
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
+        lock.release()
         raise PceaFileError(out, f"only {free / 1e6:.0f} MB free, a run needs about "
                                  f"{needed_bytes / 1e6:.0f} MB for its checkpoints")
     if force and not resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    for name in RUN_FILES:  # temporary files of a process that was killed while writing
-        for stale in out.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-    return out
+    return lock
 
 
-def write_curves(history: list[dict], path: Path) -> bool:
+# (key, label, colour, line style, marker): OA solid and thick, mAcc dashed and thin with other
+# markers, so the two stay distinguishable when they coincide (they do on a balanced split).
+_ACCURACY_LINES = [("train_acc", "train accuracy", "C0", "-", None),
+                   ("val_oa", "val OA", "C1", "-", "o"), ("val_macc", "val mAcc", "C3", "--", "x"),
+                   ("test_oa", "test OA", "C2", "-", "o"), ("test_macc", "test mAcc", "C4", "--", "x")]
+
+
+def curves_figure(history: list[dict], *, selected_epoch: int | None = None, selected_key: str | None = None):
+    """The figure of :func:`write_curves` (a matplotlib ``Figure``; needs the ``plot`` extra).
+
+    Args:
+        history: the rows of ``metrics.jsonl``.
+        selected_epoch: the epoch ``best.pt`` holds, marked on every panel.
+        selected_key: the accuracy it was selected on (e.g. "val_oa"), starred at that epoch.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss", marker=".")
+    ax_loss.set_title("loss")
+    for key, label, color, style, marker in _ACCURACY_LINES:
+        values = [row.get(key) for row in history]
+        if any(v is not None and not math.isnan(v) for v in values):
+            ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], label=label, color=color,
+                        linestyle=style, marker=marker, linewidth=2.4 if style == "-" else 1.3,
+                        markersize=5, zorder=3 if style == "--" else 2)
+    ax_acc.set_title("accuracy (%)")
+    ax_lr.plot(epochs, [row["lr"] for row in history], marker=".")
+    ax_lr.set_title("learning rate")
+    if selected_epoch is not None:
+        for ax in (ax_loss, ax_acc, ax_lr):
+            ax.axvline(selected_epoch, color="0.4", linestyle=":", linewidth=1.2,
+                       label=f"selected: epoch {selected_epoch}" if ax is ax_acc else None)
+        row = next((r for r in history if r["epoch"] == selected_epoch), {})
+        if selected_key and row.get(selected_key) is not None:
+            ax_acc.plot([selected_epoch], [100 * row[selected_key]], marker="*", markersize=15, color="gold",
+                        markeredgecolor="black", linestyle="none", zorder=4,
+                        label=f"best.pt ({selected_key.replace('_', ' ')})")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    # Legends below their panels, never over the curves (in a short run "best" has no empty corner).
+    for ax in (ax_loss, ax_acc):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=8, frameon=False)
+    return fig
+
+
+def write_curves(history: list[dict], path: Path, *, selected_epoch: int | None = None,
+                 selected_key: str | None = None) -> bool:
     """Plot loss, accuracies and learning rate per epoch to a PNG, atomically.
+
+    Args:
+        history: the rows of ``metrics.jsonl``.
+        path: the PNG to write.
+        selected_epoch, selected_key: see :func:`curves_figure`.
 
     Returns:
         False when matplotlib is not installed (the ``plot`` extra), else True.
     """
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
+        fig = curves_figure(history, selected_epoch=selected_epoch, selected_key=selected_key)
     except ImportError:
         return False
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss")
-    ax_loss.set_title("loss")
-    for key, label in [("train_acc", "train accuracy"), ("val_oa", "val OA"), ("val_macc", "val mAcc"),
-                       ("test_oa", "test OA"), ("test_macc", "test mAcc")]:
-        values = [row.get(key) for row in history]
-        if any(v is not None and not math.isnan(v) for v in values):
-            ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], label=label)
-    ax_acc.set_title("accuracy (%)")
-    ax_lr.plot(epochs, [row["lr"] for row in history])
-    ax_lr.set_title("learning rate")
-    for ax in (ax_loss, ax_acc, ax_lr):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    ax_loss.legend()
-    ax_acc.legend()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     write_atomic(path, png.getvalue())
     return True
-

@@ -37,6 +37,8 @@ from pcea.data import open_dataset
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import pct_train_transform
 from pcea.engine.checkpoint import (
+    MODEL_KEYS,
+    RESUME_KEYS,
     load_checkpoint,
     load_latest,
     model_payload,
@@ -45,10 +47,10 @@ from pcea.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pcea.engine.config import RUNTIME_KEYS, TrainConfig
+from pcea.engine.config import RUNTIME_KEYS, TrainConfig, load_config_file, max_threads, max_workers
 from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buffers, resolve_device
 from pcea.engine.metrics import accuracy_from_counts
-from pcea.engine.rundir import prepare_run_dir, write_curves
+from pcea.engine.rundir import check_run_dir, prepare_run_dir, run_state, write_curves
 from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.fast import accelerate
@@ -125,6 +127,9 @@ class Trainer:
         self._log = log
         self.stop_after = stop_after
         self.resume_payload: dict | None = None
+        self.resume_path: Path | None = None
+        self.lock = None
+        self._curves_ok = False
         if resume:
             config = self._load_resume_config(overrides or {})
         elif config is None:
@@ -139,20 +144,32 @@ class Trainer:
     def _load_resume_config(self, overrides: dict) -> TrainConfig:
         last = self.out / "last.pt"
         if not last.exists() and not previous_path(last).exists():
-            raise PceaFileError(self.out, "no run to resume here (no last.pt)")
-        used, payload, problems = load_latest(last)
-        for problem in problems:
-            self.log(f"warning: {problem}")
-        if problems:
-            self.log(f"resuming from the previous checkpoint {used} instead")
-        self.resume_payload = payload
-        values = dict(payload["train_config"])
+            if run_state(self.out) != "unstarted":
+                raise PceaFileError(self.out, "no run to resume here (no last.pt)")
+            # Stopped before its first checkpoint was written: nothing was trained, start it again.
+            source = self.out / "config.yaml"
+            values = load_config_file(source)
+            self.log(f"note: {self.out} was stopped before its first checkpoint; starting it from scratch "
+                     "with its config.yaml")
+        else:
+            used, payload, problems = load_latest(last, require=RESUME_KEYS)
+            for problem in problems:
+                self.log(f"warning: {problem}")
+            if problems:
+                self.log(f"resuming from the previous checkpoint {used} instead")
+            self.resume_payload, self.resume_path = payload, used
+            values, source = dict(payload["train_config"]), f"{used} (train_config)"
         changed = sorted(k for k, v in overrides.items() if k not in RUNTIME_KEYS and v != values.get(k))
         if changed:
             raise PceaError(f"--resume continues {self.out} with its own recipe; "
                             f"cannot change {', '.join(changed)} (only {', '.join(RUNTIME_KEYS)})")
         values.update({k: v for k, v in overrides.items() if k in RUNTIME_KEYS})
-        return TrainConfig.from_dict(values, source=str(self.out / "config.yaml"))
+        # A run from a larger machine: its thread and worker counts are only runtime options.
+        for key, bound in (("threads", max_threads()), ("workers", max_workers())):
+            if key not in overrides and isinstance(values.get(key), int) and values[key] > bound:
+                self.log(f"note: {key}={values[key]} is more than this machine allows; using {bound}")
+                values[key] = bound
+        return TrainConfig.from_dict(values, source=str(source))
 
     # -- set-up ---------------------------------------------------------------
 
@@ -222,7 +239,8 @@ class Trainer:
         train_base, test = self._datasets()
         self.class_names = [str(name) for name in train_base.class_names]
         self.num_classes = len(self.class_names)
-        train_idx, val_idx = split_train_val(np.asarray(train_base.labels), config.val_split, config.seed)
+        train_idx, val_idx = split_train_val(np.asarray(train_base.labels), config.val_split, config.seed,
+                                             log=self.log)
         if len(train_idx) < config.batch_size:
             raise PceaError(f"{config.data}: {len(train_idx)} training clouds, fewer than one batch "
                             f"of {config.batch_size}; use a smaller --batch-size")
@@ -296,14 +314,30 @@ class Trainer:
             raise PceaError(shared)
 
     def _check_disk(self) -> None:
-        """Refuse to start when the disk cannot hold the checkpoints (last, last.prev, best, a temp)."""
+        """Refuse to start when the disk cannot hold the checkpoints (last, last.prev, best, a temp).
+
+        The checkpoints a resumed run already holds are replaced, not added to: their space counts.
+        """
         state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         params = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        needed = 4 * (state + params) + 2**20  # weights + SGD momentum, four files at a time
+        moments = 2 if self.config.optimizer == "adamw" else 1
+        one_file = state + moments * params + 2**18  # weights + optimiser state + history
+        total = 4 * one_file  # four files at a time
+        held, seen = 0, set()
+        for name in ("last.pt", "last.prev.pt", "best.pt"):
+            try:
+                info = (self.out / name).stat()
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:  # last.prev.pt may be a hard link to last.pt
+                seen.add((info.st_dev, info.st_ino))
+                held += info.st_size
+        needed = max(total - held, one_file)  # a new file is always written next to the old one
         free = shutil.disk_usage(self.out).free
         if free < needed:
+            reused = f" ({held / 1e6:.1f} MB of its {total / 1e6:.1f} MB are already there)" if held else ""
             raise PceaFileError(self.out, f"only {free / 1e6:.1f} MB free, the checkpoints of this run "
-                                          f"need about {needed / 1e6:.1f} MB")
+                                          f"need about {needed / 1e6:.1f} MB more{reused}")
 
     def _compile_failed(self, err: Exception) -> None:
         message = f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:160]}); " \
@@ -314,28 +348,55 @@ class Trainer:
         self.net = self.net._orig_mod if hasattr(self.net, "_orig_mod") else self.net
 
     def _restore(self, payload: dict) -> None:
-        if payload["class_names"] != self.class_names:
+        if list(payload["class_names"]) != self.class_names:
             raise PceaError(f"{self.out}: the checkpoint's classes differ from those of {self.config.data}")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        set_rng_state(payload["rng"], self.loader_generator)
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            set_rng_state(payload["rng"], self.loader_generator)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise PceaFileError(self.resume_path, f"malformed checkpoint: its states do not fit this run "
+                                                  f"({type(err).__name__}: {text})") from None
         self.history = list(payload["metrics"]["history"])
         self.best = dict(payload["metrics"]["best"])
         self.start_epoch = int(payload["epoch"])
-        best_path = self.out / "best.pt"
-        if self.best["epoch"] is not None:
-            try:
-                best_epoch = load_checkpoint(best_path)["epoch"]
-            except PceaFileError as err:
-                best_epoch = None
-                self.log(f"warning: {err}")
-            if best_epoch != self.best["epoch"]:
-                # best.pt is newer than the checkpoint we fell back to, or damaged: choose again.
-                self.log(f"note: best.pt does not match epoch {self.best['epoch']}; "
-                         "selecting the best epoch again from here")
-                self.best = {"epoch": None, "score": -math.inf}
         self.log(f"resuming {self.out} after epoch {self.start_epoch}/{self.config.epochs}")
+
+    def _check_best(self) -> None:
+        """On resume, with the directory locked: does best.pt still hold the best epoch so far?"""
+        if self.best["epoch"] is not None and self.env.is_main:
+            problem = self._best_problem(self.best["epoch"])
+            if problem and self._rebuild_best(self.best["epoch"], problem) is None:
+                # best.pt is damaged, or newer than the checkpoint we fell back to: choose again.
+                self.log(f"warning: {problem}; the weights of epoch {self.best['epoch']} (the best so far) "
+                         "cannot be recovered, so the best epoch is selected again from here")
+                self.best = {"epoch": None, "score": -math.inf}
+        self.best = self.env.broadcast_object(self.best)
+
+    def _best_problem(self, epoch: int) -> str | None:
+        """Why ``best.pt`` does not hold the selected ``epoch``, or None when it does."""
+        try:
+            found = load_checkpoint(self.out / "best.pt", require=MODEL_KEYS)["epoch"]
+        except PceaFileError as err:
+            return str(err)
+        return None if found == epoch else f"{self.out / 'best.pt'} holds epoch {found}, not {epoch}"
+
+    def _rebuild_best(self, epoch: int, problem: str) -> Path | None:
+        """Rewrite ``best.pt`` from ``last.pt`` or ``last.prev.pt`` when one holds ``epoch``."""
+        for candidate in (self.out / "last.pt", previous_path(self.out / "last.pt")):
+            try:
+                payload = load_checkpoint(candidate, require=RESUME_KEYS)
+            except PceaFileError:
+                continue
+            if payload["epoch"] == epoch:
+                protocol = PROTOCOLS[self.config.select_on]
+                save_checkpoint(self.out / "best.pt", {**payload, "protocol": protocol})
+                self.log(f"warning: {problem}; rebuilt best.pt from {candidate}, which holds the same "
+                         f"epoch {epoch}: nothing is lost")
+                return candidate
+        return None
 
     # -- one epoch ------------------------------------------------------------
 
@@ -460,9 +521,18 @@ class Trainer:
     def _write_curves(self) -> None:
         if not self.env.is_main or not self.history:
             return
-        if not write_curves(self.history, self.out / "curves.png"):
+        key = {"val": "val_oa", "test": "test_oa"}.get(self.config.select_on)
+        self._curves_ok = write_curves(self.history, self.out / "curves.png",
+                                       selected_epoch=self.best["epoch"], selected_key=key)
+        if not self._curves_ok:
             self.log("note: matplotlib is not installed, so no curves.png (pip install 'pcea[plot]')")
         self._curves_written = time.time()
+
+    def _written(self) -> str:
+        """The files this session wrote, for the last line of a run."""
+        names = [name for name in ("results.json", "best.pt", "last.pt", "metrics.jsonl")
+                 if (self.out / name).exists()]
+        return ", ".join(names + (["curves.png"] if self._curves_ok else []))
 
     # -- the run --------------------------------------------------------------
 
@@ -476,17 +546,32 @@ class Trainer:
         try:
             return self._run()
         finally:
+            if self.lock is not None:
+                self.lock.release()
             self.env.close()
 
     def _run(self) -> dict:
         config, env = self.config, self.env
         self.device = resolve_device(config.device, env)
         env.init(self.device)
-        self._on_main_for_all(lambda: prepare_run_dir(self.out, resume=self.resume, force=self.force))
+        # Everything is checked before anything is created: the directory (read-only), the data
+        # and the model (_setup), and only then the directory is created and locked.
+        self._on_main_for_all(lambda: check_run_dir(self.out, resume=self.resume, force=self.force))
+        if self._is_complete():
+            return self._complete()
+        unstarted = not self.resume and run_state(self.out) == "unstarted"
         self._setup()
+        self._on_main_for_all(self._lock_run_dir)
         self._on_main_for_all(self._check_disk)
+        if self.resume_payload is not None:
+            self._check_best()
+        if unstarted:
+            self.log(f"note: {self.out} holds a run stopped before its first checkpoint; starting it again")
         if env.is_main:
             write_atomic(self.out / "config.yaml", config.dump_yaml())
+            if not self.resume:
+                self.log(f"config ({self.out / 'config.yaml'}; settings not listed are PCT's defaults):\n  "
+                         + config.summary().replace("\n", "\n  "))
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"run {self.out}: model {config.model} ({n_params:,} parameters), "
                  f"{len(self.train_set)} train / {len(self.val_set) if self.val_set else 0} val / "
@@ -505,6 +590,7 @@ class Trainer:
                 train_metrics = self._train_epoch(epoch, stop)
                 if train_metrics is None:
                     return self._interrupted(epoch, stop.signum, finished=False)
+                self._check_finite_weights(epoch)
                 if not self.step_schedule:
                     self.scheduler.step()
                 row = {"epoch": epoch, "lr": lr, **train_metrics}
@@ -530,6 +616,51 @@ class Trainer:
                 if self.stop_after is not None and self.stop_after <= epoch < config.epochs:
                     return self._interrupted(epoch, None, finished=True)
         return self._finish(time.time() - started)
+
+    def _lock_run_dir(self) -> None:
+        self.lock = prepare_run_dir(self.out, resume=self.resume, force=self.force)
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Stop like a non-finite loss when a weight or running statistic is NaN or infinite, so
+        that no checkpoint holds one (an overflowing step can leave the loss finite)."""
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise PceaError(f"non-finite weights ({name}) after epoch {epoch}; training stopped, "
+                                f"{self.out / 'last.pt'} keeps epoch {epoch - 1} (a lower --lr may help)")
+
+    def _is_complete(self) -> bool:
+        """A resumed run whose last epoch is done and whose results.json was written."""
+        if self.resume_payload is None or self.resume_payload["epoch"] < self.config.epochs:
+            return False
+        try:
+            return isinstance(json.loads((self.out / "results.json").read_text()), dict)
+        except (OSError, ValueError):
+            return False  # finished training, but not its final evaluation: _finish does it
+
+    def _complete(self) -> dict:
+        """``--resume`` of a finished run: say so and leave its files alone; a damaged best.pt is
+        rebuilt when another checkpoint holds its epoch, else reported with what is left."""
+        results = json.loads((self.out / "results.json").read_text())
+        epochs = self.config.epochs
+        best_epoch = (epochs if self.config.select_on == "last"
+                      else self.resume_payload["metrics"]["best"]["epoch"])
+        problem = self._best_problem(best_epoch) if best_epoch is not None and self.env.is_main else None
+        if problem:
+            self._lock_run_dir()  # about to write best.pt: no other run may be in the directory
+            if self._rebuild_best(best_epoch, problem) is None:
+                prev = previous_path(self.out / "last.pt")
+                raise PceaFileError(self.out / "best.pt", (
+                    f"damaged ({problem.removeprefix(str(self.out / 'best.pt') + ': ')}). The weights of the "
+                    f"selected epoch {best_epoch} ({PROTOCOLS[self.config.select_on]}) cannot be recovered: "
+                    f"last.pt holds epoch {self.resume_payload['epoch']}"
+                    + (f" and {prev.name} the one before" if prev.exists() else "")
+                    + ". Intact: last.pt (the last epoch's weights), metrics.jsonl, and results.json with "
+                    f"the test figures measured on best.pt before the damage. Use {self.out / 'last.pt'}, or "
+                    f"retrain with --force"))
+        self.log(f"{self.out} is complete ({epochs}/{epochs} epochs; results in "
+                 f"{self.out / 'results.json'}); nothing to do. A finished run cannot be extended "
+                 f"(its learning-rate schedule ends at epoch {epochs}): train a new run with more --epochs")
+        return results
 
     def _epoch_line(self, row: dict, improved: bool) -> str:
         parts = [f"epoch {row['epoch']:>3}/{self.config.epochs}", f"lr {row['lr']:.5f}",
@@ -573,7 +704,7 @@ class Trainer:
                     val = results["val"]
                     self.log(f"val ({val['protocol']}, epoch {val['epoch']}): OA {_format_pct(val['oa'])}  "
                              f"mAcc {_format_pct(val['macc'])}  (no test split in the data)")
-                self.log(f"wrote {self.out}/results.json, best.pt, last.pt, metrics.jsonl, curves.png")
+                self.log(f"wrote {self.out}: {self._written()}")
             self.env.barrier()
             return results
         last_oa, last_macc = self.evaluate(self.test_loader)
@@ -594,7 +725,7 @@ class Trainer:
             for entry in results["test"]:
                 self.log(f"test ({entry['protocol']}, epoch {entry['epoch']}): "
                          f"OA {_format_pct(entry['oa'])}  mAcc {_format_pct(entry['macc'])}")
-            self.log(f"wrote {self.out}/results.json, best.pt, last.pt, metrics.jsonl, curves.png")
+            self.log(f"wrote {self.out}: {self._written()}")
         self.env.barrier()  # all ranks leave together, so none tears the process group down early
         return results
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import yaml
 from engine_tiny import TINY_MODEL, tiny_config
 
 from pcea.cli import main
-from pcea.engine.checkpoint import FORMAT, load_checkpoint, previous_path
+from pcea.engine.checkpoint import FORMAT, load_checkpoint, previous_path, save_checkpoint
 from pcea.engine.config import TrainConfig, load_config_file
 from pcea.engine.train import Trainer, train
 from pcea.errors import PceaError, PceaFileError
@@ -193,6 +195,15 @@ def test_cli_trains_with_model_options(tiny_h5, tmp_path, capsys):
     assert code == 0
     stdout = capsys.readouterr().out
     assert "epoch   1/1" in stdout and "test (best on val, epoch 1)" in stdout
+    # The resolved config: the changed settings, readable, after the checks (no 400-character JSON line).
+    lines = stdout.splitlines()
+    assert not any(line.startswith("config: {") for line in lines)
+    start = lines.index(next(line for line in lines if line.startswith("config (")))
+    block = "\n".join(lines[start:start + 6])
+    assert "config.yaml; settings not listed are PCT's defaults" in lines[start]
+    tokens = block.split()
+    assert "model=pct" in tokens and "epochs=1" in tokens and "label_smoothing" not in block
+    assert start < lines.index(next(line for line in lines if line.startswith("run ")))
     checkpoint = load_checkpoint(out / "best.pt")
     assert checkpoint["model_name"] == "pct" and checkpoint["model_config"]["attention"] == "offset"
     assert checkpoint["model_config"]["memory"] == 16
@@ -268,3 +279,221 @@ def test_compile_failure_falls_back_to_eager_and_amp_needs_native_bf16(tiny_h5, 
     assert "continuing in eager mode" in text
     assert "--amp ignored, training in float32: this CPU" in text and "no native bf16" in text
     assert 0 <= results["test"][0]["oa"] <= 1
+
+
+# -- issues 15 and 16: runs that cannot be wedged, finished runs left alone -------------------------
+
+def _snapshot(run: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tiny_h5, tmp_path_factory) -> Path:
+    """A 2-epoch run stopped after epoch 1: last.pt (1), last.prev.pt (0), best.pt (1)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    train(tiny_config(tiny_h5), out, stop_after=1, log=lambda line: None)
+    return out
+
+
+def test_resume_of_a_finished_run_says_so_and_leaves_its_files_alone(finished_run, tmp_path):
+    run = tmp_path / "done"
+    shutil.copytree(finished_run[0], run)
+    (run / "curves.png").unlink()
+    before = _snapshot(run)
+    stale = run / ".last.prev.pt.abcd1234.tmp"  # what a SIGKILL between link and rename leaves
+    stale.write_bytes(b"x" * 1000)
+    lines: list[str] = []
+    result = train(None, run, resume=True, log=lines.append)
+    assert result == json.loads((run / "results.json").read_text())
+    assert _snapshot(run) == before  # no test re-evaluation, no rewritten results.json, no curves.png
+    assert not stale.exists()
+    text = "\n".join(lines)
+    assert "is complete (2/2 epochs" in text and "cannot be extended" in text
+    assert not any(line.startswith(("test (", "wrote", "epoch")) for line in lines), text
+
+
+def test_a_finished_run_with_a_damaged_best_pt_recovers_what_it_can(finished_run, tmp_path):
+    run = tmp_path / "done"
+    shutil.copytree(finished_run[0], run)
+    # Make epoch 1 the selected one, so that best.pt is only in last.prev.pt (last.pt holds epoch 2).
+    last = load_checkpoint(run / "last.pt")
+    history = last["metrics"]["history"]
+    last["metrics"]["best"] = {"epoch": 1, "score": history[0]["val_oa"]}
+    save_checkpoint(run / "last.pt", last)
+    best = run / "best.pt"
+    best.write_bytes(best.read_bytes()[:-100])
+    lines: list[str] = []
+    train(None, run, resume=True, log=lines.append)
+    assert any("truncated checkpoint" in line and "rebuilt best.pt from" in line and "last.prev.pt" in line
+               for line in lines), lines
+    rebuilt = load_checkpoint(best)
+    assert rebuilt["epoch"] == 1 and rebuilt["protocol"] == "best on val"
+    prev = load_checkpoint(run / "last.prev.pt")
+    assert all(torch.equal(rebuilt["model"][k], prev["model"][k]) for k in prev["model"])
+
+    # Without the checkpoint that held epoch 1, its weights are lost: say so, and what is intact.
+    best.write_bytes(best.read_bytes()[:-100])
+    (run / "last.prev.pt").unlink()
+    with pytest.raises(PceaFileError, match=r"best.pt: damaged \(truncated checkpoint.*selected epoch 1 "
+                                            r"\(best on val\) cannot be recovered: last.pt holds epoch 2.*"
+                                            r"Intact: last.pt"):
+        train(None, run, resume=True, log=lambda line: None)
+    assert main(["train", "--resume", str(run)]) == 1
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_or_starts_again(tiny_h5, tmp_path, monkeypatch):
+    import pcea.engine.train as train_module
+
+    def interrupted_save(path, payload, **kwargs):
+        raise KeyboardInterrupt  # one Ctrl-C while the epoch-0 checkpoint is written
+
+    for name, resume in (("resumed", True), ("restarted", False)):
+        out = tmp_path / name
+        monkeypatch.setattr(train_module, "save_checkpoint", interrupted_save)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(tiny_h5, epochs=1), out, log=lambda line: None)
+        monkeypatch.undo()
+        assert (out / "config.yaml").exists() and not (out / "last.pt").exists()
+        lines: list[str] = []
+        config = None if resume else tiny_config(tiny_h5, epochs=1)
+        result = train(config, out, resume=resume, log=lines.append)
+        assert result["epochs"] == 1 and load_checkpoint(out / "last.pt")["epoch"] == 1, name
+        assert any("stopped before its first checkpoint" in line for line in lines), lines
+
+
+def test_a_refused_start_still_clears_stale_temporaries(finished_run, tiny_h5):
+    out, _ = finished_run
+    stale = [out / ".last.prev.pt.k1ll3d00.tmp", out / ".last.pt.k1ll3d01.tmp", out / ".write-test.k1ll3d02"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    with pytest.raises(PceaFileError, match="already holds a run"):
+        train(tiny_config(tiny_h5), out)
+    assert not [path for path in stale if path.exists()]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+_HOLDER = """
+import sys, time
+from pcea.engine.rundir import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_locked_directory_is_refused_naming_the_holder(tiny_h5, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        host = socket.gethostname()
+        who = rf"another pcea train is using this run directory \(pid {holder.pid} on {host}, "
+        with pytest.raises(PceaFileError, match=who + r"started 20\d\d-"):
+            train(tiny_config(tiny_h5), out, log=lambda line: None)
+        (out / "config.yaml").write_text(tiny_config(tiny_h5).dump_yaml())
+        with pytest.raises(PceaFileError, match=who):
+            train(None, out, resume=True, log=lambda line: None)
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml"]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: the kernel dropped its lock, so the directory is usable again.
+    (out / "config.yaml").unlink()
+    result = train(tiny_config(tiny_h5, epochs=1), out, log=lambda line: None)
+    assert result["epochs"] == 1 and not (out / ".lock").exists()
+
+
+def test_non_finite_weights_stop_the_run_and_are_never_saved(tiny_h5, tmp_path, monkeypatch):
+    # As with `--lr 1e38` on the pcea-shapes recipe: the last step of the epoch overflows a weight
+    # to inf while every loss was finite, so the loss check cannot see it.
+    epoch = Trainer._train_epoch
+
+    def overflowing_epoch(self, *args):
+        metrics = epoch(self, *args)
+        with torch.no_grad():
+            self.model.embedding[0].linear.weight[0, 0] = math.inf
+        return metrics
+
+    monkeypatch.setattr(Trainer, "_train_epoch", overflowing_epoch)
+    out = tmp_path / "inf"
+    with pytest.raises(PceaError, match=r"non-finite weights \(embedding.0.linear.weight\) after epoch 1; "
+                                        r"training stopped, .*last.pt keeps epoch 0"):
+        train(tiny_config(tiny_h5, epochs=2), out, log=lambda line: None)
+    assert not (out / "best.pt").exists() and not (out / "results.json").exists()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0
+    with pytest.raises(PceaError, match=r"lr=inf: expected a finite number"):
+        tiny_config(tiny_h5, lr=math.inf)
+
+
+def test_resume_counts_the_space_its_checkpoints_already_take(stopped_run, tiny_h5, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    size = (run / "last.pt").stat().st_size
+    # Room for 1.5 more checkpoints: a resume replaces its three files one at a time, so it fits,
+    # while a new run (four files) does not.
+    free = int(1.5 * size) + 2**20
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 0, free))
+    assert train(None, run, resume=True, log=lambda line: None)["epochs"] == 2
+    with pytest.raises(PceaFileError, match=r"only [0-9.]+ MB free, the checkpoints of this run need about"):
+        train(tiny_config(tiny_h5), tmp_path / "new", log=lambda line: None)
+
+
+def test_resume_with_a_malformed_checkpoint_is_one_error_or_falls_back(stopped_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    good = load_checkpoint(run / "last.pt")
+    save_checkpoint(run / "last.pt", {**good, "optimizer": "sgd"})  # valid header and hash
+    lines: list[str] = []
+    trainer = Trainer(None, run, resume=True, log=lines.append)
+    assert trainer.resume_path.name == "last.prev.pt"
+    assert any("last.pt: malformed checkpoint: 'optimizer' is not an optimizer state" in line
+               for line in lines)
+
+    save_checkpoint(run / "last.pt", {**good, "rng": {**good["rng"], "numpy": "state"}})
+    save_checkpoint(run / "last.prev.pt", {**good, "metrics": {"history": [], "best": None}})
+    with pytest.raises(PceaFileError, match=r"no usable checkpoint to resume from: .*last.pt: malformed "
+                                            r"checkpoint: 'rng'.*last.prev.pt: malformed checkpoint: "
+                                            r"'metrics'"):
+        train(None, run, resume=True, log=lambda line: None)
+    # Right types, wrong contents: torch refuses the optimizer state; still one line naming the file.
+    save_checkpoint(run / "last.pt", {**good, "optimizer": {"state": {}, "param_groups": []}})
+    with pytest.raises(PceaFileError, match=r"last.pt: malformed checkpoint: its states do not fit this run"):
+        train(None, run, resume=True, log=lambda line: None)
+
+
+def test_eval_defaults_to_the_runs_data_and_evaluates_its_own_val_split(finished_run, tiny_h5, tmp_path,
+                                                                       capsys):
+    out, _ = finished_run
+    assert main(["eval", str(out), "--split", "val", "--device", "cpu", "--json", "--out",
+                 str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "the dataset the checkpoint was trained on" in captured.err
+    assert report["data"] == str(tiny_h5) and report["split"] == "val"
+    best = load_checkpoint(out / "best.pt")
+    row = best["metrics"]["history"][best["epoch"] - 1]
+    assert report["num_shapes"] == 12  # the run's hold-out: 25 % of 48 training clouds
+    # The same clouds the run selected on: the same accuracy the run measured for that epoch.
+    assert report["results"]["single_pass"]["overall_accuracy"] == pytest.approx(row["val_oa"])
+
+
+def test_curves_tell_oa_from_macc_mark_the_selected_epoch_and_keep_legends_off_the_data():
+    from pcea.engine.rundir import curves_figure
+
+    history = [{"epoch": e, "lr": 0.01, "train_loss": 1.0 / e, "train_acc": 0.3 * e,
+                "val_oa": 0.25 * e, "val_macc": 0.25 * e} for e in (1, 2)]  # OA == mAcc: balanced split
+    fig = curves_figure(history, selected_epoch=2, selected_key="val_oa")
+    ax_loss, ax_acc, ax_lr = fig.axes
+    lines = {line.get_label(): line for line in ax_acc.get_lines()}
+    oa, macc = lines["val OA"], lines["val mAcc"]
+    assert list(oa.get_ydata()) == list(macc.get_ydata())
+    assert (oa.get_linestyle(), oa.get_marker()) != (macc.get_linestyle(), macc.get_marker())
+    assert list(lines["selected: epoch 2"].get_xdata()) == [2, 2]
+    star = lines["best.pt (val oa)"]
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([2], [50.0])
+    fig.canvas.draw()
+    for ax in (ax_loss, ax_acc):
+        legend = ax.get_legend()
+        assert legend is not None
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())
