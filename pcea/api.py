@@ -24,7 +24,7 @@ import torch
 
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.evaluate import vote_probabilities
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.io import (
     DEFAULT_MAX_BYTES,
@@ -197,16 +197,7 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
         ``{"path": str, "top_k": [(class, probability), ...]}`` or, for a file that
         cannot be read, ``{"path": str, "error": "PATH: problem"}``.
     """
-    if top_k < 1:
-        raise PceaError(f"top_k={top_k}: must be at least 1")
-    if votes < 1:
-        raise PceaError(f"votes={votes}: must be at least 1")
-    if batch_size < 1:
-        raise PceaError(f"batch_size={batch_size}: must be at least 1")
-    num_points = num_points or model.config.num_points
-    if num_points < model.config.centers[0]:
-        raise PceaError(f"num_points={num_points}: the model's first stage needs at least "
-                        f"{model.config.centers[0]} points")
+    num_points = _check_options(model, top_k=top_k, votes=votes, batch_size=batch_size, num_points=num_points)
     normals = model.config.in_channels >= 6
     class_names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
     k = min(top_k, len(class_names))
@@ -234,6 +225,18 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
                 if "error" not in result:
                     result["top_k"] = _top_k(next(good), class_names, k)
         yield from results
+
+
+def _check_options(model: PCTClassifier, *, top_k: int = 5, votes: int = 1, batch_size: int = 32,
+                   num_points: int | None = None, **_) -> int:
+    """Refuse bad classify options before any output; returns the points per cloud to sample."""
+    for name, value in (("top_k", top_k), ("votes", votes), ("batch_size", batch_size)):
+        check_positive_int(name, value)
+    num_points = num_points or model.config.num_points
+    if num_points < model.config.centers[0]:
+        raise PceaError(f"num_points={num_points}: the model's first stage needs at least "
+                        f"{model.config.centers[0]} points")
+    return num_points
 
 
 def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
@@ -301,6 +304,7 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
     path_width = max(len(printable(os.fspath(path))) for path in files)
     name_width = max(len(name) for name in names)
     k = min(options.get("top_k", 5), len(names))
+    _check_options(model, **options)  # before the table header, so an error is the only output
     if not as_json:
         header = [f"{'file':<{path_width}}"] + [f"{f'top-{i + 1}':<{name_width + 7}}" for i in range(k)]
         print("  ".join(header).rstrip(), file=stdout)

@@ -27,7 +27,8 @@ from pcea.data.transforms import vote_transform
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.distributed import resolve_device
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
-from pcea.errors import PceaError, check_positive_int
+from pcea.engine.splits import AugmentedSubset, split_train_val
+from pcea.errors import PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
@@ -211,7 +212,8 @@ def write_report(report: dict, out: str | os.PathLike) -> dict[str, Path]:
     return paths
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, *, split: str = "test",
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike | None = None, *,
+                        split: str = "test",
                         votes: int = 1, seed: int = 0, batch_size: int = 32, device: str = "auto",
                         out: str | os.PathLike | None = None, write: bool = True, amp: bool = False,
                         log=None) -> dict:
@@ -219,8 +221,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
 
     Args:
         checkpoint: a checkpoint file or a run directory (best.pt, else last.pt).
-        data: a dataset directory in any ModelNet40 layout, or "synthetic" for pcea-shapes.
-        split: "test" or "train".
+        data: a dataset directory in any ModelNet40 layout, or "synthetic" for pcea-shapes;
+            None: the dataset the checkpoint was trained on (its ``train_config``).
+        split: "test", "train", or "val": the run's own validation hold-out of the train
+            split (:func:`pcea.engine.splits.split_train_val` with the run's seed and
+            ``val_split``).
         votes: K > 1 adds K-copy voting (random anisotropic scaling) to the single pass.
         seed: seed of the voting augmentations.
         batch_size: clouds per forward pass.
@@ -243,17 +248,34 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     log = log or (lambda line: print(line, file=sys.stderr))
     amp = use_amp(amp, next(model.parameters()).device,
                   lambda why: log(f"note: --amp ignored, float32 it is: {why}"))
+    train_config = payload.get("train_config") or {}
+    if data is None:
+        data = train_config.get("data")
+        if not isinstance(data, str):
+            raise PceaFileError(path, "the checkpoint records no training dataset; give --data")
+        log(f"note: evaluating on {data}, the dataset the checkpoint was trained on")
     if os.fspath(data) == "synthetic":
         data = ensure_synthetic()
     config = model.config
-    dataset = open_dataset(data, split=split, num_points=config.num_points, normals=config.in_channels >= 6)
+    if split == "val" and not (_is_fraction(train_config.get("val_split"))
+                               and isinstance(train_config.get("seed"), int)):
+        raise PceaFileError(path, "the run held out no validation split (val_split 0 or not recorded); "
+                                  "use --split test or train")
+    dataset = open_dataset(data, split="train" if split == "val" else split, num_points=config.num_points,
+                           normals=config.in_channels >= 6,
+                           **({"seed": train_config["seed"]} if split == "val" else {}))
     if list(dataset.class_names) != list(model.class_names):
         raise PceaError(f"{dataset.root}: the dataset's {len(dataset.class_names)} classes "
                         f"({', '.join(dataset.class_names[:4])}, ...) are not the model's "
                         f"{len(model.class_names)} ({', '.join(model.class_names[:4])}, ...)")
-    if len(dataset) == 0:
+    items = dataset
+    if split == "val":  # the same clouds the run selected its best epoch on
+        _, val_idx = split_train_val(np.asarray(dataset.labels), train_config["val_split"],
+                                     train_config["seed"])
+        items = AugmentedSubset(dataset, val_idx)
+    if len(items) == 0:
         raise PceaError(f"{dataset.root}: the {split} split is empty")
-    preds = evaluate(model, dataset, votes=votes, seed=seed, batch_size=batch_size, amp=amp)
+    preds = evaluate(model, items, votes=votes, seed=seed, batch_size=batch_size, amp=amp)
     results = {"single_pass": summarize(preds["labels"], preds["single"], model.class_names, "single pass")}
     if votes > 1:
         results["voted"] = summarize(preds["labels"], preds["voted"], model.class_names,
@@ -265,7 +287,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         "selection": payload.get("protocol"),
         "data": str(dataset.root),
         "split": split,
-        "num_shapes": len(dataset),
+        "num_shapes": len(items),
         "num_points": config.num_points,
         "votes": votes,
         "precision": "bf16 autocast" if amp else "float32",
@@ -277,6 +299,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         files = write_report(report, path.parent if out is None else out)
         report["files"] = {kind: str(file) for kind, file in files.items()}
     return report
+
+
+def _is_fraction(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1
 
 
 def format_report(report: dict) -> str:
