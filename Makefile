@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,plot]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,plot,export]"
 	touch $(STAMP)
 
 demo: $(STAMP)

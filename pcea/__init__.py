@@ -7,6 +7,7 @@ from pcea.api import classify, load_model
 from pcea.engine.config import TrainConfig
 from pcea.engine.train import train
 from pcea.errors import PceaError, PceaFileError
+from pcea.export import export_onnx
 from pcea.fast import accelerate, fuse_batchnorm
 from pcea.io import PceaWarning, load_points
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
@@ -29,6 +30,7 @@ __all__ = [
     "accelerate",
     "build_model",
     "classify",
+    "export_onnx",
     "fuse_batchnorm",
     "load_model",
     "load_points",

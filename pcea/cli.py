@@ -476,6 +476,50 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_batch(text: str) -> str | int:
+    if text == "dynamic":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive batch size, got {text!r}"
+                                         ) from None
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from pcea.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    p = sub.add_parser("export", help="write a trained model as one ONNX file, sampling and grouping in it",
+                       description="Export the whole classifier, farthest point sampling and kNN included, "
+                                   "as one ONNX graph from (batch, N, 3) points to (batch, classes) logits, "
+                                   "with the class names, frame and normalisation in its metadata. "
+                                   "ONNX Runtime's logits are checked against PyTorch's before the file is "
+                                   "written. scripts/onnx_classify.py runs it without PyTorch.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_NAME",
+                   help="a checkpoint file, a run directory, or the name of built-in weights")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--points", type=_positive_int, help="points per cloud, N (the model's own)")
+    p.add_argument("--batch", type=_onnx_batch, default="dynamic",
+                   help="'dynamic' (default: any batch size) or a fixed batch size")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} ({DEFAULT_OPSET})")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pcea.api import load_model
+    from pcea.export import export_onnx
+
+    model = load_model(args.checkpoint)
+    result = export_onnx(model, args.onnx, num_points=args.points, batch=args.batch, opset=args.opset)
+    check = (f"; ONNX Runtime's logits within {result.max_abs_error:.1e} of PyTorch's"
+             if result.max_abs_error is not None else "; not checked (onnxruntime is not installed)")
+    print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}): points "
+          f"({result.batch}, {result.num_points} points, {model.config.in_channels}) -> logits "
+          f"({result.batch}, {model.config.num_classes}), in {result.seconds:.1f} s{check}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcea",
@@ -494,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_baseline(sub)
     _add_bench(sub)
+    _add_export(sub)
     return parser
 
 
