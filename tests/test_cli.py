@@ -148,7 +148,8 @@ def test_bad_flag_values_are_usage_errors(checkpoint, capsys, argv, message):
 @pytest.mark.parametrize("value", ["inf", "nan", "-1"])
 def test_max_gb_must_be_finite(value, capsys):
     assert main(["download", "modelnet40", "--max-gb", value]) == 1
-    assert capsys.readouterr().err == f"pcea: error: --max-gb {float(value)}: must be a positive, finite number of GiB\n"
+    expected = f"pcea: error: --max-gb {float(value)}: must be a positive, finite number of GiB\n"
+    assert capsys.readouterr().err == expected
 
 
 def test_classify_refuses_too_few_points_before_printing_anything(checkpoint, capsys):
