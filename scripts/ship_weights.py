@@ -45,8 +45,8 @@ def main() -> None:
         "num_points": best["model_config"]["num_points"],
         "up": best.get("up", "y"),
         "data": "ModelNet40 official train split (9,843 shapes, 40 classes), 1024-point npy release",
-        "split": f"trained on {results.get('num_train', 'the rest')}; selected on a stratified "
-                 f"{config['val_split']:.0%} validation hold-out (seed {config['seed']})",
+        "split": f"trained on the other {1 - config['val_split']:.0%} of the train split; selected on a "
+                 f"stratified {config['val_split']:.0%} validation hold-out of it (seed {config['seed']})",
         "recipe": "configs/modelnet40_cpu.yaml",
         "train_config": config,
         "epoch": epoch,
