@@ -29,6 +29,7 @@ from pcea.fast import accelerate
 from pcea.io import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POINTS,
+    DEFAULT_UP,
     MESH_EXTENSIONS,
     POINT_EXTENSIONS,
     PceaWarning,
@@ -177,7 +178,7 @@ def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[
 def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, top_k: int = 5,
                   num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
                   max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
-                  amp: bool = False) -> Iterator[dict]:
+                  amp: bool = False, up: str = DEFAULT_UP) -> Iterator[dict]:
     """Classify files batch by batch, yielding one result per file in order.
 
     Args:
@@ -192,6 +193,8 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
         max_bytes: larger files are refused.
         max_points: files declaring more points, vertices or faces are refused.
         amp: bf16 autocast (see :mod:`pcea.precision`); the caller checks that it helps.
+        up: the files' up axis, "y", "z" or "auto" (y for OBJ/glTF, z otherwise); each
+            cloud is turned into the y-up frame the model was trained in.
 
     Yields:
         ``{"path": str, "top_k": [(class, probability), ...]}`` or, for a file that
@@ -209,7 +212,7 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
         for path in chunk:
             try:
                 clouds.append(load_points(path, num_points, seed, normals,
-                                          max_bytes=max_bytes, max_points=max_points))
+                                          max_bytes=max_bytes, max_points=max_points, up=up))
                 results.append({"path": os.fspath(path)})
             except PceaFileError as err:
                 results.append({"path": os.fspath(path), "error": str(err)})
@@ -243,7 +246,7 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
              checkpoint: str | os.PathLike | PCTClassifier, *, top_k: int = 5,
              num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
              max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
-             device: str | torch.device = "cpu", amp: bool = False) -> list[dict]:
+             device: str | torch.device = "cpu", amp: bool = False, up: str = DEFAULT_UP) -> list[dict]:
     """Classify point-cloud or mesh files with a trained model.
 
     Args:
@@ -259,6 +262,8 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
         device: where the model runs when it is loaded here.
         amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`);
             elsewhere a :class:`pcea.PceaWarning` says why and it runs in float32.
+        up: the files' up axis: "y", "z", or "auto" (the default: y for ``.obj``/``.glb``,
+            z for every other format); see :func:`pcea.io.load_points`.
 
     Returns:
         One dict per file: ``{"path": str, "top_k": [(class, probability), ...]}``
@@ -277,7 +282,7 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
         f"amp=True ignored, classifying in float32: {why}", PceaWarning, stacklevel=4))
     results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
                                  batch_size=batch_size, seed=seed, max_bytes=max_bytes,
-                                 max_points=max_points, amp=amp))
+                                 max_points=max_points, amp=amp, up=up))
     return results + [{"path": text, "error": unmatched_problem(text)}
                       for text in unmatched]
 

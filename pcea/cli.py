@@ -49,6 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"numpy    {np.__version__}")
     print(f"device   {device}")
     print(f"threads  {torch.get_num_threads()}")
+    print(builtin_weights_lines())
     if args.model:
         try:
             model = pcea.build_model(args.model, num_classes=args.num_classes)
@@ -57,6 +58,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print()
         print(describe_model(model, args.model))
     return 0
+
+
+def builtin_weights_lines() -> str:
+    """What ``pcea info`` says about the weights that ship with pcea (pcea/weights)."""
+    from pcea.weights import BUILTIN, builtin_card
+
+    lines = ["built-in weights (pcea classify NAME FILES, pcea.load_model(NAME)):"]
+    for name in BUILTIN:
+        try:
+            card = builtin_card(name)
+        except PceaError as err:
+            lines.append(f"  {name:<11} not available: {err}")
+            continue
+        val = (f"val OA {100 * card['val_oa']:.2f} %, mAcc {100 * card['val_macc']:.2f} % "
+               f"({card['val_protocol']})")
+        lines.append(f"  {name:<11} {card['model']}, {card['num_points']} points, {card['up']}-up; {val}")
+        lines.append(f"  {'':<11} data: {card['data']}; recipe {card['recipe']}, "
+                     f"{card['epochs']} epochs, best epoch {card['epoch']}")
+    return "\n".join(lines)
 
 
 def describe_model(model, name: str) -> str:
@@ -199,15 +219,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="convert ModelNet40 meshes (Princeton .off layout) to the h5 layout",
-                       description="Sample every mesh once (by area, with normals) on all cores into "
-                                   "the h5 layout that training reads fast. Resumable: run it again "
-                                   "after an interruption. Unreadable meshes are skipped and listed in "
-                                   "OUT/skipped.txt.")
+    p = sub.add_parser("prepare", help="convert a Princeton-layout ModelNet40 (meshes or point files) to h5",
+                       description="Sample every shape file of <class>/{train,test}/ once on all cores "
+                                   "(meshes by area, with normals; point files subsampled) into the h5 "
+                                   "layout that training reads fast, turned into pcea's y-up frame. "
+                                   "Resumable: run it again after an interruption. Unreadable files are "
+                                   "skipped and listed in OUT/skipped.txt.")
     p.add_argument("dataset", choices=["modelnet40"], help="modelnet40 (also takes a ModelNet10 source)")
     p.add_argument("--src", required=True, help="the Princeton directory, e.g. ModelNet40/")
     p.add_argument("--out", required=True, help="output directory for the h5 layout")
-    p.add_argument("--points", type=int, default=2048, help="points per shape (2048)")
+    p.add_argument("--points", type=int, default=2048,
+                   help="points per shape (2048; at most what each point file holds, e.g. 1024)")
+    p.add_argument("--up", choices=["y", "z"], help="the source's up axis (z, as the Princeton release)")
     p.add_argument("--workers", type=_workers, help="processes (default: all cores)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (0)")
     p.set_defaults(func=_cmd_prepare)
@@ -216,7 +239,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from pcea.data.prepare import prepare_modelnet40
 
-    prepare_modelnet40(args.src, args.out, points=args.points, workers=args.workers, seed=args.seed)
+    prepare_modelnet40(args.src, args.out, points=args.points, workers=args.workers, seed=args.seed,
+                       up=args.up)
     return 0
 
 
@@ -274,6 +298,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["test", "train", "val"], default="test",
                    help="test (default), train, or val: the run's own validation hold-out of train")
     p.add_argument("--votes", type=_positive_int, default=1, help="voting copies per cloud (1: none)")
+    p.add_argument("--up", choices=["y", "z"],
+                   help="the data's up axis (default: its layout's: y for h5/resampled, z for Princeton "
+                        "folders)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the voting augmentations (0)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -292,7 +319,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, votes=args.votes,
                                  seed=args.seed, batch_size=args.batch_size, device=args.device,
-                                 out=args.out, amp=args.amp)
+                                 out=args.out, amp=args.amp, up=args.up)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -310,6 +337,8 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--points", type=_positive_int, help="points sampled per file (the model's own)")
     p.add_argument("--votes", type=_positive_int, default=1, help="voting copies per file (1: none)")
+    p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
+                   help="the files' up axis (auto: y for .obj/.glb, z for every other format)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling and voting (0)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-bytes", type=_positive_int, default=DEFAULT_MAX_BYTES,
@@ -344,7 +373,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         failed = print_classification(files, model, as_json=args.json, top_k=args.top_k,
                                       num_points=args.points, votes=args.votes, seed=args.seed,
                                       batch_size=args.batch_size, max_bytes=args.max_bytes,
-                                      max_points=args.max_points, amp=amp)
+                                      max_points=args.max_points, amp=amp, up=args.up)
     return 1 if failed or unmatched else 0
 
 
@@ -358,7 +387,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=10, help="number of classes (10; at most 12)")
     p.add_argument("--per-class", type=int, default=100, help="shapes per class, 20%% of them test (100)")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--points", type=int, default=2048, help="points per shape (2048)")
+    p.add_argument("--points", type=int, default=2048,
+                   help="points per shape (2048; at most what each point file holds, e.g. 1024)")
+    p.add_argument("--up", choices=["y", "z"], help="the source's up axis (z, as the Princeton release)")
     p.set_defaults(func=_cmd_synth)
 
 

@@ -32,6 +32,7 @@ from pcea.errors import PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
+from pcea.weights import is_builtin
 
 __all__ = [
     "evaluate",
@@ -216,7 +217,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
                         split: str = "test",
                         votes: int = 1, seed: int = 0, batch_size: int = 32, device: str = "auto",
                         out: str | os.PathLike | None = None, write: bool = True, amp: bool = False,
-                        log=None) -> dict:
+                        log=None, up: str | None = None) -> dict:
     """Evaluate a checkpoint on a dataset split and write the report next to it.
 
     Args:
@@ -230,11 +231,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         seed: seed of the voting augmentations.
         batch_size: clouds per forward pass.
         device: "auto", "cpu", "cuda", "cuda:1", "mps".
-        out: directory of the report files; the checkpoint's directory by default.
+        out: directory of the report files; the checkpoint's directory by default
+            (``eval_<name>/`` in the working directory for built-in weights such as "modelnet40").
         write: False to only return the report.
         amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`);
             elsewhere a note goes to ``log`` and the evaluation runs in float32.
         log: called with one-line notes (default: print to stderr).
+        up: the up axis of the dataset's clouds ("y" or "z"); default: the one its layout's
+            public release uses (y for h5 and resampled, z for the Princeton folders).
 
     Returns:
         The report (the contents of ``eval.json``); ``report["files"]`` lists what was written.
@@ -262,7 +266,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         raise PceaFileError(path, "the run held out no validation split (val_split 0 or not recorded); "
                                   "use --split test or train")
     dataset = open_dataset(data, split="train" if split == "val" else split, num_points=config.num_points,
-                           normals=config.in_channels >= 6,
+                           normals=config.in_channels >= 6, up=up,
                            **({"seed": train_config["seed"]} if split == "val" else {}))
     if list(dataset.class_names) != list(model.class_names):
         raise PceaError(f"{dataset.root}: the dataset's {len(dataset.class_names)} classes "
@@ -287,6 +291,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         "selection": payload.get("protocol"),
         "data": str(dataset.root),
         "split": split,
+        "up": dataset.up,
         "num_shapes": len(items),
         "num_points": config.num_points,
         "votes": votes,
@@ -296,7 +301,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         "results": results,
     }
     if write:
-        files = write_report(report, path.parent if out is None else out)
+        if out is None:  # next to the checkpoint; built-in weights live inside the installed package
+            out = Path(f"eval_{checkpoint}") if is_builtin(checkpoint) else path.parent
+        files = write_report(report, out)
         report["files"] = {kind: str(file) for kind, file in files.items()}
     return report
 
