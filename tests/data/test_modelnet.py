@@ -313,6 +313,7 @@ def test_special_files_and_unwritten_h5_datasets_are_refused(tmp_path):
     with pytest.raises(PceaFileError, match=r"chair_0001\.txt: is not a regular file"):
         ModelNet40Resampled(tmp_path / "resampled", num_points=8)
 
+
 # --- issue 16, items 10 and 11: nothing outside the dataset is read ---------------------------
 
 
@@ -384,6 +385,7 @@ def test_list_files_cannot_name_paths_outside_the_dataset_root(tmp_path):
     (h5_root / "train_files.txt").write_text("data/..\n")
     with pytest.raises(PceaFileError, match="train_files.txt: line 'data/..' names a path outside"):
         ModelNet40H5(h5_root, "train", num_points=32)
+
 
 def test_a_princeton_folder_of_real_pcd_files_is_read(tmp_path):
     """Issue 12: .pcd joins the per-shape formats; the real samples from ../shared (z up, raw units)."""
