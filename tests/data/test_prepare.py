@@ -123,5 +123,5 @@ def test_cli_prepare(tmp_path, capsys):
     assert ModelNet40H5(tmp_path / "h5", "test", num_points=16).labels.tolist() == [0, 1, 2]
     assert main(["prepare", "modelnet40", "--src", str(tmp_path / "h5"), "--out", str(tmp_path / "x")]) == 1
     error = capsys.readouterr().err
-    assert error.startswith(f"pcea: error: {tmp_path / 'h5'}: not the Princeton mesh layout")
+    assert error.startswith(f"pcea: error: {tmp_path / 'h5'}: not the Princeton layout")
     assert len(error.strip().splitlines()) == 1
