@@ -81,6 +81,16 @@ def check_load_points(path: Path, normals: bool = False, **limits) -> str:
                    channels=6 if normals else 3, rows=NUM_POINTS)
 
 
+def with_peak(check, *args, **kwargs) -> tuple[str, int]:
+    """``check(*args, **kwargs)`` and the peak of Python-allocated memory while it ran, in bytes."""
+    tracemalloc.start()
+    try:
+        result = check(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 # --- valid files of every kind, the seeds that truncation and corruption start from -----------
 
 OCTA_VERTICES = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], float)
@@ -281,12 +291,7 @@ def with_counts(kind: str, vertices: int, faces: int) -> tuple[str, bytes]:
 def test_wrong_negative_or_enormous_header_counts(kind, vertices, faces):
     ext, content = with_counts(kind, vertices, faces)
     with hostile_file("counts" + ext, content) as path:
-        tracemalloc.start()
-        try:
-            result = check_load_points(path)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        result, peak = with_peak(check_load_points, path)
         event(result)
         assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes for a {len(content)}-byte file"
 
@@ -356,12 +361,7 @@ HUGE = {
 def test_huge_declared_counts_are_refused_before_allocating(case):
     ext, content, limits = HUGE[case]
     with hostile_file("huge" + ext, content) as path:
-        tracemalloc.start()
-        try:
-            result = check_load_points(path, **limits)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        result, peak = with_peak(check_load_points, path, **limits)
     assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes before deciding"
     assert result in ("refused", "loaded")
     if case != "pts-1e12-count-line":  # there the count line is only a hint; the two rows are read
@@ -401,12 +401,7 @@ def test_pcd_wrong_negative_or_enormous_declared_points(kind, points, width):
     content = content.replace(b"\nWIDTH 40\n", f"\nWIDTH {width}\n".encode(), 1)
     content = content.replace(b"\nPOINTS 40\n", f"\nPOINTS {points}\n".encode(), 1)
     with hostile_file("counts.pcd", content) as path:
-        tracemalloc.start()
-        try:
-            result = check_load_points(path)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        result, peak = with_peak(check_load_points, path)
         event(result)
         assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes for a {len(content)}-byte file"
         if points != width or not 3 <= points <= 40:  # a consistent smaller count reads the first points
@@ -802,12 +797,7 @@ def test_h5_declaring_huge_datasets_is_refused_before_allocating():
                 h5.create_dataset(key, shape=(10**5, 64, 3), dtype="f4", chunks=(1000, 64, 3))
             h5.create_dataset("label", shape=(10**5, 1), dtype="u1", chunks=(4096, 1))
         assert (root / H5_TRAIN).stat().st_size < 64 * 1024
-        tracemalloc.start()
-        try:
-            result = check_open_dataset(root, root / H5_TRAIN)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        result, peak = with_peak(check_open_dataset, root, root / H5_TRAIN)
         size = (root / H5_TRAIN).stat().st_size
         assert peak < ALLOC_LIMIT, f"allocated {peak:,} bytes for a {size}-byte file"
         assert result.startswith("refused")
