@@ -29,7 +29,7 @@ from torch import nn
 from pcea import ops
 from pcea.atomic import write_atomic
 from pcea.bench_reference import ReferencePCT
-from pcea.errors import PceaError
+from pcea.errors import PceaError, check_positive_int
 from pcea.fast import accelerate, sampling
 from pcea.fast.allocator import describe_allocator
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
@@ -77,8 +77,10 @@ class BenchConfig:
             raise PceaError(
                 f"unknown attention kind(s) {', '.join(unknown)}; choose from {', '.join(ATTENTION)}"
             )
-        if any(n < 1 for n in self.points) or self.batch_size < 1 or self.repeats < 1 or self.rounds < 1:
-            raise PceaError("--points, --batch-size, --repeats and --rounds must be positive")
+        counts = [("batch_size", self.batch_size), ("attention_batch", self.attention_batch),
+                  ("repeats", self.repeats), ("rounds", self.rounds)]
+        for name, value in [*(("points", n) for n in self.points), *counts]:
+            check_positive_int(name, value)
         too_small = [n for n in self.points if n < 512]
         if too_small and "models" in self.sections:
             raise PceaError(f"the models need at least 512 points per cloud, got {too_small}")

@@ -245,12 +245,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type of a count: pcea.errors.is_positive_int, worded as everywhere else."""
+    from pcea.errors import is_positive_int
+
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+        value = None
+    if not is_positive_int(value):
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive integer")
     return value
 
 

@@ -38,15 +38,28 @@ class MissingSplitError(PceaFileError):
     """A dataset directory without the split asked for (a copy holding only the train split)."""
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` as an int if it is a positive integer; else a :class:`PceaError` naming it.
+def is_positive_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy, not a bool) of at least 1.
 
-    The one check of a count a user gives a library function (``top_k``, ``votes``,
-    ``num_points``, ...), worded as :class:`pcea.ModelConfig` and
-    :class:`pcea.TrainConfig` word theirs: ``votes=0: expected a positive integer``
-    (a bool, a float or a string is refused too). The command line refuses such values
-    before they get here, as usage errors.
+    The one test of a count in pcea: :func:`check_positive_int`, :class:`pcea.ModelConfig`,
+    :class:`pcea.TrainConfig`, the benchmark settings and the command line's integer options
+    all use it, and all word a failure as :func:`positive_int_problem` does.
     """
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise PceaError(f"{name}={value!r}: expected a positive integer")
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and bool(value >= 1)
+
+
+def positive_int_problem(name: str, value: object) -> str:
+    """The message for a value failing :func:`is_positive_int`: ``votes=0: expected a positive integer``."""
+    return f"{name}={value!r}: expected a positive integer"
+
+
+def check_positive_int(name: str, value: object, error: type[Exception] = PceaError) -> int:
+    """``value`` as an int if it is a positive integer; else ``error`` (a :class:`PceaError`) naming it.
+
+    The check of a count a user gives a library function (``top_k``, ``votes``,
+    ``num_points``, ...): ``votes=0: expected a positive integer`` (a bool, a float or a
+    string is refused too). The configuration dataclasses pass ``error=ValueError``.
+    """
+    if not is_positive_int(value):
+        raise error(positive_int_problem(name, value))
     return int(value)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcea.errors import check_positive_int, is_positive_int
 from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, batch_norm
 from pcea.ops import gather, group_index
 
@@ -85,19 +86,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # Strict types, so a bad option is one clear line here instead of an error inside torch.
-        def positive_int(v) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
-
         # Tuples survive a round trip through YAML/JSON as lists; normalise them.
         for name in ("centers", "neighbors", "stage_dims", "head_dims"):
             value = getattr(self, name)
-            if not isinstance(value, list | tuple) or len(value) != 2 or not all(map(positive_int, value)):
+            if not isinstance(value, list | tuple) or len(value) != 2 or not all(map(is_positive_int, value)):
                 raise ValueError(f"{name}={value!r}: expected two positive integers, e.g. [512, 256]")
             setattr(self, name, tuple(int(v) for v in value))
         for name in ("num_classes", "in_channels", "num_points", "embed_dim", "num_layers", "memory", "heads",
                      "fuse_dim"):
-            if not positive_int(getattr(self, name)):
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+            check_positive_int(name, getattr(self, name), error=ValueError)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) \
                 or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout!r}: expected a number with 0 <= x < 1")

@@ -109,7 +109,7 @@ def test_unwritable_json_names_the_file(tmp_path, capsys):
 
 
 def test_bench_config_validate_direct():
-    with pytest.raises(PceaError, match="positive"):
+    with pytest.raises(PceaError, match="repeats=0: expected a positive integer"):
         BenchConfig(repeats=0).validate()
     with pytest.raises(PceaError, match="precision.*fp16.*fp32, bf16"):
         BenchConfig(precision=("fp16",)).validate()

@@ -130,8 +130,8 @@ def test_bad_config_file_values_are_one_line_naming_the_file(tmp_path, capsys, t
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["info", "--model", "pcea", "--num-classes", "-3"], "-3 must be at least 1"),
-    (["info", "--model", "pcea", "--num-classes", "0"], "0 must be at least 1"),
+    (["info", "--model", "pcea", "--num-classes", "-3"], "-3: expected a positive integer"),
+    (["info", "--model", "pcea", "--num-classes", "0"], "0: expected a positive integer"),
     (["classify", "CKPT", "CLOUD", "--seed", "-1"], "-1: need 0 to 4294967295"),
     (["eval", "CKPT", "--seed", "18446744073709551616"], "need 0 to 4294967295"),
     (["bench", "--threads", "100000"], "100000: need 1 to"),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pcea.errors import check_positive_int
 from pcea.geometry import CANONICAL_UP, UP_AXES, normalize_unit_sphere, to_canonical
 
 __all__ = [
@@ -230,9 +231,7 @@ class Subsample(Transform):
     """Keep ``num_points`` random points (without replacement; with it if the cloud is smaller)."""
 
     def __init__(self, num_points: int):
-        if num_points < 1:
-            raise ValueError(f"num_points must be positive, got {num_points}")
-        self.num_points = num_points
+        self.num_points = check_positive_int("num_points", num_points, error=ValueError)
 
     def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if len(points) == 0:

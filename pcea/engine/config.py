@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import PceaError, PceaFileError, is_positive_int, positive_int_problem
 from pcea.model import PRESETS, ModelConfig
 
 __all__ = ["MAX_SEED", "RUNTIME_KEYS", "TrainConfig", "load_config_file", "max_threads", "max_workers",
@@ -124,8 +124,8 @@ class TrainConfig:
         self._check_types()
         self.model_options = dict(self.model_options)
         checks = [
-            (self.points >= 1, f"points={self.points}: need at least 1"),
-            (self.epochs >= 1, f"epochs={self.epochs}: need at least 1"),
+            (is_positive_int(self.points), positive_int_problem("points", self.points)),
+            (is_positive_int(self.epochs), positive_int_problem("epochs", self.epochs)),
             (self.batch_size >= 2, f"batch_size={self.batch_size}: BatchNorm needs at least 2 per step"),
             (self.lr > 0, f"lr={self.lr}: must be positive"),
             (self.min_lr >= 0, f"min_lr={self.min_lr}: must be 0 or more"),
