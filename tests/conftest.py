@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-import torch
+from tiny_models import TINY, build_tiny, save_tiny_checkpoint
 
 import pcea
-
-# Small enough for a training step in milliseconds, with every part of the network present.
-TINY = dict(num_points=128, centers=(64, 32), neighbors=(8, 8), embed_dim=16, stage_dims=(32, 64),
-            fuse_dim=128, head_dims=(64, 32), memory=16)
 
 
 @pytest.fixture
@@ -22,26 +19,13 @@ def tiny_options() -> dict:
 
 @pytest.fixture
 def tiny_model() -> Callable[..., pcea.PCTClassifier]:
-    """Builds plain tiny models: ``tiny_model(name, num_classes=4, seed=0, trained=False, **overrides)``.
+    """Builds plain tiny models: ``tiny_model(name, num_classes=4, seed=0, trained=False, **overrides)``
+    (:func:`tiny_models.build_tiny`)."""
+    return build_tiny
 
-    ``trained=True`` gives the BatchNorms affine terms of both signs and running
-    statistics moved by three training-mode passes, as after training, and
-    returns the model in eval mode.
-    """
 
-    def build(name: str = "pcea", *, num_classes: int = 4, seed: int = 0, trained: bool = False,
-              **overrides) -> pcea.PCTClassifier:
-        torch.manual_seed(seed)
-        model = pcea.build_model(name, num_classes=num_classes, **{**TINY, **overrides})
-        if not trained:
-            return model
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, torch.nn.BatchNorm1d):
-                    module.weight.uniform_(-0.5, 1.5)
-                    module.bias.uniform_(-0.5, 0.5)
-            for _ in range(3):  # train-mode passes move the running mean and variance
-                model(torch.randn(4, model.config.num_points, model.config.in_channels) * 2 + 0.3)
-        return model.eval()
-
-    return build
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the smallest tiny model, classes ball/box/disc/rod, one per test module
+    (:func:`tiny_models.save_tiny_checkpoint`)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")

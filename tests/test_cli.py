@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import SMALLEST
 
 import pcea
 from pcea.cli import build_parser, main
@@ -47,22 +47,16 @@ def test_usage_error_exits_2():
 
 # -- issue 15: the command line -----------------------------------------------------------------
 
-TINY = {"num_points": 128, "centers": (32, 16), "neighbors": (4, 4), "embed_dim": 8, "stage_dims": (16, 32),
-        "fuse_dim": 64, "head_dims": (32, 16), "memory": 8}
 # PCEA_ALLOCATOR=system: no allocator re-exec, one Python start per command.
 ENV = {**os.environ, "PCEA_ALLOCATOR": "system"}
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = pcea.build_model("pcea", num_classes=4, **TINY)
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "model_name": "pcea",
-                           "model_config": model.config.to_dict(), "class_names": ["a", "b", "c", "d"]})
+def checkpoint(tiny_checkpoint, tmp_path_factory):
+    """(the tiny checkpoint, a 300-point cloud file)."""
     cloud = tmp_path_factory.mktemp("clouds") / "cloud.xyz"
     np.savetxt(cloud, np.random.default_rng(0).normal(size=(300, 3)))
-    return path, cloud
+    return tiny_checkpoint, cloud
 
 
 def test_version(capsys):
@@ -161,7 +155,7 @@ def test_classify_refuses_too_few_points_before_printing_anything(checkpoint, ca
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model_config": {**TINY, "memory": "abc"}},
+    ({"model_config": {**SMALLEST, "memory": "abc"}},
      "malformed checkpoint: its model_config is invalid: memory='abc'"),
     ({"class_names": "abcd"}, "malformed checkpoint: 'class_names' is not a list of strings"),
     ({"model": {"weight": "w"}}, "malformed checkpoint: 'model' is not a mapping of parameter names"),

@@ -30,6 +30,7 @@ import trimesh
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from test_io import pcd_bytes
+from tiny_models import CLASS_NAMES, SMALLEST
 
 from pcea.errors import PceaError
 from pcea.io import load_points
@@ -836,24 +837,18 @@ def test_a_recursive_glob_does_not_follow_directory_symlink_loops(tmp_path):
             os.chdir(cwd)
 
 
-def tiny_model():
-    import pcea
-
-    model = pcea.build_model("pcea", num_classes=4, num_points=32, centers=(16, 8), neighbors=(4, 4),
-                             embed_dim=16, stage_dims=(32, 64), fuse_dim=64, head_dims=(32, 16), memory=8)
-    model.class_names = ["ball", "box", "disc", "rod"]
-    return model.eval()
-
-
-def test_file_names_with_newlines_cannot_forge_lines(tmp_path):
+def test_file_names_with_newlines_cannot_forge_lines(tmp_path, tiny_model):
     from pcea.api import print_classification
+
+    model = tiny_model(size=SMALLEST, num_points=32).eval()
+    model.class_names = CLASS_NAMES
 
     good = tmp_path / "chair\nsofa    0.99\x1b[2K.off"
     good.write_bytes(tetra_off())
     bad = tmp_path / "bad\npcea: error: forged.off"
     bad.write_bytes(b"not an OFF file")
     stdout, stderr = io.StringIO(), io.StringIO()
-    failed = print_classification([good, bad], tiny_model(), stdout=stdout, stderr=stderr, top_k=2,
+    failed = print_classification([good, bad], model, stdout=stdout, stderr=stderr, top_k=2,
                                   num_points=32)
     assert failed == 1
     table = stdout.getvalue().splitlines()

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tiny_models import CLASS_NAMES, TINY
 
 from pcea.engine.config import TrainConfig
 
-# A model small enough to train a few epochs on 2 cores in about a second.
-TINY_MODEL = {"centers": [64, 32], "neighbors": [8, 8], "embed_dim": 16, "stage_dims": [32, 64],
-              "fuse_dim": 128, "head_dims": [64, 32], "memory": 16}
-CLASS_NAMES = ["ball", "box", "disc", "rod"]
+# The suite's tiny model (tests/tiny_models.py) as recipe model_options: every field but num_points.
+TINY_MODEL = {key: list(value) if isinstance(value, tuple) else value
+              for key, value in TINY.items() if key != "num_points"}
 
 
 def _shape(label: int, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -6,26 +6,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import CLASS_NAMES
 
 import pcea
 from pcea.cli import main
-from pcea.engine.checkpoint import save_checkpoint
-
-# Smaller still than the engine tests' tiny model: the 1,000-file test runs it on 1,000 clouds.
-TINY = {"num_points": 128, "centers": (32, 16), "neighbors": (4, 4), "embed_dim": 8, "stage_dims": (16, 32),
-        "fuse_dim": 64, "head_dims": (32, 16), "memory": 8}
-NAMES = ["ball", "box", "disc", "rod"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = pcea.build_model("pcea", num_classes=4, **TINY)
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "model_name": "pcea",
-                           "model_config": model.config.to_dict(), "class_names": NAMES})
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint  # the SMALLEST model: the 1,000-file test runs it on 1,000 clouds
 
 
 def _cube_off() -> str:
@@ -62,7 +51,7 @@ def test_cli_json_classifies_every_format_and_skips_the_corrupt_file(checkpoint,
         str(mixed_dir / name) for name in ("cube.off", "sub/cloud.ply", "sub/cloud.npy"))
     for result in results:
         probs = [entry["probability"] for entry in result["top_k"]]
-        assert [entry["class"] in NAMES for entry in result["top_k"]] == [True] * 3
+        assert [entry["class"] in CLASS_NAMES for entry in result["top_k"]] == [True] * 3
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
     assert err.count("\n") == 1 and str(mixed_dir / "broken.off") in err
 
@@ -73,7 +62,7 @@ def test_library_classify_matches_predict_and_reports_errors(checkpoint, mixed_d
     assert "error" in results[1] and str(mixed_dir / "broken.off") in results[1]["error"]
     model = pcea.load_model(checkpoint)
     probs = model.predict(pcea.io.load_points(mixed_dir / "cube.off", 128, seed=0))
-    expected = sorted(zip(NAMES, probs.tolist(), strict=True), key=lambda pair: -pair[1])
+    expected = sorted(zip(CLASS_NAMES, probs.tolist(), strict=True), key=lambda pair: -pair[1])
     assert [name for name, _ in results[0]["top_k"]] == [name for name, _ in expected]
     assert [p for _, p in results[0]["top_k"]] == pytest.approx([p for _, p in expected], abs=1e-6)
 
@@ -111,8 +100,8 @@ def test_table_is_aligned(checkpoint, mixed_dir, capsys):
     assert lines[0].split() == ["file", "top-1", "top-2"] and len(lines) == 3
     first, second = lines[0].index("top-1"), lines[0].index("top-2")
     for row in lines[1:]:  # every row's class columns start under their headers
-        assert row[first - 1] == " " and row[first:first + 3] in {name[:3] for name in NAMES}
-        assert row[second - 1] == " " and row[second:second + 3] in {name[:3] for name in NAMES}
+        assert row[first - 1] == " " and row[first:first + 3] in {name[:3] for name in CLASS_NAMES}
+        assert row[second - 1] == " " and row[second:second + 3] in {name[:3] for name in CLASS_NAMES}
 
 
 @pytest.mark.parametrize("args", [
