@@ -251,7 +251,7 @@ def curves_figure(history: list[dict], *, selected_epoch: int | None = None, sel
                         markersize=5, zorder=3 if style == "--" else 2)
     ax_acc.set_title("accuracy (%)")
     ax_lr.plot(epochs, [row["lr"] for row in history], marker=".")
-    ax_lr.set_title("learning rate")
+    ax_lr.set_title("learning rate (each epoch's first step)")  # per-step schedules move within an epoch
     if selected_epoch is not None:
         for ax in (ax_loss, ax_acc, ax_lr):
             ax.axvline(selected_epoch, color="0.4", linestyle=":", linewidth=1.2,
@@ -260,7 +260,7 @@ def curves_figure(history: list[dict], *, selected_epoch: int | None = None, sel
         if selected_key and row.get(selected_key) is not None:
             ax_acc.plot([selected_epoch], [100 * row[selected_key]], marker="*", markersize=15, color="gold",
                         markeredgecolor="black", linestyle="none", zorder=4,
-                        label=f"best.pt ({selected_key.replace('_', ' ')})")
+                        label=f"best.pt ({dict((k, lab) for k, lab, *_ in _ACCURACY_LINES)[selected_key]})")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -490,7 +490,7 @@ def test_curves_tell_oa_from_macc_mark_the_selected_epoch_and_keep_legends_off_t
     assert list(oa.get_ydata()) == list(macc.get_ydata())
     assert (oa.get_linestyle(), oa.get_marker()) != (macc.get_linestyle(), macc.get_marker())
     assert list(lines["selected: epoch 2"].get_xdata()) == [2, 2]
-    star = lines["best.pt (val oa)"]
+    star = lines["best.pt (val OA)"]
     assert (list(star.get_xdata()), list(star.get_ydata())) == ([2], [50.0])
     fig.canvas.draw()
     for ax in (ax_loss, ax_acc):
