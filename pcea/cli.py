@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pcea.errors import PceaError
+from pcea.errors import PceaError, is_positive_int
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -246,8 +246,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _positive_int(text: str) -> int:
     """argparse type of a count: pcea.errors.is_positive_int, worded as everywhere else."""
-    from pcea.errors import is_positive_int
-
     try:
         value = int(text)
     except ValueError:

@@ -223,6 +223,7 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool
 _ACCURACY_LINES = [("train_acc", "train accuracy", "C0", "-", None),
                    ("val_oa", "val OA", "C1", "-", "o"), ("val_macc", "val mAcc", "C3", "--", "x"),
                    ("test_oa", "test OA", "C2", "-", "o"), ("test_macc", "test mAcc", "C4", "--", "x")]
+_LABELS = {key: label for key, label, *_ in _ACCURACY_LINES}
 
 
 def curves_figure(history: list[dict], *, selected_epoch: int | None = None, selected_key: str | None = None):
@@ -260,7 +261,7 @@ def curves_figure(history: list[dict], *, selected_epoch: int | None = None, sel
         if selected_key and row.get(selected_key) is not None:
             ax_acc.plot([selected_epoch], [100 * row[selected_key]], marker="*", markersize=15, color="gold",
                         markeredgecolor="black", linestyle="none", zorder=4,
-                        label=f"best.pt ({dict((k, lab) for k, lab, *_ in _ACCURACY_LINES)[selected_key]})")
+                        label=f"best.pt ({_LABELS.get(selected_key, selected_key)})")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
