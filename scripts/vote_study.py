@@ -28,6 +28,7 @@ from pcea.data.transforms import AnisotropicScale, ScaleTranslate
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy
 from pcea.engine.splits import split_train_val
+from pcea.errors import PceaError
 from pcea.fast import accelerate
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     evaluated = open_dataset(data, split=split, num_points=n_points, normals=normals, **seed_kw)
     try:
         stored = open_dataset(data, split=split, num_points=None, normals=normals, **seed_kw)
-    except Exception:  # noqa: BLE001 - layouts that must be told a count: try the common 1024
+    except PceaError:  # layouts that must be told a count (Princeton, resampled): the common 1024
         stored = open_dataset(data, split=split, num_points=max(1024, n_points), normals=normals, **seed_kw)
     labels = np.asarray(evaluated.labels)
     index = np.arange(len(labels))
