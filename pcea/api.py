@@ -9,8 +9,6 @@ files are read with :func:`pcea.io.load_points`, which normalises them like the 
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import json
 import os
 import sys
@@ -26,22 +24,21 @@ from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.evaluate import vote_probabilities
 from pcea.errors import PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
+from pcea.geometry import UP_AXES, to_canonical
 from pcea.io import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POINTS,
     DEFAULT_UP,
-    MESH_EXTENSIONS,
-    POINT_EXTENSIONS,
     PceaWarning,
+    declared_up,
     load_points,
+    points_from_array,
 )
+from pcea.io.inputs import expand_inputs, printable, unmatched_problem
 from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
 
 __all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "print_classification"]
-
-KNOWN_EXTENSIONS = tuple(sorted(set(MESH_EXTENSIONS + POINT_EXTENSIONS)))
-_GLOB_CHARS = ("*", "?", "[")
 
 
 def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu") -> PCTClassifier:
@@ -66,126 +63,23 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
     return accelerate(open_checkpoint(checkpoint, device=device)[0])
 
 
-def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """The files that command-line style inputs name.
-
-    A file is taken as it is (whatever its extension, so that a wrong one is
-    reported); a directory contributes every file below it with an extension
-    :func:`pcea.io.load_points` reads; a pattern with ``*``, ``?`` or ``[`` is a
-    glob (``**`` recursive). Order is kept and duplicates are dropped.
-
-    Returns:
-        (the files, the inputs that named nothing: missing paths and empty globs or directories).
-    """
-    if isinstance(inputs, str | os.PathLike):
-        inputs = [inputs]
-    files: list[Path] = []
-    unmatched: list[str] = []
-    seen: set[str] = set()  # real paths: a file reached through two links is classified once
-
-    def add(path: Path) -> bool:
-        if path.is_dir():
-            # os.walk does not follow links into directories, so a symlink loop cannot trap it.
-            found = sorted(Path(folder) / name for folder, _, names in os.walk(path) for name in names
-                           if Path(name).suffix.lower() in KNOWN_EXTENSIONS)
-        else:
-            found = [path]
-        for p in found:
-            real = os.path.realpath(p)
-            if real not in seen:
-                seen.add(real)
-                files.append(p)
-        return bool(found)
-
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if path.exists() or path.is_symlink():
-            matched = add(path)
-        elif any(char in text for char in _GLOB_CHARS):
-            matched = False
-            for hit in _glob(text):
-                matched = add(Path(hit)) or matched
-        else:
-            matched = False
-        if not matched:
-            unmatched.append(text)
-    return files, unmatched
-
-
-def _glob(pattern: str) -> list[str]:
-    """``glob.glob(pattern, recursive=True)``, sorted, except that ``**`` never enters a link to a directory.
-
-    Python's glob follows such links: one ``loop -> .`` repeats every file about 40 times (until
-    the path is too long) and two of them never finish. Here ``**`` walks the real directories
-    below the pattern's fixed prefix with :func:`os.walk` (which lists a link but does not enter
-    it) and matches each path against the pattern, component by component, as glob does
-    (hidden names only where the pattern spells the dot).
-    """
-    if "**" not in pattern:
-        return sorted(glob.glob(pattern))
-    parts = Path(pattern).parts
-    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    base = Path(*parts[:fixed]) if fixed else Path(".")
-    hits = []
-    for folder, dirs, names in os.walk(base):
-        dirs[:] = [name for name in dirs if not name.startswith(".")]  # ** skips hidden folders, as glob
-        below = Path(folder).relative_to(base).parts
-        hits += [str(Path(folder) / name) for name in dirs + names
-                 if _glob_match((*below, name), parts[fixed:])
-                 and not (name in dirs and os.path.islink(os.path.join(folder, name)))]  # nor list one
-    return sorted(hits)
-
-
-def _glob_match(names: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
-    """Whether path components ``names`` match glob components ``patterns`` (``**``: any number)."""
-    if not patterns:
-        return not names
-    head, rest = patterns[0], patterns[1:]
-    if head == "**":
-        return any(_glob_match(names[skip:], rest) for skip in range(len(names) + 1))
-    return (bool(names) and fnmatch.fnmatch(names[0], head)
-            and (head.startswith(".") or not names[0].startswith(".")) and _glob_match(names[1:], rest))
-
-
-def printable(text: str) -> str:
-    """``text`` with each unprintable character (newline, tab, escape...) written as its Python escape.
-
-    File names can hold any character but ``/`` and NUL; printed raw, a newline in one would
-    forge an extra line of the classify table or of a one-line error.
-    """
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def unmatched_problem(text: str) -> str:
-    """The one-line reason an input of :func:`expand_inputs` named no file (names escaped)."""
-    if Path(text).is_dir():
-        why = f"is a directory holding no file pcea reads ({' '.join(KNOWN_EXTENSIONS)})"
-    elif any(char in text for char in _GLOB_CHARS) and not Path(text).exists():
-        why = "no files matched"
-    else:
-        why = "no such file"
-    return printable(f"{text}: {why}")
-
-
 def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
     order = np.argsort(-probs, kind="stable")[:k]
     return [(class_names[i], float(probs[i])) for i in order]
 
 
-def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, top_k: int = 5,
-                  num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
-                  max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
+def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], model: PCTClassifier, *,
+                  top_k: int = 5, num_points: int | None = None, votes: int = 1, batch_size: int = 32,
+                  seed: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
                   amp: bool = False, up: str = DEFAULT_UP) -> Iterator[dict]:
-    """Classify files batch by batch, yielding one result per file in order.
+    """Classify files or point arrays batch by batch, yielding one result per input in order.
 
     Args:
-        files: the files to read with :func:`pcea.io.load_points`.
+        files: the files to read with :func:`pcea.io.load_points`, or raw ``(N, C)`` point arrays
+            (NumPy or torch), read with :func:`pcea.io.points_from_array`.
         model: a classifier with ``class_names`` (see :func:`load_model`).
-        top_k: classes reported per file.
-        num_points: points sampled per file; the model's training size by default.
+        top_k: classes reported per input.
+        num_points: points sampled per input; the model's training size by default.
         votes: 1 for one pass; K > 1 averages the softmax of K randomly scaled
             copies (:func:`pcea.engine.evaluate.vote_probabilities`).
         batch_size: clouds per forward pass.
@@ -193,48 +87,92 @@ def iter_classify(files: Sequence[str | os.PathLike], model: PCTClassifier, *, t
         max_bytes: larger files are refused.
         max_points: files declaring more points, vertices or faces are refused.
         amp: bf16 autocast (see :mod:`pcea.precision`); the caller checks that it helps.
-        up: the files' up axis, "y", "z" or "auto" (y for OBJ/glTF, z otherwise); each
-            cloud is turned into the y-up frame the model was trained in.
+        up: the inputs' up axis, "y" or "z", or "auto": the axis a file declares
+            (:func:`pcea.io.declared_up`), and for an input that declares none (most files, every
+            array) the reading, y-up or z-up, in which the model is more confident (the higher
+            top probability). Each cloud is turned into the y-up frame the model was trained in.
 
     Yields:
-        ``{"path": str, "top_k": [(class, probability), ...]}`` or, for a file that
-        cannot be read, ``{"path": str, "error": "PATH: problem"}``.
+        ``{"path": str, "up": "y" | "z", "up_from": "option" | "file" | "model", "top_k": [(class,
+        probability), ...]}`` (``"index": i`` instead of ``"path"`` for an array), or, for an input
+        that cannot be read, ``{"path": str, "error": "PATH: problem"}``.
     """
-    num_points = _check_options(model, top_k=top_k, votes=votes, batch_size=batch_size, num_points=num_points)
+    num_points = _check_options(model, top_k=top_k, votes=votes, batch_size=batch_size, num_points=num_points,
+                                up=up)
     normals = model.config.in_channels >= 6
     class_names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
     k = min(top_k, len(class_names))
     model.eval()
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
         results: list[dict] = []
-        clouds: list[np.ndarray] = []
-        for path in chunk:
+        clouds: list[np.ndarray] = []   # the y-up reading of each readable input, in order
+        for index, item in enumerate(files[start:start + batch_size], start=start):
+            result = {"index": index} if _is_array(item) else {"path": os.fspath(item)}
             try:
-                clouds.append(load_points(path, num_points, seed, normals,
-                                          max_bytes=max_bytes, max_points=max_points, up=up))
-                results.append({"path": os.fspath(path)})
+                cloud, result["up"], result["up_from"] = _read(
+                    item, index, num_points=num_points, seed=seed, normals=normals, max_bytes=max_bytes,
+                    max_points=max_points, up=up)
+                clouds.append(cloud)
             except PceaFileError as err:
-                results.append({"path": os.fspath(path), "error": str(err)})
-        if clouds:
-            points = torch.from_numpy(np.stack(clouds))  # (B, N, C)
-            with autocast(next(model.parameters()).device, amp):
-                if votes > 1:
-                    probs = vote_probabilities(model, points, votes=votes, keys=[(seed,)] * len(clouds))
-                else:
-                    probs = model.predict(points)  # (B, num_classes)
-            good = iter(probs.numpy())
-            for result in results:
-                if "error" not in result:
-                    result["top_k"] = _top_k(next(good), class_names, k)
+                result = {**result, "error": str(err)}
+            results.append(result)
+        readable = [result for result in results if "error" not in result]
+        # An undecided input is classified twice more: read z-up and turned into the frame.
+        undecided = [i for i, result in enumerate(readable) if result["up"] is None]
+        candidates = clouds + [to_canonical(clouds[i], "z") for i in undecided]
+        probs = _probabilities(model, candidates, votes=votes, seed=seed, batch_size=batch_size, amp=amp)
+        for i, j in zip(undecided, range(len(clouds), len(candidates)), strict=True):
+            as_z = probs[j].max() > probs[i].max()   # the more confident reading; y on a tie
+            readable[i]["up"] = "z" if as_z else "y"
+            if as_z:
+                probs[i] = probs[j]
+        for result, row in zip(readable, probs, strict=False):  # the first len(clouds) rows
+            result["top_k"] = _top_k(row, class_names, k)
         yield from results
 
 
+def _is_array(item: object) -> bool:
+    return isinstance(item, np.ndarray | torch.Tensor)
+
+
+def _read(item, index: int, *, num_points: int, seed: int, normals: bool, max_bytes: int, max_points: int,
+          up: str) -> tuple[np.ndarray, str | None, str]:
+    """One input as a cloud in pcea's frame, its up axis (None: for the model to choose, the cloud then
+    read y-up) and where the axis came from ("option", "file" or "model")."""
+    if _is_array(item):
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu()
+            item = item if item.is_complex() else item.to(torch.float64)  # bf16 has no NumPy type
+        axis = None if up == "auto" else up
+        cloud = points_from_array(item, num_points, seed, normals, up=axis or "y", name=f"array {index}")
+        return cloud, axis, "option" if axis else "model"
+    axis, source = (declared_up(item), "file") if up == "auto" else (up, "option")
+    cloud = load_points(item, num_points, seed, normals, max_bytes=max_bytes, max_points=max_points,
+                        up=axis or "y")
+    return cloud, axis, source if axis else "model"
+
+
+def _probabilities(model: PCTClassifier, clouds: list[np.ndarray], *, votes: int, seed: int, batch_size: int,
+                   amp: bool) -> np.ndarray:
+    """(len(clouds), num_classes) class probabilities, ``batch_size`` clouds per forward pass."""
+    rows = []
+    for start in range(0, len(clouds), batch_size):
+        points = torch.from_numpy(np.stack(clouds[start:start + batch_size]))  # (B, N, C)
+        with autocast(next(model.parameters()).device, amp):
+            if votes > 1:
+                rows.append(vote_probabilities(model, points, votes=votes, keys=[(seed,)] * len(points)))
+            else:
+                rows.append(model.predict(points))  # (B, num_classes)
+    return torch.cat(rows).float().numpy() if rows else np.zeros((0, 0), dtype=np.float32)
+
+
 def _check_options(model: PCTClassifier, *, top_k: int = 5, votes: int = 1, batch_size: int = 32,
-                   num_points: int | None = None, **_) -> int:
+                   num_points: int | None = None, up: str = DEFAULT_UP, **_) -> int:
     """Refuse bad classify options before any output; returns the points per cloud to sample."""
     for name, value in (("top_k", top_k), ("votes", votes), ("batch_size", batch_size)):
         check_positive_int(name, value)
+    if up not in ("auto", *UP_AXES):
+        raise PceaError(f"up={up!r}: expected auto, {' or '.join(UP_AXES)}")
     num_points = num_points or model.config.num_points
     if num_points < model.config.centers[0]:
         raise PceaError(f"num_points={num_points}: the model's first stage needs at least "

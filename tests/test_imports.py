@@ -198,3 +198,86 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-c", _IMPORT_EACH_FIRST, str(PACKAGE), *names],
                             capture_output=True, text=True, timeout=300, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# A finder first on sys.meta_path that refuses torch, as an interpreter without torch would.
+_BLOCK_TORCH = """
+import sys
+
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+TORCH_FREE = ["pcea", "pcea.errors", "pcea.geometry", "pcea.io", "pcea.io.formats", "pcea.io.inputs"]
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BLOCK_TORCH + code], capture_output=True, text=True,
+                          timeout=120, cwd=PACKAGE.parent)
+
+
+def test_the_torch_block_works():
+    blocked = _run_without_torch("import torch")
+    assert blocked.returncode != 0 and "blocked by the test" in blocked.stderr
+
+
+def test_the_file_readers_import_without_torch():
+    # Each module first in its own interpreter: one that happened to import torch could not hide
+    # behind another imported before it.
+    for name in TORCH_FREE:
+        code = (f"import importlib; importlib.import_module({name!r})\n"
+                "import pcea\n"
+                "print(pcea.__version__, pcea.load_points.__module__, pcea.PceaError.__name__,\n"
+                "      pcea.PceaFileError.__name__, pcea.PceaWarning.__name__)\n"
+                "from pcea import load_points, PceaError\n"
+                "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n")
+        run = _run_without_torch(code)
+        assert run.returncode == 0, f"{name}:\n{run.stderr}"
+        assert run.stdout.split() == ["0.1.0", "pcea.io", "PceaError", "PceaFileError", "PceaWarning"]
+
+
+def test_a_name_that_needs_torch_says_so_without_torch():
+    run = _run_without_torch("import pcea\npcea.build_model\n")
+    assert run.returncode != 0 and "blocked by the test" in run.stderr
+
+
+def test_every_public_name_resolves_lazily():
+    import pcea
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    typed = {alias.name: node.module for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module.startswith("pcea") for alias in node.names}
+    assert set(pcea._EXPORTS) | {"__version__"} == set(pcea.__all__)
+    assert typed == pcea._EXPORTS  # the TYPE_CHECKING imports name the same modules as the table
+    code = ("import pcea, importlib\n"
+            "for name in pcea.__all__:\n"
+            "    value = getattr(pcea, name)\n"
+            "    assert name == '__version__' or value is getattr(importlib.import_module(\n"
+            "        pcea._EXPORTS[name]), name), name\n"
+            "namespace = {}\n"
+            "exec('from pcea import *', namespace)\n"
+            "assert set(pcea.__all__) <= set(namespace), set(pcea.__all__) - set(namespace)\n"
+            "assert set(pcea.__all__) <= set(dir(pcea))\n"
+            "import pcea.model\n"
+            "assert pcea.model.PCTClassifier is pcea.PCTClassifier\n"
+            "try:\n"
+            "    pcea.no_such_name\n"
+            "except AttributeError as err:\n"
+            "    print(err)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "module 'pcea' has no attribute 'no_such_name'"
+
+
+def test_a_submodule_is_reachable_from_the_package():
+    run = subprocess.run([sys.executable, "-c", "import pcea; print(pcea.geometry.to_canonical.__name__)"],
+                         capture_output=True, text=True, timeout=120, cwd=PACKAGE.parent)
+    assert run.returncode == 0 and run.stdout.strip() == "to_canonical", run.stderr
