@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -354,8 +355,6 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    import warnings
-
     from pcea.api import expand_inputs, load_model, print_classification, unmatched_problem
     from pcea.engine.distributed import resolve_device
     from pcea.precision import use_amp
@@ -368,13 +367,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                   lambda why: print(f"pcea: note: --amp ignored, float32 it is: {why}", file=sys.stderr))
     for text in unmatched:
         print(f"pcea: skipped {unmatched_problem(text)}", file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *rest, **kw: print(
-            f"pcea: warning: {message}", file=sys.stderr)
-        failed = print_classification(files, model, as_json=args.json, top_k=args.top_k,
-                                      num_points=args.points, votes=args.votes, seed=args.seed,
-                                      batch_size=args.batch_size, max_bytes=args.max_bytes,
-                                      max_points=args.max_points, amp=amp, up=args.up)
+    failed = print_classification(files, model, as_json=args.json, top_k=args.top_k,
+                                  num_points=args.points, votes=args.votes, seed=args.seed,
+                                  batch_size=args.batch_size, max_bytes=args.max_bytes,
+                                  max_points=args.max_points, amp=amp, up=args.up)
     return 1 if failed or unmatched else 0
 
 
@@ -575,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file or class name the terminal's encoding cannot show (an ASCII-only C locale,
+        # PYTHONIOENCODING=ascii) is printed as a Python escape, never a UnicodeEncodeError.
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper; already written to
+            pass
     try:
         return _main(argv)
     except BrokenPipeError:
@@ -589,7 +592,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, and the option meant when one is close (--topk: --top-k)
+        command = _subcommand_parser(parser, args.command)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(command, unknown)}")
     if argv is None:
         # pcea is the whole process (console script or python -m pcea): restart
         # it once with glibc malloc keeping freed memory, which makes CPU passes
@@ -599,17 +605,63 @@ def _main(argv: list[str] | None) -> int:
 
         reexec_if_needed(args.command, getattr(args, "device", None), sys.argv[1:])
     try:
-        status = int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            status = int(args.func(args) or 0)
         sys.stdout.flush()  # here, so that a closed pipe is caught in main() rather than at exit
         return status
     except PceaError as err:
-        from pcea.api import printable  # a file name with a newline must not forge a second line
-
-        print(f"pcea: error: {printable(str(err))}", file=sys.stderr)
+        _print_error(str(err))
+        return 1
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # a name too long, a folder the user may not enter: the system's reason
+        _print_error(os_error_line(err))
         return 1
     except KeyboardInterrupt:
         print("pcea: interrupted", file=sys.stderr)
         return 130
+
+
+def _print_error(message: str) -> None:
+    from pcea.api import printable  # a file name with a newline must not forge a second line
+
+    print(f"pcea: error: {printable(message)}", file=sys.stderr)
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError: ``PATH: File name too long`` (both paths of a rename), or its text."""
+    reason = err.strerror or str(err)
+    paths = [os.fsdecode(name) for name in (err.filename, err.filename2) if name is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def _show_warning(message, category, *_args, **_kwargs) -> None:
+    """Every warning as one escaped line: a file name holding a newline cannot forge a line."""
+    from pcea.api import printable
+
+    print(f"pcea: warning: {printable(str(message))}", file=sys.stderr)
+
+
+def _subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``command`` (its usage line goes with its errors)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command, parser)
+    return parser
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """`` (did you mean --top-k?)`` for the first unknown option close to one of ``parser``'s."""
+    import difflib
+
+    options = [name for action in parser._actions for name in action.option_strings]
+    for token in unknown:
+        if token.startswith("-"):
+            close = difflib.get_close_matches(token.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
 
 
 def _stdout_closed() -> int:

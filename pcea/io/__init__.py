@@ -5,9 +5,11 @@ files (``.ply`` without faces, ``.xyz .txt .pts .csv .npy .npz .pcd``) are subsa
 Either way the result gets the normalisation of the training data
 (:func:`pcea.geometry.normalize_unit_sphere`) and is turned into pcea's y-up frame
 (:func:`pcea.geometry.to_canonical`) from the file's up axis: ``up="z"`` or ``"y"``, or
-``"auto"`` (the default), which takes y for ``.obj`` and ``.glb`` (the formats' convention)
-and z for every other format (STL, OFF and PLY from CAD tools and scanners, the Princeton
-ModelNet meshes, PCD from PCL and Open3D).
+``"auto"`` (the default): the axis the file declares (:func:`declared_up`: glTF by its
+specification, PointNet++'s resampled text layout), else a guess by format (:func:`default_up`:
+y for ``.obj`` and ``.glb``, z for STL, OFF, PLY, PCD and the rest). Only a model can do
+better than that guess: :func:`pcea.classify` reads an undeclared file both ways and keeps the
+reading it is more confident in. Arrays in memory go the same way through :func:`points_from_array`.
 
 Files from the internet are messy or hostile, so every reader here
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -57,9 +60,12 @@ __all__ = [
     "MESH_EXTENSIONS",
     "POINT_EXTENSIONS",
     "PceaWarning",
-    "load_mesh",
+    "declared_up",
     "default_up",
+    "load_mesh",
     "load_points",
+    "points_from_array",
+    "resolve_up",
     "sample_surface",
 ]
 
@@ -69,17 +75,53 @@ DEFAULT_MAX_BYTES = 512 * 1024**2
 DEFAULT_MAX_POINTS = 10_000_000
 DEFAULT_UP = "auto"
 _Y_UP_EXTENSIONS = (".obj", ".glb")  # Wavefront OBJ and glTF are y-up by convention
+_Y_UP_BY_SPEC = (".glb",)  # glTF 2.0, section "Coordinate System and Units": +Y is up
+# PointNet++'s resampled ModelNet40: <class>/<class>_NNNN.txt, rows "x,y,z,nx,ny,nz", y-up.
+_RESAMPLED_NAME = re.compile(r"(?P<shape_class>.+)_\d{4}\.txt", re.IGNORECASE)
+_RESAMPLED_ROW = re.compile(r"\s*(?:[-+0-9.eE]+\s*,\s*){5}[-+0-9.eE]+\s*")
+
+
+def declared_up(path: str | os.PathLike) -> str | None:
+    """The up axis a file itself declares, or None where it says nothing.
+
+    Two things declare one. A format's specification: glTF 2.0 (``.glb``) is +Y up. A known layout
+    recognisable from one file: PointNet++'s resampled ModelNet40, a ``<class>/<class>_NNNN.txt``
+    whose first row is ``x,y,z,nx,ny,nz`` (y-up, as :class:`pcea.data.ModelNet40Resampled` reads
+    it). Nothing else does: OBJ is y-up by convention only, and z-up OBJ files are common (CAD
+    exports, converted ModelNet meshes); STL, OFF, PLY, PCD, npy and text files have no field for it.
+    An unreadable file declares nothing (its reader reports the problem).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _Y_UP_BY_SPEC:
+        return "y"
+    match = _RESAMPLED_NAME.fullmatch(path.name)
+    if suffix != ".txt" or match is None or match["shape_class"] != path.parent.name:
+        return None
+    try:
+        with path.open("rb") as file:
+            head = file.read(512).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    first = next((line for line in head.splitlines() if line.strip()), "")
+    return "y" if _RESAMPLED_ROW.fullmatch(first) else None
 
 
 def default_up(path: str | os.PathLike) -> str:
-    """The up axis ``up="auto"`` assumes for a file: "y" for OBJ and glTF, "z" for the rest."""
+    """The up axis :func:`load_points` takes with ``up="auto"`` for a file that declares none.
+
+    "y" for OBJ and glTF (their convention), "z" for every other format. A guess by extension, so
+    :func:`pcea.classify` does not use it: where :func:`declared_up` says nothing, it lets the
+    model choose between the two readings.
+    """
     return "y" if Path(path).suffix.lower() in _Y_UP_EXTENSIONS else "z"
 
 
 def resolve_up(path: str | os.PathLike, up: str) -> str:
-    """``up`` itself, or the file's default when it is "auto"; PceaError for anything else."""
+    """``up`` itself; for "auto" what the file declares (:func:`declared_up`), else its format's
+    default (:func:`default_up`); PceaError for anything else."""
     if up == "auto":
-        return default_up(path)
+        return declared_up(path) or default_up(path)
     if up not in UP_AXES:
         raise PceaError(f"up={up!r}: expected auto, {' or '.join(UP_AXES)}")
     return up
@@ -113,8 +155,9 @@ def load_points(
         normals: also return normals (columns 3:6); a point file then needs 6 columns.
         max_bytes: larger files are refused.
         max_points: files declaring more vertices, faces or points are refused.
-        up: the file's up axis, "y" or "z", or "auto" (:func:`default_up`: y for OBJ and
-            glTF, z otherwise); the cloud is turned from it into pcea's y-up frame.
+        up: the file's up axis, "y" or "z", or "auto": what the file declares
+            (:func:`declared_up`), else its format's usual axis (:func:`default_up`: y for OBJ and
+            glTF, z otherwise), a guess; the cloud is turned from it into pcea's y-up frame.
 
     Returns:
         (num_points, 3) float32, or (num_points, 6) with normals, centred, scaled
@@ -148,12 +191,64 @@ def load_points(
         points, face_normals, _ = _sample_scaled(mesh, num_points, rng, path)
         cloud = np.concatenate([points, face_normals], axis=1) if normals else points
     else:
-        cloud = _subsample(path, cloud, num_points, rng)
-        # A uniform scale first, in float64, so that huge but finite coordinates
-        # (1e300) neither overflow float32 nor the squares in the normalisation.
-        scale = np.abs(cloud[:, :3]).max()
-        if scale > 0:
-            cloud[:, :3] /= scale
+        cloud = _subsample_scaled(path, cloud, num_points, rng)
+    return _normalized(path, cloud, up)
+
+
+def points_from_array(points: np.ndarray, num_points: int = 1024, seed: int = 0, normals: bool = False, *,
+                      up: str = "y", name: str = "array") -> np.ndarray:
+    """Raw points in memory into the cloud :func:`load_points` makes of a point file holding them.
+
+    The same checks (a finite ``(N, C)`` array, C >= 3, at least 3 points off one line), the
+    same sampling for the same ``seed``, the same normalisation and turn into the y-up frame.
+
+    Args:
+        points: (N, C) array-like, C >= 3 (x y z, then nx ny nz when ``normals``); a (1, N, C)
+            array is taken as (N, C).
+        num_points: points in the result (with replacement, and a :class:`PceaWarning`, when N is
+            smaller).
+        seed: seed of the sampling.
+        normals: also return normals (columns 3:6); the array then needs 6 columns.
+        up: the array's up axis, "y" or "z" (no file, so nothing declares one).
+        name: how errors and warnings name the array.
+
+    Returns:
+        (num_points, 3) or (num_points, 6) float32, centred, scaled into the unit sphere, y up.
+
+    Raises:
+        PceaFileError: starting with ``name``: a wrong shape, NaN or infinite values, no extent.
+        PceaError: num_points below 1, or ``up`` not "y" or "z".
+    """
+    check_positive_int("num_points", num_points)
+    if up not in UP_AXES:
+        raise PceaError(f"up={up!r}: expected {' or '.join(UP_AXES)} for an array")
+    try:
+        array = np.asarray(points)
+    except (TypeError, ValueError) as err:
+        raise PceaFileError(name, f"not an array of numbers ({_describe(err)})") from None
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise PceaFileError(name, f"holds {array.dtype}, expected real numbers")
+    if array.ndim == 2 and array.shape[0] in (3, 6) and array.shape[1] > array.shape[0]:
+        # PointNet-style code keeps clouds channels-first; read as rows it would be 3 points
+        raise PceaFileError(name, f"shape {array.shape} is channels-first (C, N); pass (N, C) points "
+                                  "(the transpose, array.T)")
+    cloud = _point_columns(name, array, normals)
+    _check_extent(name, cloud)
+    return _normalized(name, _subsample_scaled(name, cloud, num_points, np.random.default_rng(seed)), up)
+
+
+def _subsample_scaled(path, cloud: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
+    """:func:`_subsample`, then a uniform scale, in float64, so that huge but finite coordinates
+    (1e300) neither overflow float32 nor the squares in the normalisation."""
+    cloud = _subsample(path, cloud, num_points, rng)
+    scale = np.abs(cloud[:, :3]).max()
+    if scale > 0:
+        cloud[:, :3] /= scale
+    return cloud
+
+
+def _normalized(path, cloud: np.ndarray, up: str) -> np.ndarray:
+    """The training data's normalisation, then the turn from ``up`` into the y-up frame."""
     cloud = normalize_unit_sphere(cloud)
     if not np.isfinite(cloud).all():  # only normals can still be huge
         raise PceaFileError(path, "values too large for float32")
@@ -263,6 +358,10 @@ def _check_file(path: Path, max_bytes: int, allowed: tuple[str, ...]) -> str:
     if info.st_size > max_bytes:
         raise PceaFileError(path, f"file is {info.st_size:,} bytes, over the limit of "
                                   f"{max_bytes:,} (raise max_bytes to read it)")
+    try:  # a file the user may not read (mode 600 of another owner) is refused like a broken one
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as err:
+        raise PceaFileError(path, f"cannot read ({err.strerror or err})") from None
     return suffix
 
 
@@ -273,7 +372,7 @@ def _subsample(path: Path, cloud: np.ndarray, num_points: int, rng: np.random.Ge
         raise PceaFileError(path, "file contains no points")
     if count < num_points:
         warnings.warn(f"{path}: only {_count(count, 'point')}, {num_points} requested; "
-                      "sampling with replacement", PceaWarning, stacklevel=3)
+                      "sampling with replacement", PceaWarning, stacklevel=4)  # the caller of load_points
         index = rng.choice(count, size=num_points, replace=True)
     else:
         index = rng.choice(count, size=num_points, replace=False)
@@ -364,6 +463,11 @@ def _load_point_file(path: Path, suffix: str, normals: bool, max_bytes: int, max
         array = _load_npz(path, max_bytes, max_points)
     else:
         array = _load_text_points(path, max_points)
+    return _point_columns(path, array, normals)
+
+
+def _point_columns(path, array: np.ndarray, normals: bool) -> np.ndarray:
+    """The (N, 3) or (N, 6) float64 columns of a point array, checked for shape and finiteness."""
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2 or array.shape[1] < 3:

@@ -61,7 +61,8 @@ def test_library_classify_matches_predict_and_reports_errors(checkpoint, mixed_d
     assert [r["path"] for r in results] == [str(mixed_dir / "cube.off"), str(mixed_dir / "broken.off")]
     assert "error" in results[1] and str(mixed_dir / "broken.off") in results[1]["error"]
     model = pcea.load_model(checkpoint)
-    probs = model.predict(pcea.io.load_points(mixed_dir / "cube.off", 128, seed=0))
+    axis = results[0]["up"]  # up="auto": the reading the model was more confident in
+    probs = model.predict(pcea.io.load_points(mixed_dir / "cube.off", 128, seed=0, up=axis))
     expected = sorted(zip(CLASS_NAMES, probs.tolist(), strict=True), key=lambda pair: -pair[1])
     assert [name for name, _ in results[0]["top_k"]] == [name for name, _ in expected]
     assert [p for _, p in results[0]["top_k"]] == pytest.approx([p for _, p in expected], abs=1e-6)
@@ -97,9 +98,10 @@ def test_table_is_aligned(checkpoint, mixed_dir, capsys):
     assert main(["classify", str(checkpoint), str(mixed_dir / "cube.off"), str(mixed_dir / "sub" / "*.n?y"),
                  "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["file", "top-1", "top-2"] and len(lines) == 3
-    first, second = lines[0].index("top-1"), lines[0].index("top-2")
-    for row in lines[1:]:  # every row's class columns start under their headers
+    assert lines[0].split() == ["file", "up", "top-1", "top-2"] and len(lines) == 3
+    up, first, second = lines[0].index("up"), lines[0].index("top-1"), lines[0].index("top-2")
+    for row in lines[1:]:  # every row's columns start under their headers; the axis names who chose it
+        assert row[up - 1] == " " and row[up:first].split() in (["y", "(model)"], ["z", "(model)"])
         assert row[first - 1] == " " and row[first:first + 3] in {name[:3] for name in CLASS_NAMES}
         assert row[second - 1] == " " and row[second:second + 3] in {name[:3] for name in CLASS_NAMES}
 
