@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import stat
 
 
 class PceaError(Exception):
@@ -53,13 +54,111 @@ def positive_int_problem(name: str, value: object) -> str:
     return f"{name}={value!r}: expected a positive integer"
 
 
-def check_positive_int(name: str, value: object, error: type[Exception] = PceaError) -> int:
+def check_positive_int(name: str, value: object, error: type[Exception] = PceaError, *,
+                       at_most: int | None = None) -> int:
     """``value`` as an int if it is a positive integer; else ``error`` (a :class:`PceaError`) naming it.
 
     The check of a count a user gives a library function (``top_k``, ``votes``,
     ``num_points``, ...): ``votes=0: expected a positive integer`` (a bool, a float or a
     string is refused too). The configuration dataclasses pass ``error=ValueError``.
+    With ``at_most`` (one of the bounds below, :data:`MAX_POINTS` or :data:`MAX_VOTES`) a
+    larger value is refused too, before anything of that size is allocated or started.
     """
     if not is_positive_int(value):
         raise error(positive_int_problem(name, value))
+    if at_most is not None and value > at_most:
+        raise error(f"{name}={value!r}: {too_large_problem(at_most)}")
     return int(value)
+
+
+# -- Bounds of the counts a user types or a file declares -------------------------------------
+# One place for them, so that the command line, the configs, the checkpoints and the library
+# refuse the same values in the same words, before anything of that size is allocated or started.
+
+#: Points in one cloud that pcea samples or builds a model for (``--points``, ``num_points``):
+#: the file readers' default ``max_points`` (``pcea.io.DEFAULT_MAX_POINTS``), so that no cloud
+#: is larger than the largest file pcea reads by default (10 million xyz+normal points are
+#: 240 MB per cloud; the presets take 1,024).
+MAX_POINTS = 10_000_000
+#: Test-time voting copies per cloud (``--votes``): each copy is one more forward pass over the
+#: data. PCT votes 10 times and pcea's vote study gained nothing from more, so 100 bounds the
+#: time instead of letting ``--votes 1000000000`` run for ever.
+MAX_VOTES = 100
+_BOUND_NAMES = {MAX_POINTS: "pcea.errors.MAX_POINTS, the file readers' point limit",
+                MAX_VOTES: "pcea.errors.MAX_VOTES, one forward pass per vote"}
+
+
+def too_large_problem(at_most: int) -> str:
+    """How a count over one of the bounds above is worded: ``at most 100 (pcea.errors.MAX_VOTES, ...)``."""
+    name = _BOUND_NAMES.get(at_most)
+    return f"at most {at_most:,}" + (f" ({name})" if name else "")
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say (Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(what: str, nbytes: int, error: type[Exception] = PceaError) -> None:
+    """Refuse, before allocating it, an array of ``nbytes`` that this machine cannot hold.
+
+    Args:
+        what: what needs the memory and the counts that make it, for the message
+            (``"--per-class 10**12 x 10 classes x 2048 points"``).
+        nbytes: the bytes it needs.
+        error: the exception to raise (a :class:`PceaError` by default).
+
+    Raises:
+        error: ``nbytes`` is more than the machine's physical memory.
+    """
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise error(f"{what} needs {nbytes / 2**30:,.1f} GiB of memory, more than this machine's "
+                    f"{total / 2**30:,.1f} GiB")
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int, what: str, limit_name: str) -> tuple[int, int]:
+    """Open a file the user names for reading, without blocking; ``(fd, size)`` if it is a regular file.
+
+    The one guard for files pcea reads whole (checkpoints, config files): a FIFO would block
+    for ever and a device such as ``/dev/zero`` never ends, so only a regular file of at most
+    ``max_bytes`` is opened. ``O_NONBLOCK`` lets a FIFO be opened (and refused) without waiting
+    for a writer; the descriptor is made blocking again before it is returned.
+
+    Args:
+        path: the file.
+        max_bytes: larger files are refused before a byte is read.
+        what: what the file should be, for the messages ("checkpoint", "config file").
+        limit_name: where ``max_bytes`` is set, for the message.
+
+    Raises:
+        PceaFileError: missing, unreadable, a directory, not a regular file, or too large.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise PceaFileError(path, f"no such {what}") from None
+    except IsADirectoryError:
+        raise PceaFileError(path, f"is a directory, expected a {what}") from None
+    except OSError as err:
+        raise PceaFileError(path, f"cannot read the {what}: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(info.st_mode):
+        problem = f"is a directory, expected a {what}"
+    elif not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "special")
+        problem = f"is {kind}, not a regular file; refusing to read it as a {what}"
+    elif info.st_size > max_bytes:
+        problem = (f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit of a {what} "
+                   f"({limit_name}); refusing to read it")
+    if problem:
+        os.close(fd)
+        raise PceaFileError(path, problem)
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd, info.st_size

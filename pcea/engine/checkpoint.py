@@ -38,14 +38,13 @@ import os
 import pickle
 import random
 import shutil
-import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pcea.atomic import atomic_write_bytes, replacing
-from pcea.errors import PceaFileError
+from pcea.errors import PceaFileError, open_regular
 from pcea.geometry import CANONICAL_UP
 from pcea.model import ModelConfig, PCTClassifier
 from pcea.weights import builtin_path, is_builtin
@@ -166,41 +165,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, *, keep_previous: bo
     return path
 
 
-def _open_regular(path: Path, max_bytes: int) -> tuple[int, int]:
-    """Open ``path`` for reading without blocking; return (fd, size) if it is a regular file.
-
-    ``O_NONBLOCK`` lets a FIFO be opened (and refused) without waiting for a writer.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise PceaFileError(path, "no such checkpoint file") from None
-    except IsADirectoryError:
-        raise PceaFileError(path, "is a directory, expected a checkpoint file") from None
-    except OSError as err:
-        raise PceaFileError(path, f"cannot read the checkpoint: {err.strerror or err}") from None
-    info = os.fstat(fd)
-    problem = None
-    if stat.S_ISDIR(info.st_mode):
-        problem = "is a directory, expected a checkpoint file"
-    elif not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
-                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "special")
-        problem = f"is {kind}, not a regular file; refusing to read it as a checkpoint"
-    elif info.st_size > max_bytes:
-        problem = (f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit of a checkpoint "
-                   "(pcea.engine.checkpoint.MAX_CHECKPOINT_BYTES); refusing to read it")
-    if problem:
-        os.close(fd)
-        raise PceaFileError(path, problem)
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
-    return fd, info.st_size
-
-
 def _read_verified(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
     """The payload bytes of a checkpoint file after checking its length and SHA-256."""
-    fd, size = _open_regular(path, max_bytes)
+    fd, size = open_regular(path, max_bytes, "checkpoint file", "pcea.engine.checkpoint.MAX_CHECKPOINT_BYTES")
     try:
         with os.fdopen(fd, "rb") as f:
             header = f.readline(_MAX_HEADER)

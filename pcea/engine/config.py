@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pcea.errors import PceaError, PceaFileError, is_positive_int, positive_int_problem
+from pcea.errors import PceaError, PceaFileError, is_positive_int, open_regular, positive_int_problem
 from pcea.model import PRESETS, ModelConfig
 
 __all__ = ["MAX_SEED", "RUNTIME_KEYS", "TrainConfig", "load_config_file", "max_threads", "max_workers",
@@ -77,6 +77,15 @@ class TrainConfig:
         weight_decay: weight decay (SGD: L2 added to the gradient; AdamW: decoupled).
         label_smoothing: cross-entropy label smoothing.
         augment: "pct" (anisotropic scale + translation, then shuffling) or "none".
+        yaw: rotate every training cloud about the up axis by an angle drawn from
+            [-yaw, yaw] degrees before the other augmentation (0: never; 180: any angle),
+            so that the model holds up on files in any yaw (docs/robustness.md).
+        occlusion: probability that a training cloud loses part of its surface, as a
+            scan or a damaged file does: a partial view or holes at a random severity of
+            the robustness suite (:class:`pcea.data.corruptions.Occlude`); 0: never.
+        init: start from the weights of this checkpoint, run directory or built-in name
+            (e.g. "modelnet40") instead of random ones; the classifier layer is replaced
+            when the classes differ. None: random initialisation.
         seed: seeds the split, the shuffling, the augmentation and the weights.
         val_split: fraction of the training set held out for model selection
             (stratified); 0 disables validation.
@@ -106,6 +115,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.2
     augment: Literal["pct", "none"] = "pct"
+    yaw: float = 0.0
+    occlusion: float = 0.0
+    init: str | None = None
     seed: int = 0
     val_split: float = 0.1
     select_on: SelectOn = "val"
@@ -140,6 +152,8 @@ class TrainConfig:
             (self.select_on in ("val", "test", "last"),
              f"select_on={self.select_on!r}: expected 'val', 'test' or 'last'"),
             (self.augment in ("pct", "none"), f"augment={self.augment!r}: expected 'pct' or 'none'"),
+            (0 <= self.yaw <= 180, f"yaw={self.yaw}: need 0 <= x <= 180 (degrees)"),
+            (0 <= self.occlusion <= 1, f"occlusion={self.occlusion}: need 0 <= x <= 1 (a probability)"),
             (0 <= self.workers <= max_workers(),
              f"workers={self.workers}: need 0 to {max_workers()} on this machine "
              f"({os.cpu_count() or 1} CPUs; at most 4 per CPU and 64)"),
@@ -170,6 +184,9 @@ class TrainConfig:
                 ok, expected = isinstance(value, bool), "true or false"
             elif kind == "str":
                 ok, expected = isinstance(value, str) and value != "", "a non-empty string"
+            elif kind == "str?":
+                ok, expected = value is None or (isinstance(value, str) and value != ""), \
+                    "a non-empty string or null"
             else:  # "dict": model_options
                 ok = value is None or (isinstance(value, dict) and all(isinstance(k, str) for k in value))
                 expected = "a mapping of model settings, e.g. {memory: 32}"
@@ -248,7 +265,8 @@ def _short(value: Any) -> str:
 _FIELD_KINDS = {"data": "str", "model": "str", "model_options": "dict", "points": "int", "normals": "bool",
                 "epochs": "int", "batch_size": "int", "optimizer": "str", "lr": "number", "min_lr": "number",
                 "warmup_epochs": "number", "momentum": "number", "weight_decay": "number",
-                "label_smoothing": "number", "augment": "str", "seed": "int", "val_split": "number",
+                "label_smoothing": "number", "augment": "str", "yaw": "number", "occlusion": "number",
+                "init": "str?", "seed": "int", "val_split": "number",
                 "select_on": "str", "device": "str", "amp": "bool", "compile": "bool", "threads": "int?",
                 "workers": "int"}
 # YAML 1.1 (PyYAML) reads 1e-4 as a string: it wants a dot (1.0e-4). Accept the usual spelling.
@@ -266,24 +284,100 @@ def _yaml_numbers(value: Any) -> Any:
     return value
 
 
+# A config file is a few hundred bytes; 1 MiB stops a /dev/zero or a huge file in its place.
+MAX_CONFIG_BYTES = 2**20
+# configs/ nests two levels (model_options: {centers: [...]}); 20 levels is any sane config and stops
+# thousands of nested brackets long before Python's recursion limit.
+MAX_YAML_DEPTH = 20
+_MAX_INT_CHARS = 40  # 2**64 has 20 digits; room for underscores and a sign
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without the parts a settings file never needs and an attacker can use.
+
+    Anchors and aliases are refused (a "billion laughs" file of 544 bytes expands without end
+    through them), nesting is bounded (the composer recurses once per level), and dates are
+    not read as dates (``2001-02-30`` is a string, which the settings' type checks then name,
+    rather than a ValueError from datetime).
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not "
+                                              "allowed in pcea settings", event.start_mark)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                              event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node):
+        # Python refuses int() of more than 4,300 digits with advice a user cannot act on.
+        if len(node.value) > _MAX_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value):,} characters (at most {_MAX_INT_CHARS})",
+                node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse pcea settings; every failure is a ValueError of one line (the caller names the source).
+
+    Besides YAML syntax errors this turns what PyYAML's constructors may still raise on
+    well-formed text (ValueError, OverflowError) into the same one line.
+    """
+    try:
+        return _yaml_numbers(yaml.load(text, Loader=_ConfigLoader))
+    except yaml.MarkedYAMLError as err:
+        where = f" at line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}" \
+            if err.problem_mark else ""
+        raise ValueError(f"{err.problem or err.context}{where}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                         ) from None
+    except (ValueError, OverflowError, RecursionError) as err:
+        raise ValueError(str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                         ) from None
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config file into a dict of settings (not yet validated).
 
+    Only a regular file of at most :data:`MAX_CONFIG_BYTES` is read (a FIFO would block, a device
+    never end), and it is parsed by :class:`_ConfigLoader` (no aliases, bounded nesting).
+
     Raises:
-        PceaFileError: missing, unreadable, not YAML, or not a mapping; or an
-            unknown key (naming it and the file).
+        PceaFileError: missing, not a regular file, too large, unreadable, not YAML, not a mapping,
+            or an unknown key (naming it and the file).
     """
     path = Path(path)
+    fd, size = open_regular(path, MAX_CONFIG_BYTES, "config file", "pcea.engine.config.MAX_CONFIG_BYTES")
     try:
-        text = path.read_text(encoding="utf-8")
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(size).decode("utf-8")  # at most what fstat reported
     except OSError as err:
         raise PceaFileError(path, f"cannot read the config: {err.strerror or err}") from None
     except UnicodeDecodeError:
         raise PceaFileError(path, "not a text file") from None
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise PceaFileError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+        values = _load_yaml(text)
+    except ValueError as err:
+        raise PceaFileError(path, f"not valid YAML settings ({err})") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -291,17 +385,17 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(str(k) for k in set(values) - set(TrainConfig.field_names()))
     if unknown:
         raise PceaFileError(path, f"unknown setting(s) {', '.join(unknown)}")
-    return {key: _yaml_numbers(value) for key, value in values.items()}
+    return values
 
 
 def parse_model_options(items: list[str]) -> dict[str, Any]:
     """``["memory=32", "centers=[256, 128]"]`` -> ``{"memory": 32, "centers": [256, 128]}``.
 
-    Values are parsed as YAML, so numbers, lists and strings all work; their types and
-    ranges are checked where the config is built (:class:`TrainConfig`).
+    Values are parsed as YAML settings (as a config file is), so numbers, lists and strings all
+    work; their types and ranges are checked where the config is built (:class:`TrainConfig`).
 
     Raises:
-        PceaError: an item without ``=``.
+        PceaError: an item without ``=``, or a value that is not valid YAML.
     """
     options: dict[str, Any] = {}
     for item in items:
@@ -309,7 +403,8 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise PceaError(f"--model-opt {item!r}: expected KEY=VALUE, e.g. memory=32")
         try:
-            options[key.strip()] = _yaml_numbers(yaml.safe_load(value))
-        except yaml.YAMLError:
-            raise PceaError(f"--model-opt {item!r}: cannot parse the value") from None
+            options[key.strip()] = _load_yaml(value)
+        except ValueError as err:
+            shown = item if len(item) <= 60 else item[:57] + "..."
+            raise PceaError(f"--model-opt {shown!r}: cannot parse the value ({err})") from None
     return options

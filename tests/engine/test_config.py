@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+
 import pytest
 
 from pcea.engine.config import TrainConfig, load_config_file, parse_model_options
@@ -28,7 +33,7 @@ def test_yaml_round_trip_and_unknown_keys(tmp_path):
     path.write_text("epochs: [1,\n")
     with pytest.raises(PceaFileError, match="c.yaml: not valid YAML"):
         load_config_file(path)
-    with pytest.raises(PceaFileError, match="missing.yaml: cannot read"):
+    with pytest.raises(PceaFileError, match="missing.yaml: no such config file"):
         load_config_file(tmp_path / "missing.yaml")
 
 
@@ -96,3 +101,80 @@ def test_yaml_exponent_numbers_are_numbers_and_the_summary_lists_changes(tmp_pat
     assert all(len(line) <= 100 for line in summary.splitlines())
     assert TrainConfig().summary() == "(none: PCT's recipe)"
     assert parse_model_options(["dropout=1e-1"]) == {"dropout": 0.1}
+
+
+# -- hostile config files and option values (issue 23, item 2) --------------------------------
+
+# "Billion laughs": nine levels of nine aliases each, about 540 bytes that expand to 9**9 strings.
+ALIAS_BOMB = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+              + "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n"
+                        for a, b in zip("abcdefgh", "bcdefghi", strict=True)))
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM raises in the test after ``seconds``."""
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("text, message", [
+    (ALIAS_BOMB, "anchors and aliases .* are not allowed"),
+    ("epochs: &n 3\nwarmup_epochs: *n\n", "anchors and aliases"),
+    ("model_options: {memory: " + "[" * 5000 + "]" * 5000 + "}\n", "nested more than 20 levels deep"),
+    ("seed: " + "9" * 5000 + "\n", "an integer of 5,000 characters"),
+    ("epochs: [1,\n", "not valid YAML settings"),
+    ("? [a, b]\n: 1\n", "not valid YAML settings"),  # an unhashable key
+])
+def test_hostile_yaml_is_one_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    with _deadline(10), pytest.raises(PceaFileError, match=f"hostile.yaml: .*{message}"):
+        load_config_file(path)
+
+
+def test_an_impossible_date_is_a_string_the_settings_check_names(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 2001-02-30\nmodel_options: {memory: 2001-02-03}\n")
+    values = load_config_file(path)
+    assert values == {"seed": "2001-02-30", "model_options": {"memory": "2001-02-03"}}
+    with pytest.raises(PceaError, match=r"c.yaml: seed='2001-02-30': expected an integer"):
+        TrainConfig.from_dict(values, source=str(path))
+    assert parse_model_options(["memory=2001-02-30"]) == {"memory": "2001-02-30"}
+    with pytest.raises(PceaError, match=r"memory='2001-02-30': expected a positive integer"):
+        TrainConfig(model_options=parse_model_options(["memory=2001-02-30"]))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[" * 5000, "nested more than 20 levels"),
+    ("1" * 5000, "an integer of 5,000 characters"),
+    ("*a", "anchors and aliases"),
+    ("[1, 2", "expected ',' or ']'"),
+])
+def test_hostile_model_option_values_are_one_error_naming_the_option(value, message):
+    with pytest.raises(PceaError, match=rf"^--model-opt 'memory=.{{0,50}}(\.\.\.)?': cannot parse the value "
+                                        rf"\(.*{re.escape(message)}"):
+        parse_model_options([f"memory={value}"])
+
+
+def test_config_must_be_a_small_regular_file(tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # reading one with no writer blocks for ever
+    with _deadline(10), pytest.raises(PceaFileError, match="fifo.yaml: is a FIFO, not a regular file"):
+        load_config_file(fifo)
+    with _deadline(10), pytest.raises(PceaFileError, match="/dev/zero: is a device, not a regular file"):
+        load_config_file("/dev/zero")
+    with pytest.raises(PceaFileError, match=f"{tmp_path.name}: is a directory, expected a config file"):
+        load_config_file(tmp_path)
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * 200_000)  # 2 MB of comments: valid YAML, but no config is that size
+    with pytest.raises(PceaFileError, match=r"big.yaml: 2,000,000 bytes, over the 1,048,576-byte limit"):
+        load_config_file(big)
