@@ -1,4 +1,4 @@
-"""``python -m pcea`` is the same as the ``pcea`` command."""
+"""``python -m pcea`` is the same as the ``pcea`` command (which may restart itself once: pcea/runtime.py)."""
 
 from pcea.cli import main
 

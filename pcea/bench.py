@@ -31,10 +31,10 @@ from pcea.atomic import write_atomic
 from pcea.bench_reference import ReferencePCT
 from pcea.errors import PceaError, check_positive_int
 from pcea.fast import accelerate, sampling
-from pcea.fast.allocator import describe_allocator
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
 from pcea.model import build_model
 from pcea.precision import autocast
+from pcea.runtime import describe_allocator
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "machine_info"]
 

@@ -598,10 +598,11 @@ def _main(argv: list[str] | None) -> int:
         command.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(command, unknown)}")
     if argv is None:
         # pcea is the whole process (console script or python -m pcea): restart
-        # it once with glibc malloc keeping freed memory, which makes CPU passes
-        # ~2x faster (see pcea/fast/allocator.py; PCEA_ALLOCATOR=system turns it off).
+        # it once with the process settings its command runs fastest under (glibc
+        # malloc keeping freed memory for training, short OpenMP spinning; see
+        # pcea/runtime.py; PCEA_ALLOCATOR=system turns it off), importing the same pcea.
         # Never from a library caller that passes argv: that would replace its process.
-        from pcea.fast.allocator import reexec_if_needed
+        from pcea.runtime import reexec_if_needed
 
         reexec_if_needed(args.command, getattr(args, "device", None), sys.argv[1:])
     try:

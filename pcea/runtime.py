@@ -37,7 +37,8 @@ import platform
 import sys
 from collections.abc import Mapping
 
-__all__ = ["FAST_ENV", "THREAD_ENV", "COMMANDS", "allocator_env", "describe_allocator", "reexec_if_needed"]
+__all__ = ["FAST_ENV", "THREAD_ENV", "COMMANDS", "allocator_env", "describe_allocator", "reexec_if_needed",
+           "restart_argv"]
 
 # Values well above the largest activation of a B=32 batch (hundreds of MB).
 FAST_ENV = {
@@ -126,8 +127,20 @@ def _describe_omp_wait(environ: Mapping[str, str]) -> str:
     return f"OpenMP idle workers: {', '.join(chosen)} ({'set by pcea' if by_pcea else 'set by the user'})"
 
 
+# The restarted interpreter's first statement gives it this process's import path, so it imports
+# the pcea (and everything else) this process imported. ``python -m pcea`` would put the current
+# folder first instead, where a folder named pcea (a clone, a user's project) shadows the
+# installed package; ``-P``, which drops that entry, exists only from Python 3.11 on.
+_RESTART = "import sys; sys.path[:] = {path!r}; from pcea.cli import main; raise SystemExit(main())"
+
+
+def restart_argv(argv: list[str]) -> list[str]:
+    """The command line that runs ``pcea ARGV`` again in a fresh interpreter, importing the same pcea."""
+    return [sys.executable, "-c", _RESTART.format(path=list(sys.path)), *argv]
+
+
 def reexec_if_needed(command: str, device: str | None, argv: list[str]) -> None:
-    """Replace this process by ``python -m pcea ARGV`` under the fast configuration.
+    """Replace this process by ``pcea ARGV`` (:func:`restart_argv`) under the fast configuration.
 
     Returns only when no re-exec is needed or it failed (then pcea simply runs
     with the allocator it has). Call it only where pcea is the whole process
@@ -139,6 +152,6 @@ def reexec_if_needed(command: str, device: str | None, argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "pcea", *argv], env)
+        os.execve(sys.executable, restart_argv(argv), env)
     except OSError:
         return

@@ -12,7 +12,7 @@ ONNX Runtime CPU session on the exported file; both with the same number of intr
 threads, their calls alternating. It reports clouds/s (the median of --repeats timed passes
 after --warmup untimed ones), the export time, the file size and the session's start-up time, and the
 largest logit difference as a check. Like ``pcea bench``, it restarts itself once with
-pcea's allocator settings (pcea.fast.allocator; PCEA_ALLOCATOR=system turns that off).
+pcea's allocator settings (pcea.runtime; PCEA_ALLOCATOR=system turns that off).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import pcea
-from pcea.fast.allocator import allocator_env
+from pcea.runtime import allocator_env
 
 
 def _cpu_model() -> str:

@@ -44,7 +44,7 @@ TARGET_OA = 0.90
 def pcea(*args: str) -> None:
     command = [sys.executable, "-m", "pcea", *args]
     print("\n$ pcea " + " ".join(args), flush=True)
-    # `python -m pcea` restarts itself with the fast allocator settings (pcea/fast/allocator.py).
+    # `python -m pcea` restarts itself with the fast allocator settings (pcea/runtime.py).
     subprocess.run(command, check=True)
 
 

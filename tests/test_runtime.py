@@ -1,11 +1,18 @@
-"""The allocator re-exec decision: computed from the environment, never timed."""
+"""The process settings of pcea's commands: the restart decision (from the environment, never timed),
+the restart itself from any folder."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from pcea.fast import allocator
-from pcea.fast.allocator import FAST_ENV, MARKER, THREAD_ENV, allocator_env, describe_allocator
+import pcea
+from pcea import runtime
+from pcea.runtime import FAST_ENV, MARKER, THREAD_ENV, allocator_env, describe_allocator
 
 LINUX = dict(system="linux", libc="glibc")
 
@@ -68,29 +75,68 @@ def test_reexec_env_is_stable_under_a_second_decision():
     assert allocator_env(env, "bench", "cpu", **LINUX) is None
 
 
-def test_reexec_if_needed_replaces_the_process_with_python_m_pcea(monkeypatch):
+def test_reexec_if_needed_replaces_the_process_with_pcea_on_the_same_import_path(monkeypatch):
     calls = []
-    monkeypatch.setattr(allocator.os, "execve", lambda *args: calls.append(args))
-    monkeypatch.setattr(allocator, "allocator_env", lambda environ, command, device: {"X": "1"})
-    allocator.reexec_if_needed("train", None, ["train", "--epochs", "1"])
+    monkeypatch.setattr(runtime.os, "execve", lambda *args: calls.append(args))
+    monkeypatch.setattr(runtime, "allocator_env", lambda environ, command, device: {"X": "1"})
+    runtime.reexec_if_needed("train", None, ["train", "--epochs", "1"])
     (path, argv, env), = calls
-    assert argv[1:] == ["-m", "pcea", "train", "--epochs", "1"] and argv[0] == path
+    assert path == sys.executable and argv == runtime.restart_argv(["train", "--epochs", "1"])
+    assert argv[0] == path and argv[1] == "-c" and argv[3:] == ["train", "--epochs", "1"]
+    assert "-m" not in argv and repr(sys.path) in argv[2]  # not ``-m``: that puts the cwd first
     assert env == {"X": "1"}
 
 
 def test_reexec_failure_is_not_fatal(monkeypatch):
+    tried = []
+
     def refuse(*args):
+        tried.append(args)
         raise PermissionError("no exec here")
 
-    monkeypatch.setattr(allocator.os, "execve", refuse)
-    monkeypatch.setattr(allocator, "allocator_env", lambda environ, command, device: {"X": "1"})
-    allocator.reexec_if_needed("train", None, ["train"])  # returns, pcea runs as it is
+    monkeypatch.setattr(runtime.os, "execve", refuse)
+    monkeypatch.setattr(runtime, "allocator_env", lambda environ, command, device: {"X": "1"})
+    assert runtime.reexec_if_needed("train", None, ["train"]) is None  # returns, pcea runs as it is
+    assert tried == [(sys.executable, runtime.restart_argv(["train"]), {"X": "1"})]  # it was tried
+
+
+def _shadowing_folder(tmp_path: Path) -> Path:
+    """A folder holding a ``pcea/`` package that must never be imported (a clone, a user's project)."""
+    (tmp_path / "pcea").mkdir()
+    (tmp_path / "pcea" / "__init__.py").write_text(
+        'raise ImportError("imported the pcea folder of the current directory")\n')
+    return tmp_path
+
+
+def test_the_restart_command_imports_this_pcea_from_any_folder(tmp_path):
+    result = subprocess.run(runtime.restart_argv(["--version"]), cwd=_shadowing_folder(tmp_path),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"pcea {pcea.__version__}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pcea restarts itself on Linux only")
+def test_the_cli_restarts_itself_from_a_folder_holding_a_pcea_folder(tmp_path):
+    """issue 22: ``cd`` next to the clone, run ``.venv/bin/pcea ...``: the restart must import this pcea."""
+    script = Path(sys.executable).with_name("pcea")  # the console script of this environment
+    if script.is_file():
+        command = [str(script)]
+    else:  # as the console script does: the current folder is not on sys.path
+        command = [sys.executable, "-c", "import sys; del sys.path[0]; from pcea.cli import main; "
+                   "raise SystemExit(main())"]
+    env = {name: value for name, value in os.environ.items()
+           if name not in (*FAST_ENV, *runtime.THREAD_CHOICES, MARKER, "PCEA_ALLOCATOR", "LD_PRELOAD")}
+    result = subprocess.run([*command, "bench", "--only", "ops", "--fps", "2x64:8", "--points", "64",
+                             "--repeats", "1", "--warmup", "0"], cwd=_shadowing_folder(tmp_path), env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "GOMP_SPINCOUNT=10000 (set by pcea)" in result.stdout  # it did restart, as this pcea
 
 
 def test_cli_main_with_argv_never_reexecs(monkeypatch, capsys):
     from pcea import cli
 
-    monkeypatch.setattr(allocator.os, "execve", lambda *args: pytest.fail("re-exec from a library call"))
+    monkeypatch.setattr(runtime.os, "execve", lambda *args: pytest.fail("re-exec from a library call"))
     assert cli.main(["bench", "--only", "ops", "--fps", "2x64:8", "--points", "64",
                      "--repeats", "1", "--warmup", "0"]) == 0
     assert "allocator" in capsys.readouterr().out

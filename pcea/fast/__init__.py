@@ -9,9 +9,10 @@ PyTorch. Everything that exists only to make them fast on a CPU lives here:
 - :mod:`pcea.fast.layers`: the Linear as a oneDNN 1x1 convolution, the LBR with its BatchNorm
   folded at inference;
 - :mod:`pcea.fast.model`: the neighbour embedding in cache-sized chunks at inference and through
-  the fused kernels in training, the fusion layer's max before its activation;
-- :mod:`pcea.fast.allocator`: the glibc malloc and OpenMP settings the ``pcea`` commands restart
-  themselves with (a process setting, not part of the model).
+  the fused kernels in training, the fusion layer's max before its activation.
+
+The process settings that make these kernels fast (glibc malloc, OpenMP idle workers) are not
+part of the model: they live in :mod:`pcea.runtime`.
 
 ``accelerate(model)`` decides once what this machine offers (:class:`Features`:
 the ``PCEA_FAST_OPS`` switch, numba, oneDNN on x86-64) and swaps each plain
