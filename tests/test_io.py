@@ -636,3 +636,97 @@ def test_obj_with_out_of_range_faces_names_the_face_and_the_vertex_count(tmp_pat
     negative = write(tmp_path / "n.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nf -1 -2 -7\n")
     with raises_naming(negative, r"face 1 \(f -1 -2 -7\) refers to vertex -7 but the file has 3 vertices"):
         load_points(negative)
+
+
+# --- issue 23: layouts read right or refused, channels-first arrays --------------------------
+
+
+def ply_with_a_vertex_list(cloud, fmt="binary_little_endian", lengths=None) -> bytes:
+    """A PLY point cloud whose vertex element has a list (``extra``) before x y z (issue 23, item 9)."""
+    lengths = lengths or [2] * len(cloud)
+    head = (f"ply\nformat {fmt} 1.0\nelement vertex {len(cloud)}\nproperty list uchar float extra\n"
+            "property float x\nproperty float y\nproperty float z\nend_header\n").encode()
+    if fmt == "ascii":
+        rows = [" ".join([str(k)] + ["7.5"] * k + [repr(float(v)) for v in row])
+                for k, row in zip(lengths, cloud, strict=True)]
+        return head + ("\n".join(rows) + "\n").encode()
+    order = "<" if fmt == "binary_little_endian" else ">"
+    return head + b"".join(np.array([k], "u1").tobytes() + np.full(k, 7.5, order + "f4").tobytes()
+                           + np.asarray(row, order + "f4").tobytes()
+                           for k, row in zip(lengths, cloud, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["binary_little_endian", "binary_big_endian", "ascii"])
+def test_ply_with_a_list_before_xyz_is_read_like_trimesh_reads_it(tmp_path, fmt):
+    cloud = random_cloud(30).astype(np.float32)
+    path = tmp_path / "listed.ply"
+    path.write_bytes(ply_with_a_vertex_list(cloud, fmt))
+    from pcea.io.formats import _load_ply_points, _read_ply_header
+
+    read = _load_ply_points(path, _read_ply_header(path, 1000), normals=False)
+    np.testing.assert_array_equal(read, cloud.astype(np.float64))
+    np.testing.assert_array_equal(read, np.asarray(trimesh.load(path, process=False).vertices))
+    chosen = np.random.default_rng(1).choice(30, 20, replace=False)
+    expected = to_canonical(normalize(cloud.astype(np.float64)[chosen]), "z")
+    np.testing.assert_allclose(load_points(path, 20, seed=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["binary_little_endian", "ascii"])
+def test_ply_lists_of_changing_length_before_xyz_are_refused_not_misread(tmp_path, fmt):
+    path = tmp_path / "ragged.ply"
+    path.write_bytes(ply_with_a_vertex_list(random_cloud(10), fmt, lengths=[2, 2, 3, 2, 2, 2, 2, 2, 2, 1]))
+    with raises_naming(path, "changes length between rows"):
+        load_points(path)
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_channels_first_arrays_are_transposed_with_a_note(tmp_path, suffix, channels):
+    """PointNet-style (C, N) arrays (issue 22, item 4): the points they hold, never C points."""
+    cloud = random_cloud(50, columns=channels)
+    path = tmp_path / f"first{suffix}"
+    (np.save if suffix == ".npy" else lambda p, a: np.savez(p, points=a))(path, cloud.T.copy())
+    reference = tmp_path / f"last{suffix}"
+    (np.save if suffix == ".npy" else lambda p, a: np.savez(p, points=a))(reference, cloud)
+    with pytest.warns(PceaWarning, match=rf"shape \({channels}, 50\) is read as 50 points saved channels"):
+        points = load_points(path, 40, seed=2, normals=channels == 6)
+    np.testing.assert_array_equal(points, load_points(reference, 40, seed=2, normals=channels == 6))
+
+
+def test_channels_first_in_fortran_order_and_in_a_batch_of_one(tmp_path):
+    cloud = random_cloud(50)
+    text = "\n".join(" ".join(map(repr, row)) for row in cloud.tolist())
+    expected = load_points(write(tmp_path / "p.xyz", text), 40)
+    for name, array in (("fortran.npz", np.asfortranarray(cloud.T)), ("last.npz", np.asfortranarray(cloud)),
+                        ("batch.npz", cloud.T[None]), ("batch.npy", cloud.T[None])):
+        path = tmp_path / name
+        np.save(path, array) if name.endswith(".npy") else np.savez(path, points=array)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PceaWarning)
+            np.testing.assert_allclose(load_points(path, 40), expected, atol=1e-6, err_msg=name)
+
+
+def test_a_few_columns_that_could_be_either_layout_are_refused(tmp_path):
+    path = tmp_path / "ambiguous.npy"
+    np.save(path, random_cloud(5).T.copy())  # (3, 5): 3 points of 5 values, or 5 points channels-first
+    with raises_naming(path, r"shape \(3, 5\) is ambiguous"):
+        load_points(path)
+
+
+def test_polygon_faces_and_text_rows_keep_their_points(tmp_path):
+    """The PLY triangle count and the text parser read valid files as before (issue 23, items 6 and 9)."""
+    quads = (b"ply\nformat binary_little_endian 1.0\nelement vertex 5\nproperty float x\nproperty float y\n"
+             b"property float z\nelement face 2\nproperty list uchar int vertex_indices\nend_header\n")
+    quads += np.array([(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1)], "<f4").tobytes()
+    quads += np.array([4], "u1").tobytes() + np.array([0, 1, 2, 3], "<i4").tobytes()
+    quads += np.array([4], "u1").tobytes() + np.array([0, 1, 4, 3], "<i4").tobytes()
+    path = tmp_path / "quads.ply"
+    path.write_bytes(quads)
+    assert len(load_mesh(path, max_points=5).faces) == 4  # 2 quads, 4 triangles: within the limit
+    rows = write(tmp_path / "rows.csv", "x;y;z\n# a comment\n\n1;2;3\n4,5,6 // a note\n7\t8\t9;\n1 0 0\n")
+    from pcea.io.formats import _load_text_points
+
+    np.testing.assert_array_equal(_load_text_points(rows, 100), [[1, 2, 3], [4, 5, 6], [7, 8, 9], [1, 0, 0]])
+    assert load_points(rows, 4).shape == (4, 3)
+    with raises_naming(write(tmp_path / "word.xyz", "1 2 3\n4 five 6\n"), "not a number"):
+        load_points(tmp_path / "word.xyz")

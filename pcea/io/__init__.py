@@ -29,6 +29,7 @@ of the two files reads in one sitting.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -52,6 +53,7 @@ from pcea.io.formats import (
     _read_off,
     _read_ply_header,
 )
+from pcea.io.meshes import mesh_source
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -127,6 +129,21 @@ def resolve_up(path: str | os.PathLike, up: str) -> str:
     return up
 
 
+def _memory_is_a_file_error(read):
+    """``read`` with a :class:`MemoryError` (the machine's, or an address-space limit) turned into a
+    :class:`PceaFileError` naming the file: the limits bound what a file may declare, and this is the
+    one line for the rest."""
+    @functools.wraps(read)
+    def guarded(path, *args, **kwargs):
+        try:
+            return read(path, *args, **kwargs)
+        except MemoryError:
+            raise PceaFileError(path, "not enough memory to read it (lower max_points or max_bytes, or "
+                                      "free memory)") from None
+    return guarded
+
+
+@_memory_is_a_file_error
 def load_points(
     path: str | os.PathLike,
     num_points: int = 1024,
@@ -177,11 +194,11 @@ def load_points(
     if suffix == ".ply":
         header = _read_ply_header(path, max_points)
         if header["faces"] > 0:
-            mesh = _load_mesh_checked(path, suffix, max_points)
+            mesh = _load_mesh_checked(path, suffix, max_points, max_bytes=max_bytes)
         else:
             cloud = _load_ply_points(path, header, normals)
     elif suffix in MESH_EXTENSIONS:
-        mesh = _load_mesh_checked(path, suffix, max_points)
+        mesh = _load_mesh_checked(path, suffix, max_points, max_bytes=max_bytes)
     else:
         cloud = _load_point_file(path, suffix, normals, max_bytes, max_points)
     if mesh is None:
@@ -255,6 +272,7 @@ def _normalized(path, cloud: np.ndarray, up: str) -> np.ndarray:
     return to_canonical(cloud, up)
 
 
+@_memory_is_a_file_error
 def load_mesh(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
               max_points: int = DEFAULT_MAX_POINTS):
     """Read a triangle mesh (``.off .ply .obj .stl .glb``), geometry only.
@@ -282,7 +300,7 @@ def load_mesh(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         if header["faces"] == 0:
             raise PceaFileError(path, "PLY file has no faces (a point cloud, not a mesh); "
                                       "use load_points")
-    return _load_mesh_checked(path, suffix, max_points)
+    return _load_mesh_checked(path, suffix, max_points, max_bytes=max_bytes)
 
 
 def sample_surface(mesh, n: int, seed: int | np.random.Generator = 0, *,
@@ -410,8 +428,12 @@ def _check_extent(path: Path, cloud: np.ndarray) -> None:
 # --- meshes -------------------------------------------------------------------------------
 
 
-def _load_mesh_checked(path: Path, suffix: str, max_points: int):
-    """Read a mesh and check it has faces, finite vertices and valid indices."""
+def _load_mesh_checked(path: Path, suffix: str, max_points: int, *, max_bytes: int = DEFAULT_MAX_BYTES):
+    """Read a mesh and check it has faces, finite vertices and valid indices.
+
+    What the file declares is bounded first (:func:`pcea.io.meshes.mesh_source`), so that trimesh
+    never starts work the limits would refuse afterwards.
+    """
     import trimesh
 
     if suffix == ".off":
@@ -419,12 +441,13 @@ def _load_mesh_checked(path: Path, suffix: str, max_points: int):
     else:
         if suffix == ".stl":
             _check_stl_header(path, max_points)
+        source = mesh_source(path, suffix, max_bytes=max_bytes, max_points=max_points)
         # trimesh logs a traceback for some broken files before raising; the error below says it once
         logger = logging.getLogger("trimesh")
         level = logger.level
         logger.setLevel(logging.CRITICAL)
         try:
-            loaded = trimesh.load(str(path), file_type=suffix[1:], force="mesh",
+            loaded = trimesh.load(source, file_type=suffix[1:], force="mesh",
                                   process=False, skip_materials=True)
         except Exception as err:  # trimesh raises anything on garbage: turn all of it into one error
             problem = _obj_face_problem(path) if suffix == ".obj" and isinstance(err, IndexError) else None
@@ -460,7 +483,7 @@ def _load_point_file(path: Path, suffix: str, normals: bool, max_bytes: int, max
     elif suffix == ".npy":
         array = _load_npy(path, max_points)
     elif suffix == ".npz":
-        array = _load_npz(path, max_bytes, max_points)
+        array = _load_npz(path, max_bytes, max_points, 6 if normals else 3)
     else:
         array = _load_text_points(path, max_points)
     return _point_columns(path, array, normals)

@@ -10,12 +10,15 @@ sitting; this module imports nothing from :mod:`pcea.io`, so there is no import 
 
 from __future__ import annotations
 
+import io
 import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pcea.errors import PceaFileError
+from pcea.errors import PceaFileError, PceaWarning
 
 # The keys tried, in order, when an .npz holds several arrays.
 _NPZ_POINT_KEYS = ("points", "data", "xyz", "pc", "pos", "vertices")
@@ -27,6 +30,9 @@ _PLY_TYPES = {
     "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }
+
+
+_MAX_COLUMNS = 4096  # values per point; PCL's widest descriptors (FPFH 33, SHOT 352) fit
 
 
 # --- checks shared by every reader ---------------------------------------------------------
@@ -101,7 +107,7 @@ def _read_off(path: Path, max_points: int) -> tuple[np.ndarray, np.ndarray]:
         raise PceaFileError(path, f"OFF header declares {num_vertices} vertices and {num_faces} faces "
                                   f"but the file has only {len(body)} data lines (truncated?)")
     vertices = _parse_rows(path, body[:num_vertices], "vertex", width=3, dtype=np.float64)
-    faces = _parse_faces(path, body[num_vertices:num_vertices + num_faces])
+    faces = _parse_faces(path, body[num_vertices:num_vertices + num_faces], max_points)
     return vertices, faces
 
 
@@ -142,7 +148,7 @@ def _parse_rows(path: Path, lines: list[str], what: str, *, width: int, dtype) -
         raise PceaFileError(path, f"a {what} line holds something that is not a number") from None
 
 
-def _parse_faces(path: Path, lines: list[str]) -> np.ndarray:
+def _parse_faces(path: Path, lines: list[str], max_points: int) -> np.ndarray:
     """OFF face lines ``k i1 ... ik [colour]`` as fan-triangulated (F, 3) indices."""
     if not lines:
         return np.zeros((0, 3), dtype=np.int64)
@@ -152,6 +158,8 @@ def _parse_faces(path: Path, lines: list[str]) -> np.ndarray:
             table = np.array(tokens, dtype=np.int64).reshape(len(lines), 4)
         except ValueError:
             raise PceaFileError(path, "a face line holds something that is not an integer") from None
+        except OverflowError:
+            raise PceaFileError(path, _HUGE_INDEX) from None
         if (table[:, 0] == 3).all():
             return table[:, 1:]
     try:
@@ -164,8 +172,16 @@ def _parse_faces(path: Path, lines: list[str]) -> np.ndarray:
         if size < 3 or len(row) < size + 1:
             raise PceaFileError(path, f"face {number} declares {size} corners but has {len(row) - 1} values")
         corners = row[1:size + 1]
+        if max(corners) >= 2**63 or min(corners) < -2**63:
+            raise PceaFileError(path, _HUGE_INDEX)
         triangles.extend((corners[0], corners[j], corners[j + 1]) for j in range(1, size - 1))
+        if len(triangles) > max_points:
+            raise PceaFileError(path, f"its polygons make more than {max_points:,} triangles, over the limit "
+                                      "(raise max_points to read it)")
     return np.array(triangles, dtype=np.int64)
+
+
+_HUGE_INDEX = "a face refers to a vertex index too large for any file (over 2^63)"
 
 
 def _check_stl_header(path: Path, max_points: int) -> None:
@@ -231,7 +247,8 @@ def _obj_face_problem(path: Path) -> str | None:
 def _read_ply_header(path: Path, max_points: int) -> dict:
     """Parse a PLY header without reading the body.
 
-    Returns ``{"format", "vertices", "faces", "properties": [(name, dtype)], "offset"}``
+    Returns ``{"format", "vertices", "faces", "properties": [(name, dtype)], "offset",
+    "elements": [(name, count, [(property, kind, count kind or None for a list)])]}``
     after checking the counts against ``max_points`` and the file size, so that a
     header declaring 10^9 vertices fails before anything is allocated.
     """
@@ -245,7 +262,7 @@ def _read_ply_header(path: Path, max_points: int) -> dict:
     except UnicodeDecodeError:
         raise PceaFileError(path, "PLY header is not ASCII text") from None
     header = {"format": None, "vertices": 0, "faces": 0, "properties": [], "offset": end.end(),
-              "first": None}
+              "first": None, "elements": []}
     element = None
     row_bytes = 0  # minimum bytes per row of every element, summed over the elements
     for line in lines[1:]:
@@ -264,15 +281,19 @@ def _read_ply_header(path: Path, max_points: int) -> dict:
                 elif element == "face":
                     header["faces"] = count
                 header.setdefault("counts", {})[element] = count
+                header["elements"].append((element, count, []))
             elif words[0] == "property":
                 if element is None:
                     raise PceaFileError(path, "PLY property before any element")
                 if words[1] == "list":
                     size = np.dtype(_PLY_TYPES[words[2]]).itemsize
+                    layout = (words[4], _PLY_TYPES[words[3]], _PLY_TYPES[words[2]])
                 else:
                     size = np.dtype(_PLY_TYPES[words[1]]).itemsize
+                    layout = (words[2], _PLY_TYPES[words[1]], None)
                     if element == "vertex":
                         header["properties"].append((words[2], _PLY_TYPES[words[1]]))
+                header["elements"][-1][2].append(layout)  # (name, kind, kind of the list's count or None)
                 count = header["counts"][element]
                 row_bytes += count * (size if header["format"] != "ascii" else 2)
         except PceaFileError:
@@ -301,54 +322,133 @@ def _load_ply_points(path: Path, header: dict, normals: bool) -> np.ndarray:
     if header["first"] != "vertex":
         raise PceaFileError(path, "PLY point cloud whose first element is not 'vertex' is not supported")
     count = header["vertices"]
-    data = path.read_bytes()[header["offset"]:]
+    layout = header["elements"][0][2]  # every vertex property, lists included, in file order
+    with path.open("rb") as handle:
+        handle.seek(header["offset"])
+        data = handle.read()
     if header["format"] == "ascii":
         lines = data.decode("ascii", errors="replace").splitlines()
         lines = [line for line in lines if line.strip()][:count]
         if len(lines) < count:
             raise PceaFileError(path, f"PLY declares {count} vertices but has {len(lines)} lines")
-        table = _parse_rows(path, lines, "vertex", width=len(names), dtype=np.float64)
+        columns = _ply_ascii_columns(path, layout, lines)
+        table = _parse_rows(path, lines, "vertex", width=max(columns.values()) + 1, dtype=np.float64)
+        cloud = table[:, [columns[name] for name in wanted]]
     else:
         order = "<" if header["format"] == "binary_little_endian" else ">"
-        dtype = np.dtype([(f"p{i}", order + kind) for i, (_, kind) in enumerate(header["properties"])])
-        if len(data) < dtype.itemsize * count:
-            raise PceaFileError(path, "PLY vertex data is truncated")
+        dtype = _ply_row_dtype(path, layout, order, data, count)
         records = np.frombuffer(data, dtype=dtype, count=count)
-        table = np.stack([records[f"p{i}"].astype(np.float64) for i in range(len(names))], axis=1)
-    cloud = table[:, [names.index(name) for name in wanted]]
+        _check_list_lengths(path, records, dtype)
+        cloud = np.stack([records[name].astype(np.float64) for name in wanted], axis=1)
     _check_finite(path, cloud)
     return cloud
+
+
+def _ply_row_dtype(path: Path, layout: list, order: str, data: bytes, count: int) -> np.dtype:
+    """The numpy dtype of one binary PLY row, a list property read as a fixed-size field.
+
+    A list (``property list uchar float extra``) may come before ``x y z``; its length is
+    read from the first row and :func:`_check_list_lengths` then checks every row has it,
+    so no layout is read at wrong offsets. Scalar fields are named as in the header, the
+    lists' counts ``#NAME``.
+    """
+    fields, position = [], 0
+    for name, kind, count_kind in layout:
+        if count_kind is None:
+            fields.append((name, order + kind))
+            position += np.dtype(kind).itemsize
+            continue
+        if len(data) < position + np.dtype(count_kind).itemsize:
+            raise PceaFileError(path, "PLY data is truncated")
+        length = int(np.frombuffer(data, order + count_kind, count=1, offset=position)[0]) if count else 0
+        if length < 0:
+            raise PceaFileError(path, f"PLY list {name!r} has a negative length ({length})")
+        fields.append((f"#{name}", order + count_kind))
+        fields.append((name, order + kind, (length,)))
+        position += np.dtype(count_kind).itemsize + length * np.dtype(kind).itemsize
+    try:
+        dtype = np.dtype(fields)
+    except ValueError as err:  # two properties of one name
+        raise PceaFileError(path, f"PLY vertex properties cannot be laid out ({_describe(err)})") from None
+    if len(data) < dtype.itemsize * count:
+        raise PceaFileError(path, f"PLY data is truncated ({count:,} rows of {dtype.itemsize} bytes need "
+                                  f"{dtype.itemsize * count:,}, the file has {len(data):,})")
+    return dtype
+
+
+def _check_list_lengths(path: Path, records: np.ndarray, dtype: np.dtype) -> None:
+    """Refuse rows whose lists are not as long as the first row's (the offsets would be wrong)."""
+    for field in dtype.names:
+        if field.startswith("#"):
+            expected = dtype[field[1:]].shape[0]
+            if (records[field] != expected).any():
+                raise PceaFileError(path, f"PLY list {field[1:]!r} changes length between rows; pcea reads "
+                                          "lists in point elements only when every row has the same length")
+
+
+def _ply_ascii_columns(path: Path, layout: list, lines: list[str]) -> dict[str, int]:
+    """The token column of each scalar property of ASCII PLY rows, lists counted from the first row."""
+    first = lines[0].split() if lines else []
+    columns, position = {}, 0
+    for name, _, count_kind in layout:
+        if count_kind is None:
+            columns[name] = position
+            position += 1
+            continue
+        try:
+            length = int(float(first[position]))
+        except (IndexError, ValueError):
+            raise PceaFileError(path, f"PLY list {name!r} has no length in the first row") from None
+        columns[f"#{name}"] = position
+        position += 1 + max(length, 0)
+    # every row must have the first row's list lengths, or the columns after a list would shift
+    for name, column in columns.items():
+        if name.startswith("#") and any(line.split()[column:column + 1] != [first[column]] for line in lines):
+            raise PceaFileError(path, f"PLY list {name[1:]!r} changes length between rows; pcea reads "
+                                      "lists in point elements only when every row has the same length")
+    return columns
 
 
 # --- point files --------------------------------------------------------------------------
 
 
 def _load_npy(path: Path, max_points: int) -> np.ndarray:
+    """The points of an ``.npy`` as an (N, C) array still on disk: a memory map, read when sliced."""
     try:
         # A memory map reads only the header, so the shape is checked before any data is read.
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:
         raise PceaFileError(path, f"cannot read as .npy: {_describe(err)}") from None
-    return _checked_array(path, array, max_points)
+    _check_dtype(path, array.dtype)
+    transposed, _, _ = _point_layout(path, array.shape, max_points)
+    array = array.reshape(array.shape[-2:]) if array.ndim == 3 else array
+    return array.T if transposed else array
 
 
-def _load_npz(path: Path, max_bytes: int, max_points: int) -> np.ndarray:
+def _load_npz(path: Path, max_bytes: int, max_points: int, width: int) -> np.ndarray:
+    """The first ``width`` columns of the points of an ``.npz`` (with a ``normals`` array appended), float64.
+
+    Each member's ``.npy`` header is read first and its shape, dtype and size checked; then only
+    the columns kept are read, a block of rows at a time, so memory follows the points kept
+    however large the member unpacks.
+    """
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            keys = list(members)
             key = next((k for k in _NPZ_POINT_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
             if key is None:
                 raise PceaFileError(path, f".npz holds several arrays ({', '.join(keys)}) and none is "
                                           f"named {' or '.join(_NPZ_POINT_KEYS)}")
-            normal_key = next((k for k in _NPZ_NORMAL_KEYS if k in keys), None)
+            normal_key = next((k for k in _NPZ_NORMAL_KEYS if k in keys), None) if width > 3 else None
             for name in [key] + ([normal_key] if normal_key else []):
-                size = archive.zip.getinfo(name + ".npy").file_size
+                size = archive.getinfo(members[name]).file_size
                 if size > max_bytes:
                     raise PceaFileError(path, f"array {name!r} unpacks to {size:,} bytes, over the "
                                               f"limit of {max_bytes:,}")
-            array = _checked_array(path, archive[key], max_points)
-            if normal_key and array.ndim == 2 and array.shape[1] == 3:
-                extra = _checked_array(path, archive[normal_key], max_points)
+            array, columns = _npz_member(path, archive, members[key], max_points, width)
+            if normal_key and columns == 3:
+                extra, _ = _npz_member(path, archive, members[normal_key], max_points, 3)
                 if extra.shape != array.shape:
                     raise PceaFileError(path, f"array {normal_key!r} has shape {extra.shape}, "
                                               f"points have {array.shape}")
@@ -360,15 +460,88 @@ def _load_npz(path: Path, max_bytes: int, max_points: int) -> np.ndarray:
     return array
 
 
-def _checked_array(path: Path, array: np.ndarray, max_points: int) -> np.ndarray:
-    if array.dtype.kind not in "fiu":
-        raise PceaFileError(path, f"array has dtype {array.dtype}, expected numbers")
-    if array.ndim >= 1:
-        _check_count(path, "points", int(np.prod(array.shape[:-1])), max_points)
-    return np.asarray(array, dtype=np.float64)
+_READ_BLOCK = 1 << 20  # bytes of an .npz member read at a time
+
+
+def _npz_member(path: Path, archive: zipfile.ZipFile, member: str, max_points: int,
+                width: int) -> tuple[np.ndarray, int]:
+    """The first ``width`` columns of one ``.npz`` member as (N, <= width) float64, and its column count."""
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise PceaFileError(path, f"array {member!r} has .npy format version {version}, expected 1 or 2")
+        _check_dtype(path, dtype)
+        transposed, points, columns = _point_layout(path, shape, max_points)
+        kept = min(columns, width)
+        # Stored one point after another (the usual (N, C) C-order) or one channel after another
+        # ((C, N) saved channels-first, or Fortran order): read blocks of points, or the first channels.
+        if fortran == transposed:
+            cloud = np.empty((points, kept), dtype=np.float64)
+            block = max(1, _READ_BLOCK // max(1, columns * dtype.itemsize))
+            for start in range(0, points, block):
+                rows = min(block, points - start)
+                raw = _read_exactly(path, stream, rows * columns * dtype.itemsize)
+                cloud[start:start + rows] = np.frombuffer(raw, dtype).reshape(rows, columns)[:, :kept]
+        else:
+            raw = _read_exactly(path, stream, kept * points * dtype.itemsize)
+            cloud = np.frombuffer(raw, dtype).reshape(kept, points).T.astype(np.float64)
+    return cloud, columns
+
+
+def _read_exactly(path: Path, stream, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) < size:
+        raise PceaFileError(path, "an array of the .npz is shorter than its header says (truncated?)")
+    return data
+
+
+def _check_dtype(path: Path, dtype: np.dtype) -> None:
+    if dtype.kind not in "fiu":
+        raise PceaFileError(path, f"array has dtype {dtype}, expected numbers")
+
+
+_MIN_CLOUD = 10  # points: fewer in one reading of a (C, N) array and at least this many in the other
+
+
+def _point_layout(path: Path, shape: tuple[int, ...], max_points: int) -> tuple[bool, int, int]:
+    """Whether an array of ``shape`` holds its points channels-first, then its points and columns.
+
+    PointNet-style code saves clouds as (3, N) or (6, N). An array of 3 to 9 rows and at
+    least ``_MIN_CLOUD`` columns is taken as that, with a :class:`PceaWarning`: read as
+    rows it would be a handful of points, which no one classifies. With 3 to 9 rows and
+    more columns than rows but fewer than ``_MIN_CLOUD``, neither reading is clearly
+    meant, and the file is refused. A leading axis of 1 (one cloud of a batch) is dropped.
+    The counts are checked here, from the header, before any data is read.
+    """
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise PceaFileError(path, f"points have shape {tuple(shape)}, expected (N, 3) or (N, 6)")
+    rows, columns = shape
+    transposed = 3 <= rows <= 9 and columns > rows
+    if transposed and columns < _MIN_CLOUD:
+        raise PceaFileError(path, f"an array of shape {tuple(shape)} is ambiguous: {rows} points of "
+                                  f"{columns} values, or {columns} points saved channels-first; save it "
+                                  "as (N, 3)")
+    if transposed:
+        rows, columns = columns, rows
+        warnings.warn(f"{path}: an array of shape {tuple(shape)} is read as {rows:,} points saved "
+                      f"channels-first ({columns}, N)", PceaWarning, stacklevel=4)
+    _check_count(path, "points", rows, max_points)
+    if columns > _MAX_COLUMNS:
+        raise PceaFileError(path, f"points have {columns:,} values each, over the limit of {_MAX_COLUMNS:,}")
+    return transposed, rows, columns
 
 
 _SEPARATORS = re.compile(r"[,;\t ]+")
+
+
+_TEXT_HEADER_LINES = 64  # lines a text point file may hold beyond one per point (headers, comments, blanks)
+_SEPARATOR_BYTES = bytes.maketrans(b",;\t", b"   ")
 
 
 def _load_text_points(path: Path, max_points: int) -> np.ndarray:
@@ -376,35 +549,76 @@ def _load_text_points(path: Path, max_points: int) -> np.ndarray:
 
     Leading lines that are not numbers (a header such as ``x,y,z`` or ``//X Y Z``)
     are skipped, as are ``#`` comments and a first line holding only a point count
-    (the ``.pts`` convention).
+    (the ``.pts`` convention). The file's line count is checked against ``max_points``
+    before anything is parsed, and the rows are parsed by numpy straight into the
+    result, so memory follows the points read, not the number of tokens.
     """
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    if b"\n" not in raw:
+        raw = raw.replace(b"\r", b"\n")  # classic Mac line ends
+    lines = raw.count(b"\n") + 1
+    if lines > max_points + _TEXT_HEADER_LINES:
+        raise PceaFileError(path, f"file has {lines:,} lines, over the limit of {max_points:,} points "
+                                  "(raise max_points to read it)")
+    skip, first = _text_start(path, raw)
+    if first is None:
+        raise PceaFileError(path, "file contains no rows of numbers")
+    width = len(_SEPARATORS.split(first))
+    if width > _MAX_COLUMNS:
+        raise PceaFileError(path, f"its first row has {width:,} values, over the limit of {_MAX_COLUMNS:,}")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": refused below
+            table = np.loadtxt(io.BytesIO(raw.translate(_SEPARATOR_BYTES)), dtype=np.float64,
+                               comments=("#", "//"), skiprows=skip, ndmin=2, encoding="utf-8")
     except UnicodeDecodeError:
         raise PceaFileError(path, "not a text file (cannot decode it as UTF-8)") from None
-    lines = [line.strip() for line in text.splitlines()]
-    lines = [line for line in lines if line and not line.startswith(("#", "//"))]
-    start = 0
-    while start < len(lines) and start < 5 and not _is_numeric_row(lines[start]):
-        start += 1
-    if start < len(lines) and len(_SEPARATORS.split(lines[start])) == 1 and len(lines) > start + 1:
-        start += 1  # a lone number: the point count of a .pts file
-    rows = lines[start:]
-    if not rows:
+    except ValueError as err:
+        raise PceaFileError(path, _text_problem(str(err))) from None
+    if len(table) == 0:
         raise PceaFileError(path, "file contains no rows of numbers")
-    _check_count(path, "points", len(rows), max_points)
-    width = len(_SEPARATORS.split(rows[0].strip(",; \t")))
-    tokens = _SEPARATORS.split(" ".join(row.strip(",; \t") for row in rows))
-    if len(tokens) != width * len(rows):
-        for number, row in enumerate(rows):
-            found = len(_SEPARATORS.split(row.strip(",; \t")))
-            if found != width:
-                raise PceaFileError(path, f"row {start + number + 1} has {found} values, the first row "
-                                          f"has {width}")
-    try:
-        return np.array(tokens, dtype=np.float64).reshape(len(rows), width)
-    except ValueError:
-        raise PceaFileError(path, "a row holds something that is not a number") from None
+    return table
+
+
+def _text_problem(numpy_message: str) -> str:
+    """numpy's complaint about a text table, in the words of pcea's other readers."""
+    changed = re.search(r"columns changed from (\d+) to (\d+) at row (\d+)", numpy_message)
+    if changed:
+        first, found, row = changed.groups()
+        return f"row {row} has {found} values, the first row has {first}"
+    word = re.search(r"could not convert string '([^']{0,40})'", numpy_message)
+    return "a row holds something that is not a number" + (f" ({word.group(1)!r})" if word else "")
+
+
+def _text_start(path: Path, raw: bytes) -> tuple[int, str | None]:
+    """The number of lines before the first row of points, and that row (None if there is none).
+
+    Only the lines up to the second data row are looked at, one at a time, so a file of
+    millions of lines is not split into millions of strings.
+    """
+    rows: list[tuple[int, str]] = []
+    headers = position = number = 0
+    while position <= len(raw) and len(rows) < 2:
+        end = raw.find(b"\n", position)
+        end = len(raw) if end < 0 else end
+        if end - position > _MAX_COLUMNS * 64:
+            raise PceaFileError(path, f"line {number + 1} is {end - position:,} bytes long; not rows of "
+                                      "points")
+        try:
+            line = raw[position:end].decode("utf-8").strip(",; \t\r")
+        except UnicodeDecodeError:
+            raise PceaFileError(path, "not a text file (cannot decode it as UTF-8)") from None
+        if line and not line.startswith(("#", "//")):
+            if not rows and headers < 5 and not _is_numeric_row(line):
+                headers += 1
+            else:
+                rows.append((number, line))
+        number, position = number + 1, end + 1
+    if not rows:
+        return number, None
+    if len(rows) == 2 and len(_SEPARATORS.split(rows[0][1])) == 1:
+        return rows[1]  # a lone number: the point count of a .pts file
+    return rows[0]
 
 
 def _is_numeric_row(line: str) -> bool:
@@ -420,7 +634,7 @@ def _is_numeric_row(line: str) -> bool:
 _PCD_KEYS = ("VERSION", "FIELDS", "SIZE", "TYPE", "COUNT", "WIDTH", "HEIGHT", "VIEWPOINT", "POINTS", "DATA")
 _PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
               ("U", 1): "u1", ("U", 2): "u2", ("U", 4): "u4", ("U", 8): "u8"}
-_PCD_MAX_COLUMNS = 4096  # per point, over all fields; PCL's widest descriptors (FPFH 33, SHOT 352) fit
+_PCD_MAX_COLUMNS = _MAX_COLUMNS
 
 
 def _read_pcd_header(path: Path, max_points: int) -> dict:
