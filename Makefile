@@ -1,15 +1,22 @@
 # pcea: the two set-up commands are `make demo` and `make test`; both build the
 # virtual environment they need on first use.
 #
-# TORCH chooses the PyTorch build. The default is the CPU wheel 2.13.0, which a
-# plain `pip install torch` would otherwise replace by a multi-GB CUDA build.
-# On a GPU machine, for example:
-#   make demo TORCH="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# TORCH names the PyTorch release, TORCH_INDEX the wheel index it is taken from
+# first. The default is PyTorch's CPU index: from the public PyPI, `pip install
+# torch==2.13.0` on Linux x86-64 is a CUDA build plus ~15 nvidia-* packages (GBs).
+# Only torch comes from TORCH_INDEX (--no-deps; its dependencies and pcea's come
+# from pip's configured index). Where TORCH_INDEX cannot be reached (a machine
+# with only a package mirror or local wheels), the attempt fails within seconds
+# (--timeout, --retries 0), a note says so, and torch comes from pip's configured
+# index like everything else. On a GPU machine, in a fresh venv (make clean first):
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# TORCH_INDEX= (empty) takes torch from pip's configured index only.
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH       ?= torch==2.13.0
-TORCH_INDEX ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check
 STAMP       := $(VENV)/.pcea-installed
 
 .PHONY: install demo test lint bench clean
@@ -18,8 +25,11 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,plot,export]"
+	$(if $(TORCH_INDEX),$(PIP) install --quiet --no-deps --timeout 10 --retries 0 \
+	    --index-url "$(TORCH_INDEX)" "$(TORCH)" \
+	  || echo "pcea: no $(TORCH) from $(TORCH_INDEX); taking it from pip's configured index" \
+	          "(from the public PyPI on Linux x86-64 that is a CUDA build)")
+	$(PIP) install --quiet "$(TORCH)" -e ".[dev,plot,export]"
 	touch $(STAMP)
 
 demo: $(STAMP)
