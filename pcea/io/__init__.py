@@ -447,8 +447,15 @@ def _load_mesh_checked(path: Path, suffix: str, max_points: int, *, max_bytes: i
         level = logger.level
         logger.setLevel(logging.CRITICAL)
         try:
-            loaded = trimesh.load(source, file_type=suffix[1:], force="mesh",
-                                  process=False, skip_materials=True)
+            scene = trimesh.load(source, file_type=suffix[1:], force="scene",
+                                 process=False, skip_materials=True)
+            # Geometry only. Joining the meshes copies each one, and copying a textured mesh (an
+            # OBJ with texture coordinates) needs Pillow, which pcea does not otherwise depend on.
+            for mesh in scene.geometry.values():
+                if isinstance(mesh, trimesh.Trimesh):
+                    mesh.visual = trimesh.visual.ColorVisuals()
+            loaded = trimesh.util.concatenate(
+                [mesh for mesh in scene.dump() if isinstance(mesh, trimesh.Trimesh)])
         except Exception as err:  # trimesh raises anything on garbage: turn all of it into one error
             problem = _obj_face_problem(path) if suffix == ".obj" and isinstance(err, IndexError) else None
             problem = problem or f"cannot read as {suffix[1:].upper()}: {_describe(err)}"
