@@ -22,7 +22,7 @@ import torch
 
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.evaluate import vote_probabilities
-from pcea.errors import PceaError, PceaFileError, check_positive_int
+from pcea.errors import MAX_POINTS, MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.geometry import UP_AXES, to_canonical
 from pcea.io import (
@@ -170,10 +170,11 @@ def _check_options(model: PCTClassifier, *, top_k: int = 5, votes: int = 1, batc
                    num_points: int | None = None, up: str = DEFAULT_UP, **_) -> int:
     """Refuse bad classify options before any output; returns the points per cloud to sample."""
     for name, value in (("top_k", top_k), ("votes", votes), ("batch_size", batch_size)):
-        check_positive_int(name, value)
+        check_positive_int(name, value, at_most=MAX_VOTES if name == "votes" else None)
     if up not in ("auto", *UP_AXES):
         raise PceaError(f"up={up!r}: expected auto, {' or '.join(UP_AXES)}")
-    num_points = num_points or model.config.num_points
+    num_points = model.config.num_points if num_points is None else check_positive_int(
+        "num_points", num_points, at_most=MAX_POINTS)
     if num_points < model.config.centers[0]:
         raise PceaError(f"num_points={num_points}: the model's first stage needs at least "
                         f"{model.config.centers[0]} points")

@@ -29,6 +29,7 @@ from torch import nn
 from pcea import ops
 from pcea.atomic import write_atomic
 from pcea.bench_reference import ReferencePCT
+from pcea.engine.distributed import resolve_device
 from pcea.errors import PceaError, check_positive_int
 from pcea.fast import accelerate, sampling
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
@@ -93,8 +94,7 @@ class BenchConfig:
         for b, n, m in self.fps:
             if not 1 <= m <= n or b < 1:
                 raise PceaError(f"FPS setting {b}x{n}:{m} needs 1 <= m <= N")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise PceaError(f"--device {self.device}: no CUDA device is available")
+        self.device = str(resolve_device(self.device))  # the check of every command; "auto" -> its choice
 
 
 def machine_info(device: str = "cpu") -> dict:

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from pcea.errors import PceaError, is_positive_int
+from pcea.errors import MAX_POINTS, MAX_VOTES, PceaError, is_positive_int, too_large_problem
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -229,7 +229,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", choices=["modelnet40"], help="modelnet40 (also takes a ModelNet10 source)")
     p.add_argument("--src", required=True, help="the Princeton directory, e.g. ModelNet40/")
     p.add_argument("--out", required=True, help="output directory for the h5 layout")
-    p.add_argument("--points", type=int, default=2048,
+    p.add_argument("--points", type=_count(MAX_POINTS), default=2048,
                    help="points per shape (2048; at most what each point file holds, e.g. 1024)")
     p.add_argument("--up", choices=["y", "z"], help="the source's up axis (z, as the Princeton release)")
     p.add_argument("--workers", type=_workers, help="processes (default: all cores)")
@@ -254,6 +254,18 @@ def _positive_int(text: str) -> int:
     if not is_positive_int(value):
         raise argparse.ArgumentTypeError(f"{text}: expected a positive integer")
     return value
+
+
+def _count(at_most: int) -> Callable[[str], int]:
+    """argparse type of a count with an upper bound from pcea.errors (MAX_POINTS, MAX_VOTES), checked
+    before anything of that size is allocated or started."""
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > at_most:
+            raise argparse.ArgumentTypeError(f"{text}: {too_large_problem(at_most)}")
+        return value
+
+    return parse
 
 
 def _bounded_int(low: int, high: Callable[[], int], what: str) -> Callable[[str], int]:
@@ -299,7 +311,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                   "(default: the dataset the checkpoint was trained on)")
     p.add_argument("--split", choices=["test", "train", "val"], default="test",
                    help="test (default), train, or val: the run's own validation hold-out of train")
-    p.add_argument("--votes", type=_positive_int, default=1, help="voting copies per cloud (1: none)")
+    p.add_argument("--votes", type=_count(MAX_VOTES), default=1,
+                   help=f"voting copies per cloud (1: none; at most {MAX_VOTES})")
     p.add_argument("--up", choices=["y", "z"],
                    help="the data's up axis (default: its layout's: y for h5/resampled, z for Princeton "
                         "folders)")
@@ -337,8 +350,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--points", type=_positive_int, help="points sampled per file (the model's own)")
-    p.add_argument("--votes", type=_positive_int, default=1, help="voting copies per file (1: none)")
+    p.add_argument("--points", type=_count(MAX_POINTS), help="points sampled per file (the model's own)")
+    p.add_argument("--votes", type=_count(MAX_VOTES), default=1,
+                   help=f"voting copies per file (1: none; at most {MAX_VOTES})")
     p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
                    help="the files' up axis (auto: y for .obj/.glb, z for every other format)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling and voting (0)")
@@ -381,10 +395,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                    "(resampled/). The same options always give the same files.")
     p.add_argument("--out", metavar="DIR", help="dataset root (default: $PCEA_DATA/pcea-shapes, "
                                                 "or datasets/pcea-shapes)")
-    p.add_argument("--classes", type=int, default=10, help="number of classes (10; at most 12)")
-    p.add_argument("--per-class", type=int, default=100, help="shapes per class, 20%% of them test (100)")
+    p.add_argument("--classes", type=_positive_int, default=10, help="number of classes (10; at most 12)")
+    p.add_argument("--per-class", type=_positive_int, default=100,
+                   help="shapes per class, 20%% of them test (100; at most what memory holds)")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--points", type=int, default=2048,
+    p.add_argument("--points", type=_count(MAX_POINTS), default=2048,
                    help="points per shape (2048; at most what each point file holds, e.g. 1024)")
     p.add_argument("--up", choices=["y", "z"], help="the source's up axis (z, as the Princeton release)")
     p.set_defaults(func=_cmd_synth)
@@ -526,7 +541,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_NAME",
                    help="a checkpoint file, a run directory, or the name of built-in weights")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--points", type=_positive_int, help="points per cloud, N (the model's own)")
+    p.add_argument("--points", type=_count(MAX_POINTS), help="points per cloud, N (the model's own)")
     p.add_argument("--batch", type=_onnx_batch, default="dynamic",
                    help="'dynamic' (default: any batch size) or a fixed batch size")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

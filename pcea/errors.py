@@ -116,7 +116,7 @@ def check_memory(what: str, nbytes: int, error: type[Exception] = PceaError) -> 
     """
     total = physical_memory()
     if total is not None and nbytes > total:
-        raise error(f"{what} needs {nbytes / 2**30:,.1f} GiB of memory, more than this machine's "
+        raise error(f"{what} needs at least {nbytes / 2**30:,.1f} GiB of memory, more than this machine's "
                     f"{total / 2**30:,.1f} GiB")
 
 

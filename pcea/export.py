@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from pcea.atomic import write_atomic
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import MAX_POINTS, PceaError, PceaFileError, check_memory, check_positive_int
 from pcea.geometry import CANONICAL_UP, to_canonical
 from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, default_up
 from pcea.layers import LBR
@@ -163,7 +163,8 @@ def export_onnx(model: PCTClassifier, path: str | os.PathLike, *, num_points: in
     if not isinstance(model, PCTClassifier):
         raise PceaError(f"export_onnx takes a pcea.PCTClassifier, got {type(model).__name__}")
     config = model.config
-    num_points = config.num_points if num_points is None else int(num_points)
+    num_points = config.num_points if num_points is None else check_positive_int("num_points", num_points,
+                                                                                 at_most=MAX_POINTS)
     smallest = max(config.centers[0], config.neighbors[0])
     if num_points < smallest:
         raise PceaError(f"num_points={num_points}: the model needs at least {smallest} points per cloud "
@@ -172,6 +173,11 @@ def export_onnx(model: PCTClassifier, path: str | os.PathLike, *, num_points: in
         raise PceaError(f"batch={batch!r}: expected 'dynamic' or a positive integer")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise PceaError(f"opset={opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET}")
+    # The trace and the check each run a batch: its clouds and the first stage's kNN distances
+    # (batch, centers[0], num_points) are the least they hold.
+    fixed = 3 if batch == "dynamic" else batch
+    check_memory(f"exporting with batch {fixed} x {num_points} points",
+                 fixed * num_points * (config.in_channels + config.centers[0]) * 4)
     path = Path(path)
     _check_writable(path)
     try:

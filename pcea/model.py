@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcea.errors import check_positive_int, is_positive_int
+from pcea.errors import MAX_POINTS, check_positive_int, is_positive_int
 from pcea.layers import LBR, ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention, batch_norm
 from pcea.ops import gather, group_index
 
@@ -94,7 +94,8 @@ class ModelConfig:
             setattr(self, name, tuple(int(v) for v in value))
         for name in ("num_classes", "in_channels", "num_points", "embed_dim", "num_layers", "memory", "heads",
                      "fuse_dim"):
-            check_positive_int(name, getattr(self, name), error=ValueError)
+            check_positive_int(name, getattr(self, name), error=ValueError,
+                               at_most=MAX_POINTS if name == "num_points" else None)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) \
                 or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout!r}: expected a number with 0 <= x < 1")

@@ -423,6 +423,9 @@ class ModelNet40Princeton(_PointCloudDataset):
             except PceaError as err:
                 skipped.append(str(err))
                 continue
+            except Exception as err:  # as in pcea prepare: a bug on one odd file must not end a whole run
+                skipped.append(f"{path}: unexpected {type(err).__name__}: {err}")
+                continue
             kept_labels.append(label)
         if skipped:
             warnings.warn(f"{self.root}: skipped {len(skipped)} unreadable files: " + "; ".join(skipped[:5])

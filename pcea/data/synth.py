@@ -29,7 +29,7 @@ import numpy as np
 from pcea.atomic import replacing_dir
 from pcea.data import default_root
 from pcea.data.shapes import CLASS_NAMES, make_shape
-from pcea.errors import PceaError, PceaFileError, check_positive_int
+from pcea.errors import MAX_POINTS, PceaError, PceaFileError, check_memory, check_positive_int
 from pcea.geometry import normalize_unit_sphere
 from pcea.io import sample_surface
 
@@ -113,11 +113,16 @@ def _class_names(classes: int) -> list[str]:
 
 
 def _check(classes: int, per_class: int, points: int) -> None:
+    """Refuse bad counts before any work: the whole dataset's clouds are held in memory at once."""
     if not 2 <= classes <= len(CLASS_NAMES):
         raise PceaError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {classes}")
+    check_positive_int("per_class", per_class)
     if per_class < 2:
         raise PceaError(f"--per-class must be at least 2 (one train and one test shape), got {per_class}")
-    check_positive_int("points", points)
+    check_positive_int("points", points, at_most=MAX_POINTS)
+    # float32 clouds of xyz and normals, collected per shape and then stacked: two copies at the peak.
+    check_memory(f"--per-class {per_class} x --classes {classes} x --points {points}",
+                 2 * classes * per_class * points * 6 * 4)
 
 
 def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100, seed: int = 0,

@@ -32,18 +32,22 @@ keys (``pcea.load_model`` and ``pcea eval`` open checkpoints through it);
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import math
 import os
 import pickle
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pcea.atomic import atomic_write_bytes, replacing
+from pcea.engine.distributed import resolve_device
 from pcea.errors import PceaFileError, open_regular
 from pcea.geometry import CANONICAL_UP
 from pcea.model import ModelConfig, PCTClassifier
@@ -58,6 +62,7 @@ __all__ = [
     "RESUME_KEYS",
     "atomic_write_bytes",
     "check_payload",
+    "check_resumed_state",
     "load_checkpoint",
     "load_latest",
     "model_payload",
@@ -75,6 +80,7 @@ PREVIOUS_SUFFIX = ".prev.pt"
 _MAX_HEADER = 128  # magic + space + 64 hex digits + space + length + newline fits easily
 MAX_CHECKPOINT_BYTES = 4 * 2**30
 MODEL_KEYS = ("model", "model_config")  # what rebuilding the model needs (pcea.load_model, eval)
+FED_CHANNELS = (3, 6)  # what pcea's readers and datasets give a model: xyz, or xyz and normals
 RESUME_KEYS = ("model", "model_name", "model_config", "class_names", "train_config", "epoch", "optimizer",
                "scheduler", "rng", "metrics")  # what --resume needs
 
@@ -373,6 +379,31 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
     return path
 
 
+def _check_shapes(model_config: ModelConfig, state: dict, path: Path) -> None:
+    """Refuse weights that do not fit the model ``model_config`` builds, before building it.
+
+    The model is first built on PyTorch's "meta" device, which allocates nothing, so a config
+    that declares 3 million classes or a huge layer costs no memory unless the file holds
+    weights of that size too: the model's memory is bounded by the checkpoint's.
+    """
+    with torch.device("meta"):
+        skeleton = PCTClassifier(model_config)
+    expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    stored = {key: tuple(value.shape) for key, value in state.items()}
+    problem = None
+    if missing := sorted(set(expected) - set(stored)):
+        problem = f"no weights for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+    elif extra := sorted(set(stored) - set(expected)):
+        problem = f"unexpected weights {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"
+    else:
+        wrong = [key for key in expected if expected[key] != stored[key]]
+        if wrong:
+            problem = (f"{wrong[0]} is {list(stored[wrong[0]])} in the file, {list(expected[wrong[0]])} "
+                       "for the stored model config")
+    if problem:
+        raise PceaFileError(path, f"the stored weights do not fit the stored model config: {problem}")
+
+
 def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
                     ) -> tuple[PCTClassifier, dict, Path]:
     """Rebuild the model stored in a checkpoint (see :func:`model_payload`), and return the rest too.
@@ -398,11 +429,15 @@ def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PceaFileError(path, f"malformed checkpoint: its model_config is invalid: {first_line}"
                             ) from None
+    if model_config.in_channels not in FED_CHANNELS:
+        raise PceaFileError(path, f"malformed checkpoint: in_channels={model_config.in_channels}, but pcea "
+                                  "feeds a model 3 (xyz) or 6 (xyz and normals) channels")
+    # A model saved from inside DistributedDataParallel or torch.compile has prefixed keys.
+    state = {key.removeprefix("module.").removeprefix("_orig_mod."): value
+             for key, value in payload["model"].items()}
+    _check_shapes(model_config, state, path)  # before the model is allocated: its size is then the file's
     try:
         model = PCTClassifier(model_config)
-        # A model saved from inside DistributedDataParallel or torch.compile has prefixed keys.
-        state = {key.removeprefix("module.").removeprefix("_orig_mod."): value
-                 for key, value in payload["model"].items()}
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -418,7 +453,7 @@ def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device
     if len(model.class_names) != model.config.num_classes:
         raise PceaFileError(path, f"{len(model.class_names)} class names for "
                             f"{model.config.num_classes} outputs")
-    return model.to(device).eval(), payload, path
+    return model.to(resolve_device(device)).eval(), payload, path
 
 
 def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -445,6 +480,55 @@ def load_latest(path: str | os.PathLike, *, map_location: str | torch.device = "
         except PceaFileError as err:
             problems.append(str(err))
     raise PceaFileError(path, "no usable checkpoint to resume from: " + "; ".join(problems))
+
+
+def check_resumed_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                        path: str | os.PathLike) -> None:
+    """After ``load_state_dict``: refuse an optimiser or scheduler state that loaded but would break.
+
+    ``load_state_dict`` checks little (the number of parameters, not their states' shapes or the
+    hyperparameters' types), so a crafted state fails only at the first step. This takes that step:
+    the optimiser on a copy of its parameters with zero gradients, and the scheduler's next
+    learning rates (without stepping it).
+
+    Raises:
+        PceaFileError: naming ``path`` and the first problem.
+    """
+    def refuse(err: Exception | str) -> PceaFileError:
+        if not isinstance(err, str):
+            err = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
+        return PceaFileError(path, f"malformed checkpoint: its optimizer or scheduler state would break "
+                                   f"training ({err})")
+
+    try:  # the optimiser's first step, on copies of the parameters
+        copies = [[param.detach().clone().requires_grad_(True) for param in group["params"]]
+                  for group in optimizer.param_groups]
+        trial = type(optimizer)([{"params": params} for params in copies])  # the state sets the rest
+        trial.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # shared tensors would be stepped too
+        for params in copies:
+            for param in params:
+                param.grad = torch.zeros_like(param)
+        trial.step()
+    except Exception as err:  # any failure of this step would be the first training step's
+        raise refuse(err) from None
+    if not all(torch.isfinite(param).all() for params in copies for param in params):
+        raise refuse("one step makes the weights non-finite")
+    epoch = scheduler.last_epoch
+    try:  # what the next scheduler.step() computes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "use get_last_lr()": not called from step(), on purpose
+            scheduler.last_epoch = epoch + 1
+            rates = list(scheduler.get_lr())
+    except Exception as err:
+        raise refuse(err) from None
+    finally:
+        scheduler.last_epoch = epoch
+    groups = len(optimizer.param_groups)
+    for name, values in (("next learning rates", rates), ("base learning rates", scheduler.base_lrs)):
+        if not isinstance(values, list) or len(values) != groups or not all(
+                isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate)
+                and rate >= 0 for rate in values):
+            raise refuse(f"{name} {values!r:.80}, expected {groups} finite number(s) >= 0")
 
 
 def rng_state(loader_generator: torch.Generator) -> dict:

@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 import yaml
 
-from pcea.errors import PceaError, PceaFileError, is_positive_int, open_regular, positive_int_problem
+from pcea.errors import (
+    MAX_POINTS,
+    PceaError,
+    PceaFileError,
+    is_positive_int,
+    open_regular,
+    positive_int_problem,
+    too_large_problem,
+)
 from pcea.model import PRESETS, ModelConfig
 
 __all__ = ["MAX_SEED", "RUNTIME_KEYS", "TrainConfig", "load_config_file", "max_threads", "max_workers",
@@ -31,8 +39,9 @@ SelectOn = Literal["val", "test", "last"]
 RUNTIME_KEYS = ("data", "device", "workers", "threads", "compile")
 # Seeds reach scikit-learn's random_state (the validation split), which takes 32 bits.
 MAX_SEED = 2**32 - 1
-# Settings of the model that the recipe sets itself (from the dataset, the preset, --points).
-_RECIPE_MODEL_KEYS = ("num_classes", "attention")
+# Settings of the model that the recipe sets itself (from the dataset, the preset, --points and
+# --normals): an in_channels or num_points of their own would not fit the clouds the run feeds.
+_RECIPE_MODEL_KEYS = ("num_classes", "attention", "in_channels", "num_points")
 
 
 def max_threads() -> int:
@@ -137,6 +146,8 @@ class TrainConfig:
         self.model_options = dict(self.model_options)
         checks = [
             (is_positive_int(self.points), positive_int_problem("points", self.points)),
+            (not is_positive_int(self.points) or self.points <= MAX_POINTS,
+             f"points={self.points}: {too_large_problem(MAX_POINTS)}"),
             (is_positive_int(self.epochs), positive_int_problem("epochs", self.epochs)),
             (self.batch_size >= 2, f"batch_size={self.batch_size}: BatchNorm needs at least 2 per step"),
             (self.lr > 0, f"lr={self.lr}: must be positive"),

@@ -8,6 +8,7 @@ Otherwise every function here is a no-op on a single process.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -117,28 +118,46 @@ def average_batchnorm_buffers(model: nn.Module, env: DistEnv) -> None:
                 buffer.data /= env.world_size
 
 
-def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
-    """``"auto"`` -> CUDA (this rank's GPU under torchrun), else MPS, else CPU.
+# The devices pcea runs on; torch.device also parses meta, xla, ipu, privateuseone, ..., which
+# pcea has never run on and which fail deep inside torch.
+_DEVICE = re.compile(r"(cpu|mps|cuda)(:(\d{1,3}))?")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(name: str | torch.device, env: DistEnv | None = None) -> torch.device:
+    """The device a ``--device`` value names, checked: the one place every command turns one into a device.
+
+    ``"auto"`` is CUDA (this rank's GPU under torchrun), else MPS, else CPU. Otherwise only
+    ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are accepted, and only when this torch build and
+    machine can use them.
 
     Raises:
-        PceaError: an unknown device string or one that is not available.
+        PceaError: another device string (``meta``, ``xla``, ``ipu``, ``privateuseone``, a typo),
+            or one that is not available here.
     """
     env = env or DistEnv()
-    if name == "auto":
+    text = str(name)
+    if text == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", env.local_rank % torch.cuda.device_count())
         if torch.backends.mps.is_available() and not env.enabled:
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PceaError(f"--device {name!r}: not a device (try auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PceaError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PceaError(f"--device {name}: MPS is not available on this machine")
-    if device.type == "cuda" and env.enabled and device.index is None:
-        device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
-    return device
-
+    match = _DEVICE.fullmatch(text)
+    if not match or (match[1] != "cuda" and match[3] not in (None, "0")):
+        raise PceaError(f"--device {text!r}: not a device pcea runs on; expected {DEVICES}")
+    kind, index = match[1], None if match[3] is None else int(match[3])
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise PceaError(f"--device {text}: CUDA is not available on this machine or in this torch build "
+                            f"(torch {torch.__version__})")
+        count = torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise PceaError(f"--device {text}: this machine has {count} CUDA device(s), cuda:0 to "
+                            f"cuda:{count - 1}")
+        if index is None and env.enabled:
+            index = env.local_rank % count
+        return torch.device("cuda", index) if index is not None else torch.device("cuda")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise PceaError(f"--device {text}: MPS is not available on this machine or in this torch build")
+    return torch.device(kind)

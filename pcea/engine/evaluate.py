@@ -25,10 +25,11 @@ from pcea.data import open_dataset
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import vote_transform
 from pcea.engine.checkpoint import open_checkpoint
+from pcea.engine.config import MAX_SEED
 from pcea.engine.distributed import resolve_device
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.engine.splits import AugmentedSubset, split_train_val
-from pcea.errors import PceaError, PceaFileError, check_positive_int
+from pcea.errors import MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
@@ -97,7 +98,7 @@ def evaluate(model: PCTClassifier, dataset, *, votes: int = 1, seed: int = 0, ba
         ``labels`` (n,), ``single`` (n, num_classes) probabilities and, with votes > 1,
         ``voted`` (n, num_classes).
     """
-    check_positive_int("votes", votes)
+    check_positive_int("votes", votes, at_most=MAX_VOTES)
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -246,7 +247,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     Raises:
         PceaError: bad data path, a dataset whose classes differ from the model's, an unwritable ``out``.
     """
-    check_positive_int("votes", votes)  # before the checkpoint is read
+    check_positive_int("votes", votes, at_most=MAX_VOTES)  # before the checkpoint is read
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
     accelerate(model).eval()  # the CPU speed-ups of pcea.fast: the same logits within 1e-5
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -261,10 +262,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     if os.fspath(data) == "synthetic":
         data = ensure_synthetic()
     config = model.config
-    if split == "val" and not (_is_fraction(train_config.get("val_split"))
-                               and isinstance(train_config.get("seed"), int)):
+    if split == "val" and not _is_fraction(train_config.get("val_split")):
         raise PceaFileError(path, "the run held out no validation split (val_split 0 or not recorded); "
                                   "use --split test or train")
+    if split == "val" and not _is_seed(train_config.get("seed")):  # a crafted one would fail in scikit-learn
+        raise PceaFileError(path, f"malformed checkpoint: its train_config seed={train_config.get('seed')!r} "
+                                  f"is not a run's seed (0 to {MAX_SEED}); use --split test or train")
     dataset = open_dataset(data, split="train" if split == "val" else split, num_points=config.num_points,
                            normals=config.in_channels >= 6, up=up,
                            **({"seed": train_config["seed"]} if split == "val" else {}))
@@ -306,6 +309,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         files = write_report(report, out)
         report["files"] = {kind: str(file) for kind, file in files.items()}
     return report
+
+
+def _is_seed(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 
 
 def _is_fraction(value) -> bool:

@@ -39,6 +39,7 @@ from pcea.data.transforms import pct_train_transform
 from pcea.engine.checkpoint import (
     MODEL_KEYS,
     RESUME_KEYS,
+    check_resumed_state,
     load_checkpoint,
     load_latest,
     model_payload,
@@ -359,6 +360,7 @@ class Trainer:
             text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise PceaFileError(self.resume_path, f"malformed checkpoint: its states do not fit this run "
                                                   f"({type(err).__name__}: {text})") from None
+        check_resumed_state(self.optimizer, self.scheduler, self.resume_path)  # loaded is not yet usable
         self.history = list(payload["metrics"]["history"])
         self.best = dict(payload["metrics"]["best"])
         self.start_epoch = int(payload["epoch"])

@@ -29,6 +29,7 @@ from pcea.io.formats import _describe, _read_ply_header
 
 # trimesh spends about 0.5 ms on each primitive or node (issue 23: 200,000 primitives took 102 s)
 MAX_GLB_PRIMITIVES = 10_000
+_MAX_GLB_JSON = 16 * 1024**2  # bytes; parsed, JSON takes 13 to 17 times its text in Python objects
 _GLB_TRIANGLES_PER_MODE = {4: lambda count: count // 3, 5: lambda count: max(count - 2, 0),
                            6: lambda count: max(count - 2, 0)}  # triangles, strips, fans; others draw none
 _USEMTL = re.compile(rb"^[ \t]*usemtl\b[^\n]*", re.MULTILINE)
@@ -179,9 +180,9 @@ def _check_glb(path: Path, max_bytes: int, max_points: int) -> None:
         if len(head) < 20 or head[:4] != b"glTF" or head[16:20] != b"JSON":
             return  # not a GLB trimesh can read either: its own error says so
         length = struct.unpack("<I", head[12:16])[0]
-        if length > path.stat().st_size:
+        if length > min(path.stat().st_size, _MAX_GLB_JSON):
             raise PceaFileError(path, f"GLB declares a JSON chunk of {length:,} bytes, more than the file "
-                                      "holds")
+                                      f"holds or the limit of {_MAX_GLB_JSON:,}")
         text = handle.read(length)
     try:
         tree = json.loads(text)

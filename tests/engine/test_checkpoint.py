@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -10,10 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
+from engine_tiny import tiny_config
+from tiny_models import CLASS_NAMES, SMALLEST, build_tiny
 
 from pcea.engine.checkpoint import (
     FORMAT,
@@ -21,11 +25,14 @@ from pcea.engine.checkpoint import (
     MAX_CHECKPOINT_BYTES,
     MODEL_KEYS,
     RESUME_KEYS,
+    check_resumed_state,
     load_checkpoint,
     load_latest,
+    open_checkpoint,
     previous_path,
     save_checkpoint,
 )
+from pcea.engine.train import train, warmup_cosine
 from pcea.errors import PceaFileError
 
 
@@ -295,3 +302,133 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(ValueError, match=r"refusing to save non-finite weights \(linear.weight\)"):
         save_checkpoint(tmp_path / "nan.pt", payload)
     assert not list(tmp_path.iterdir())
+
+
+# -- issue 23: checkpoints that pass the hash but would break what uses them ------------------
+
+def _tiny_payload(**config_changes) -> dict:
+    """What open_checkpoint needs, from the tiny model (SMALLEST), with ``config_changes`` applied."""
+    model = build_tiny(size=SMALLEST)
+    return {"model": model.state_dict(), "model_name": "pcea",
+            "model_config": {**model.config.to_dict(), **config_changes}, "class_names": list(CLASS_NAMES)}
+
+
+def _peak_bytes(action) -> int:
+    """The most memory Python and torch's CPU allocator (through tracemalloc) took during ``action``."""
+    tracemalloc.start()
+    try:
+        action()
+    except PceaFileError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_crafted_model_config_is_refused_before_the_model_is_built(tmp_path):
+    """A huge declared size costs nothing: the model is first built on the meta device."""
+    path = _framed(tmp_path, "points.pt", _tiny_payload(num_points=10**12))
+    with pytest.raises(PceaFileError, match=r"points.pt: malformed checkpoint: its model_config is invalid: "
+                                            r"num_points=1000000000000: at most 10,000,000"):
+        open_checkpoint(path)
+    path = _framed(tmp_path, "classes.pt", _tiny_payload(num_classes=3_000_000))
+    with pytest.raises(PceaFileError, match=r"classes.pt: the stored weights do not fit the stored model "
+                                            r"config: head.4.weight is \[4, 16\] in the file, "
+                                            r"\[3000000, 16\]"):
+        open_checkpoint(path)
+    # Built for real, that head alone would be 3e6 x 16 floats (192 MB).
+    assert _peak_bytes(lambda: open_checkpoint(path)) < 32 * 2**20
+    path = _framed(tmp_path, "wide.pt", _tiny_payload(fuse_dim=10**6))
+    with pytest.raises(PceaFileError, match=r"wide.pt: the stored weights do not fit"):
+        open_checkpoint(path)
+
+
+def test_a_model_pcea_cannot_feed_is_refused(tmp_path):
+    """in_channels 7 with weights to match loads, but every forward would fail: pcea feeds 3 or 6."""
+    model = build_tiny(size={**SMALLEST, "in_channels": 7})
+    payload = {"model": model.state_dict(), "model_name": "pcea", "model_config": model.config.to_dict(),
+               "class_names": list(CLASS_NAMES)}
+    with pytest.raises(PceaFileError, match=r"seven.pt: malformed checkpoint: in_channels=7, but pcea feeds"):
+        open_checkpoint(_framed(tmp_path, "seven.pt", payload))
+    assert open_checkpoint(_framed(tmp_path, "good.pt", _tiny_payload()))[0].config.in_channels == 3
+
+
+def _resumed_states(optimizer_name: str = "sgd", warmup: bool = False):
+    """A model's optimiser and scheduler after two steps, as a run saves them, and fresh ones to load them."""
+    def build():
+        model = build_tiny(size=SMALLEST)
+        if optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10, 2, 0.01)) if warmup
+                     else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5, eta_min=1e-4))
+        return model, optimizer, scheduler
+
+    model, optimizer, scheduler = build()
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.rand(4, SMALLEST["num_points"], 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return optimizer.state_dict(), scheduler.state_dict(), build
+
+
+@pytest.mark.parametrize("optimizer_name, warmup", [("sgd", False), ("adamw", True)])
+def test_good_resumed_states_pass_and_are_left_as_they_were(optimizer_name, warmup):
+    optimizer_state, scheduler_state, build = _resumed_states(optimizer_name, warmup)
+    _, optimizer, scheduler = build()
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    before = copy.deepcopy((optimizer.state_dict(), scheduler.state_dict()))
+    check_resumed_state(optimizer, scheduler, "last.pt")
+    after = (optimizer.state_dict(), scheduler.state_dict())
+    assert after[1] == before[1]
+    assert after[0]["param_groups"] == before[0]["param_groups"]
+    for index, state in before[0]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(after[0]["state"][index][key], value), (index, key)
+
+
+def _break_momentum(state: dict) -> None:
+    state["state"][0]["momentum_buffer"] = torch.zeros(3, 3)  # the first weight is not 3 x 3
+
+
+@pytest.mark.parametrize("warmup, breaks, message", [
+    (False, lambda o, s: _break_momentum(o), r"RuntimeError: .*size"),
+    (False, lambda o, s: o["param_groups"][0].update(lr="0.1"), r"TypeError"),
+    (False, lambda o, s: o["param_groups"][0].update(momentum=float("nan")), r"non-finite"),
+    (False, lambda o, s: s.update(T_max=0), r"ZeroDivisionError"),
+    (False, lambda o, s: s.update(T_max="5"), r"TypeError"),
+    (False, lambda o, s: s.update(last_epoch="2"), r"TypeError"),
+    (False, lambda o, s: s.update(base_lrs=[-1.0]), r"base learning rates \[-1.0\]"),
+    (False, lambda o, s: s.update(base_lrs=[]), r"learning rates \[\]"),
+    (True, lambda o, s: s["lr_lambdas"][0].update(total="x"), r"TypeError"),
+    (True, lambda o, s: s["lr_lambdas"][0].update(warmup=0, total=2, floor=float("inf")), r"next learning"),
+])
+def test_a_resumed_state_that_loads_but_would_break_is_refused(warmup, breaks, message):
+    optimizer_state, scheduler_state, build = _resumed_states("sgd", warmup)
+    breaks(optimizer_state, scheduler_state)
+    _, optimizer, scheduler = build()
+    optimizer.load_state_dict(optimizer_state)  # loads without complaint: the problem shows only later
+    scheduler.load_state_dict(scheduler_state)
+    with pytest.raises(PceaFileError, match=rf"^last.pt: malformed checkpoint: its optimizer or scheduler "
+                                            rf"state would break training \(.*{message}"):
+        check_resumed_state(optimizer, scheduler, "last.pt")
+
+
+def test_resume_from_a_rehashed_checkpoint_with_a_broken_optimizer_is_one_error(tiny_h5, tmp_path):
+    """End to end, as ``pcea train --resume`` meets it: the file's hash is right, its contents are not."""
+    out = tmp_path / "run"
+    quiet = {"log": lambda line: None}
+    train(tiny_config(tiny_h5, epochs=2), out, stop_after=1, **quiet)
+    payload = load_checkpoint(out / "last.pt")
+    first = next(iter(payload["optimizer"]["state"]))
+    payload["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(2, 2)
+    save_checkpoint(out / "last.pt", payload)  # a correct header and SHA-256
+    save_checkpoint(out / "last.prev.pt", payload)
+    with pytest.raises(PceaFileError, match=r"last.pt: malformed checkpoint: its optimizer or scheduler "
+                                            r"state would break training"):
+        train(None, out, resume=True, **quiet)
