@@ -32,9 +32,11 @@ import http.client
 import json
 import os
 import re
+import stat
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -208,6 +210,8 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
     Returns the file's size as the server declared it, or None when it declared none (then the
     caller decides whether what arrived is complete).
     """
+    if _url_scheme(url) == "file":
+        return _copy_local(url, part, max_bytes=max_bytes)
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "pcea-download", "Accept-Encoding": "identity"}
     if offset:
@@ -227,6 +231,8 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise UnreachableError(str(reason) or type(reason).__name__) from None
+    except (ValueError, http.client.InvalidURL) as err:  # a port that is not a number, a control character
+        raise PceaError(f"{url!r} is not a valid URL ({err})") from None
 
     with response:
         if response.status == 206:
@@ -278,13 +284,56 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
         return total
 
 
+_SCHEMES = ("http", "https", "file")
+
+
+def _url_scheme(url: str) -> str:
+    """The scheme of ``url``, one of ``_SCHEMES``; a PceaError naming the URL for anything else."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as err:  # 'http://[::1': Invalid IPv6 URL
+        raise PceaError(f"{url!r} is not a valid URL ({err})") from None
+    if parts.scheme.lower() not in _SCHEMES:
+        raise PceaError(f"{url!r}: unsupported URL scheme {parts.scheme or '(none)'!r}; expected "
+                        f"{', '.join(_SCHEMES)}")
+    return parts.scheme.lower()
+
+
+def _copy_local(url: str, part: Path, *, max_bytes: int) -> int:
+    """Copy the regular file a ``file://`` URL names to ``part``; returns its size.
+
+    The file is opened non-blocking and checked with ``fstat`` before anything is read, so a FIFO
+    (which would block for ever) or a device (endless data) is refused at once.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise PceaError(f"{url}: a file URL must name a local file (file:///PATH), not host {parts.netloc!r}")
+    source = urllib.request.url2pathname(parts.path)
+    try:
+        handle = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise UnreachableError(f"{source}: {err.strerror or err}") from None
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(handle)
+        raise PceaError(f"{url}: {source} is not a regular file (a FIFO, device or directory)")
+    with open(handle, "rb") as stream:
+        if info.st_size > max_bytes:
+            raise PceaError(f"{url} is {_human(info.st_size)}, more than the {_human(max_bytes)} allowed; "
+                            f"raise the limit if this is expected")
+        with open(part, "wb") as out:
+            while chunk := stream.read(_CHUNK):
+                out.write(chunk)
+    return info.st_size
+
+
 def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
                   retries: int = 2, backoff: float = 1.0, timeout: float = 30.0,
                   progress: bool | None = None, sha256: str | None = None) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions.
 
     Args:
-        url: what to fetch (http or https).
+        url: what to fetch (http, https, or file:// naming a regular local file, copied).
         dest: the final path; the data lands in ``<dest>.part`` until complete, which a later call
             resumes with an HTTP Range request.
         max_bytes: refuse a file larger than this (checked on the declared size and while streaming).

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import signal
 import socket
 import tempfile
 import threading
@@ -541,3 +543,52 @@ def test_the_recorded_size_refuses_a_wrong_file_before_hashing(tmp_path, archive
     verify = (root / f"{ARCHIVE}.refused")
     with pytest.raises(PceaFileError, match=f"is {len(archive):,} bytes, the archive has 435,212,151"):
         verify_archive(verify, "a" * 64, delete_on_failure=False, size=435_212_151)
+
+
+# --- issue 23, item 12: odd URLs ---------------------------------------------------------------
+
+
+def test_a_file_url_naming_a_regular_file_is_copied_verified_and_extracted(tmp_path, archive):
+    local = tmp_path / "mirror" / ARCHIVE
+    local.parent.mkdir()
+    local.write_bytes(archive)
+    root = tmp_path / "root"
+    argv = ["download", "modelnet40", "--root", str(root), "--url", local.as_uri(),
+            "--sha256", hashlib.sha256(archive).hexdigest()]
+    assert main(argv) == 0
+    assert (root / INNER / MARKER).is_file() and local.read_bytes() == archive  # the source is untouched
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "missing"])
+def test_a_file_url_naming_anything_but_a_regular_file_is_one_line(tmp_path, capsys, kind):
+    special = tmp_path / "special.zip"
+    if kind == "fifo":
+        os.mkfifo(special)  # reading it without a writer would block for ever
+    elif kind == "directory":
+        special.mkdir()
+    elif kind == "device":
+        special = Path("/dev/zero")  # endless data
+    expected = "no such file" if kind == "missing" else "is not a regular file"
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the download blocked"))
+    signal.alarm(10)
+    try:
+        status = main(["download", "modelnet40", "--root", str(tmp_path / "root"), "--url", special.as_uri()])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    error = capsys.readouterr().err
+    assert status == 1 and error.startswith("pcea: error: ") and len(error.strip().splitlines()) == 1
+    assert expected in error.lower() and str(special) in error
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+    ("http://127.0.0.1:port/x.zip", "is not a valid URL"),
+    ("ftp://example.org/x.zip", "unsupported URL scheme 'ftp'"),
+    ("modelnet40.zip", "unsupported URL scheme '(none)'"),
+    ("file://elsewhere/x.zip", "must name a local file"),
+])
+def test_malformed_or_unsupported_urls_are_one_line(tmp_path, capsys, url, problem):
+    assert main(["download", "modelnet40", "--root", str(tmp_path / "root"), "--url", url]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("pcea: error: ") and problem in error and len(error.strip().splitlines()) == 1
