@@ -8,8 +8,8 @@ FPS loop is unrolled for the model's centre counts. The file's ``metadata_props`
 to prepare a cloud for it, each value as JSON (see :data:`METADATA_KEYS`): the class names,
 the number of points, the frame (pcea's y-up, and the turn from z-up files), the
 normalisation (centre on the mean, scale into the unit sphere), the opset and the batch.
-``scripts/onnx_classify.py`` reads them and classifies files with numpy, trimesh and
-onnxruntime only.
+``pcea-onnx`` (:mod:`pcea.onnx_runner`) checks them and classifies files with numpy, trimesh
+and onnxruntime only.
 
 The exporter is PyTorch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``).
 It traces one forward pass, which unrolls the plain FPS loop of :mod:`pcea.ops` into
