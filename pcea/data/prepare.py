@@ -30,6 +30,8 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,21 +125,27 @@ def prepare_modelnet40(
         raise PceaFileError(src, "holds no shape files")
 
     report = PrepareReport(out=out)
-    problems = _sample_all(tasks, workers, progress, log, report)
-    for split in by_split:
-        done = [(cached, label) for relative, cached, label in by_split[split] if relative not in problems]
-        report.counts[split] = len(done)
-        _write_split(out, split, done, len(class_names), normals)
-    if sum(report.counts.values()) == 0:
-        first = next(iter(problems.values()))
-        raise PceaFileError(src, f"no shape could be read; the first problem: {first}")
-    write_atomic(out / "shape_names.txt", "".join(f"{name}\n" for name in class_names))
-    report.skipped = sorted(problems.items())
-    if report.skipped:
-        lines = [f"{relative}\t{problem}\n" for relative, problem in report.skipped]
-        write_atomic(out / "skipped.txt", "".join(lines))
-    elif (out / "skipped.txt").exists():
-        (out / "skipped.txt").unlink()
+    try:
+        problems = _sample_all(tasks, workers, progress, log, report)
+        for split in by_split:
+            done = [(cached, label) for relative, cached, label in by_split[split]
+                    if relative not in problems]
+            report.counts[split] = len(done)
+            _write_split(out, split, done, len(class_names), normals)
+        if sum(report.counts.values()) == 0:
+            first = next(iter(problems.values()))
+            raise PceaFileError(src, f"no shape could be read; the first problem: {first}")
+        write_atomic(out / "shape_names.txt", "".join(f"{name}\n" for name in class_names))
+        report.skipped = sorted(problems.items())
+        if report.skipped:
+            lines = [f"{relative}\t{problem}\n" for relative, problem in report.skipped]
+            write_atomic(out / "skipped.txt", "".join(lines))
+        elif (out / "skipped.txt").exists():
+            (out / "skipped.txt").unlink()
+    except OSError as err:  # a full disk, in a worker's work file or in an h5 file (h5py raises OSError too)
+        reason = err.strerror or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PceaFileError(out, f"cannot write ({reason}); the shapes sampled so far are kept, free some "
+                                 "space and run the same command to continue") from None
     shutil.rmtree(out / ".prepare-work", ignore_errors=True)
 
     summary = ", ".join(f"{count} {split}" for split, count in report.counts.items())
@@ -192,8 +200,11 @@ def _sample_all(tasks, workers, progress, log, report: PrepareReport) -> dict[st
     pool = None
     try:
         if workers > 1:
-            pool = multiprocessing.get_context().Pool(workers, initializer=_ignore_interrupts)
-            results = pool.imap_unordered(_sample_one, tasks, chunksize=4)
+            # concurrent.futures, not multiprocessing.Pool: a worker killed (by the OOM killer, kill -9)
+            # breaks the executor, which raises BrokenProcessPool; Pool would wait for its result for ever.
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(),
+                                       initializer=_ignore_interrupts)
+            results = pool.map(_sample_one, tasks, chunksize=4)
         else:
             results = map(_sample_one, tasks)
         for done, (relative, problem, reused) in enumerate(results, start=1):
@@ -206,11 +217,13 @@ def _sample_all(tasks, workers, progress, log, report: PrepareReport) -> dict[st
     except KeyboardInterrupt:
         log("prepare: interrupted; the shapes done so far are kept, run the same command to continue")
         raise
+    except BrokenProcessPool:
+        raise PceaError("prepare: a worker process died (killed, or out of memory); the shapes done so far "
+                        "are kept, run the same command to continue") from None
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)  # the workers finish the shape they hold
     return problems
 
 

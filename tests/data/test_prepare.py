@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
+
 import h5py
 import numpy as np
 import pytest
@@ -125,3 +129,61 @@ def test_cli_prepare(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith(f"pcea: error: {tmp_path / 'h5'}: not the Princeton layout")
     assert len(error.strip().splitlines()) == 1
+
+
+# --- issue 23: a full disk and a killed worker ------------------------------------------------
+
+_REAL_SAMPLE_ONE = prepare_module._sample_one
+
+
+def _sample_one_killing_its_worker(task):
+    """At module level, so that the pool's workers can find it by name (they run the patched module)."""
+    if task[0] == "cone/train/cone_0002.off":
+        os.kill(os.getpid(), signal.SIGKILL)  # what kill -9 or the OOM killer does to a worker
+    return _REAL_SAMPLE_ONE(task)
+
+
+def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, monkeypatch, capsys):
+    src = make_princeton(tmp_path / "ModelNet")
+    monkeypatch.setattr(prepare_module, "_sample_one", _sample_one_killing_its_worker)
+
+    def hung(signum, frame):
+        raise TimeoutError("prepare waited for a dead worker")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        status = main(["prepare", "modelnet40", "--src", str(src), "--out", str(tmp_path / "h5"),
+                       "--points", "16", "--workers", "2"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and error[-1].startswith("pcea: error: prepare: a worker process died")
+    monkeypatch.setattr(prepare_module, "_sample_one", _REAL_SAMPLE_ONE)
+    report, _ = run(src, tmp_path / "h5")  # the same command again completes
+    assert report.counts == {"train": 9, "test": 3}
+
+
+@pytest.mark.parametrize("where", ["work file", "h5 file"])
+def test_a_full_disk_is_one_line_and_a_rerun_recovers(tmp_path, monkeypatch, capsys, where):
+    src = make_princeton(tmp_path / "ModelNet")
+    out = tmp_path / "h5"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if where == "work file":
+        monkeypatch.setattr(prepare_module.np, "save", full)
+    else:  # h5py words it "Can't write data (file write failed: ... No space left on device ...)"
+        monkeypatch.setattr(prepare_module, "_write_split", lambda *args: (_ for _ in ()).throw(
+            OSError("Can't write data (file write failed: errno = 28, error message = 'No space left on "
+                    "device')\nsecond line")))
+    argv = ["prepare", "modelnet40", "--src", str(src), "--out", str(out), "--points", "16", "--workers", "1"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in error if line.startswith("pcea: error:")]) == 1
+    assert error[-1].startswith(f"pcea: error: {out}: cannot write (")
+    assert "No space left on device" in error[-1]
+    monkeypatch.undo()
+    assert main(argv) == 0 and ModelNet40H5(out, "test", num_points=16).labels.tolist() == [0, 1, 2]
