@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from pcea.api import classify, load_model
+    from pcea.api import classify, list_models, load_model
     from pcea.engine.config import TrainConfig
     from pcea.engine.train import train
     from pcea.errors import PceaError, PceaFileError
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 # against __all__ and the imports above).
 _EXPORTS = {
     "classify": "pcea.api",
+    "list_models": "pcea.api",
     "load_model": "pcea.api",
     "TrainConfig": "pcea.engine.config",
     "train": "pcea.engine.train",
@@ -86,6 +87,7 @@ __all__ = [
     "classify",
     "export_onnx",
     "fuse_batchnorm",
+    "list_models",
     "load_model",
     "load_points",
     "train",

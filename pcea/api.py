@@ -24,7 +24,7 @@ from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.evaluate import vote_probabilities
 from pcea.errors import MAX_POINTS, MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
-from pcea.geometry import UP_AXES, to_canonical
+from pcea.geometry import UP_AXES, choose_up, quarter_turns
 from pcea.io import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POINTS,
@@ -38,7 +38,24 @@ from pcea.io.inputs import expand_inputs, printable, unmatched_problem
 from pcea.model import PCTClassifier
 from pcea.precision import autocast, use_amp
 
-__all__ = ["classify", "expand_inputs", "iter_classify", "load_model", "print_classification"]
+__all__ = ["classify", "expand_inputs", "iter_classify", "list_models", "load_model", "print_classification"]
+
+
+def list_models(pretrained: bool = False) -> list[str]:
+    """The names pcea knows, for discovery (as ``timm.list_models``).
+
+    Args:
+        pretrained: False: the presets :func:`pcea.build_model` builds (untrained);
+            True: the weights that ship with pcea, which :func:`load_model` and :func:`classify`
+            take by name (``pcea.weights.builtin_card(name)`` describes each).
+
+    Returns:
+        The names, sorted.
+    """
+    from pcea.model import PRESETS
+    from pcea.weights import BUILTIN
+
+    return sorted(BUILTIN if pretrained else PRESETS)
 
 
 def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu") -> PCTClassifier:
@@ -60,7 +77,10 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
     Raises:
         PceaFileError: the file is missing, damaged, or not a safe pcea checkpoint.
     """
-    return accelerate(open_checkpoint(checkpoint, device=device)[0])
+    model, _, path = open_checkpoint(checkpoint, device=device)
+    model = accelerate(model)
+    model.checkpoint_path = str(path)  # named in errors about its outputs
+    return model
 
 
 def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -89,8 +109,8 @@ def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
         amp: bf16 autocast (see :mod:`pcea.precision`); the caller checks that it helps.
         up: the inputs' up axis, "y" or "z", or "auto": the axis a file declares
             (:func:`pcea.io.declared_up`), and for an input that declares none (most files, every
-            array) the reading, y-up or z-up, in which the model is more confident (the higher
-            top probability). Each cloud is turned into the y-up frame the model was trained in.
+            array) the axis the model chooses (:func:`pcea.geometry.choose_up`). Each cloud is turned into the
+            y-up frame the model was trained in.
 
     Yields:
         ``{"path": str, "up": "y" | "z", "up_from": "option" | "file" | "model", "top_k": [(class,
@@ -117,18 +137,22 @@ def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
                 result = {**result, "error": str(err)}
             results.append(result)
         readable = [result for result in results if "error" not in result]
-        # An undecided input is classified twice more: read z-up and turned into the frame.
+        # An undecided input is classified three times more: its other quarter turns about x.
         undecided = [i for i, result in enumerate(readable) if result["up"] is None]
-        candidates = clouds + [to_canonical(clouds[i], "z") for i in undecided]
+        candidates = clouds + [turned for i in undecided for turned in quarter_turns(clouds[i])[1:]]
         probs = _probabilities(model, candidates, votes=votes, seed=seed, batch_size=batch_size, amp=amp)
-        for i, j in zip(undecided, range(len(clouds), len(candidates)), strict=True):
-            as_z = probs[j].max() > probs[i].max()   # the more confident reading; y on a tie
-            readable[i]["up"] = "z" if as_z else "y"
-            if as_z:
-                probs[i] = probs[j]
+        if not np.isfinite(probs).all():  # NaN weights would print "chair nan" for every file
+            raise PceaError(f"{getattr(model, 'checkpoint_path', 'the model')}: the model's outputs are "
+                            "not finite (NaN or infinity): its weights are damaged")
+        for number, i in enumerate(undecided):
+            first = len(clouds) + 3 * number
+            readable[i]["up"], probs[i] = choose_up(np.stack([probs[i], *probs[first:first + 3]]))
         for result, row in zip(readable, probs, strict=False):  # the first len(clouds) rows
             result["top_k"] = _top_k(row, class_names, k)
         yield from results
+
+
+_UP_WIDTH = len("y (option)")  # the widest cell of the table's up column
 
 
 def _is_array(item: object) -> bool:
@@ -181,19 +205,27 @@ def _check_options(model: PCTClassifier, *, top_k: int = 5, votes: int = 1, batc
     return num_points
 
 
-def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
+def classify(paths: str | os.PathLike | np.ndarray | torch.Tensor
+             | Iterable[str | os.PathLike | np.ndarray | torch.Tensor],
              checkpoint: str | os.PathLike | PCTClassifier, *, top_k: int = 5,
              num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
              max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
              device: str | torch.device = "cpu", amp: bool = False, up: str = DEFAULT_UP) -> list[dict]:
-    """Classify point-cloud or mesh files with a trained model.
+    """Classify point-cloud or mesh files, or raw point arrays, with a trained model.
+
+    The one way from raw points to a prediction: an array goes through the same sampling,
+    normalisation and turn into the y-up frame as a file (:func:`pcea.io.points_from_array`),
+    which ``model.predict`` does not do.
 
     Args:
-        paths: files, directories (searched recursively for known extensions) or globs.
-        checkpoint: a checkpoint file, a run directory, or an already loaded model.
-        top_k: classes reported per file.
-        num_points: points sampled per file; the model's training size by default.
-        votes: test-time augmentation copies averaged per file (1 = a single pass).
+        paths: files, directories (searched recursively for known extensions) or globs; or point
+            clouds: an ``(N, C)`` NumPy array or torch tensor (C >= 3: x y z, then normals), a
+            ``(B, N, C)`` batch of them, or a list of ``(N, C)`` arrays of any N.
+        checkpoint: a checkpoint file, a run directory, "modelnet40" (the built-in weights), or an
+            already loaded model.
+        top_k: classes reported per input.
+        num_points: points sampled per input; the model's training size by default.
+        votes: test-time augmentation copies averaged per input (1 = a single pass).
         batch_size: clouds per forward pass.
         seed: seed of the point sampling and of the voting augmentations.
         max_bytes: larger files are refused.
@@ -201,19 +233,28 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
         device: where the model runs when it is loaded here.
         amp: bf16 autocast where the device runs it natively (:func:`pcea.precision.amp_support`);
             elsewhere a :class:`pcea.PceaWarning` says why and it runs in float32.
-        up: the files' up axis: "y", "z", or "auto" (the default: y for ``.obj``/``.glb``,
-            z for every other format); see :func:`pcea.io.load_points`.
+        up: the inputs' up axis: "y", "z", or "auto" (the default): the axis a file declares
+            (:func:`pcea.io.declared_up`: glTF, PointNet++'s resampled text layout); for the rest,
+            arrays included, the model reads the cloud y-up, z-up and both upside down and the most
+            confident reading picks the axis (:func:`pcea.geometry.choose_up`), so that a y-up and a z-up copy
+            of a shape get the same axis. Give the axis when you know it: it costs a quarter of
+            the work and cannot be fooled by a shape that looks like a surer class on its side.
 
     Returns:
-        One dict per file: ``{"path": str, "top_k": [(class, probability), ...]}``
-        (most likely first) or ``{"path": str, "error": "PATH: problem"}``; an input
-        that matched nothing is reported as an error entry too.
+        One dict per input, in order: ``{"path": str, "up": "y" | "z", "up_from": "option" | "file"
+        | "model", "top_k": [(class, probability), ...]}`` (most likely first; ``"index": i``
+        instead of ``"path"`` for arrays) or ``{"path": str, "error": "PATH: problem"}``
+        (``{"index": i, "error": "array i: problem"}``); an input that matched nothing is
+        reported as an error entry too.
 
     Raises:
-        PceaError: no input named any file, or a bad option.
+        PceaError: no input named any file, a mix of arrays and paths, or a bad option.
         PceaFileError: the checkpoint cannot be loaded.
     """
-    files, unmatched = expand_inputs(paths)
+    if not isinstance(paths, str | os.PathLike) and not _is_array(paths) and isinstance(paths, Iterable):
+        paths = list(paths)  # read once: a generator is looked at twice
+    arrays = _point_arrays(paths)
+    files, unmatched = expand_inputs(paths) if arrays is None else (arrays, [])
     if not files:
         raise PceaError("no input files: " + ("; ".join(map(unmatched_problem, unmatched)) or "none given"))
     model = checkpoint if isinstance(checkpoint, PCTClassifier) else load_model(checkpoint, device=device)
@@ -226,6 +267,25 @@ def classify(paths: str | os.PathLike | Iterable[str | os.PathLike],
                       for text in unmatched]
 
 
+def _point_arrays(inputs) -> list | None:
+    """The clouds ``inputs`` holds, one array each, or None when it names files."""
+    if _is_array(inputs):
+        if inputs.ndim == 3 and len(inputs) != 1:   # (B, N, C): a batch; (1, N, C) is one cloud
+            return list(inputs)
+        if inputs.ndim not in (2, 3):
+            raise PceaError(f"an array of shape {tuple(inputs.shape)}: expected (N, C) points or "
+                            "(B, N, C) clouds")
+        return [inputs]
+    if isinstance(inputs, str | os.PathLike) or not isinstance(inputs, Iterable):
+        return None
+    items = list(inputs)
+    if not items or not any(_is_array(item) for item in items):
+        return None
+    if not all(_is_array(item) for item in items):
+        raise PceaError("inputs mix point arrays and paths; classify them in two calls")
+    return items
+
+
 def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json: bool = False,
                          stdout: TextIO | None = None, stderr: TextIO | None = None, **options) -> int:
     """Classify files and print each result as it comes: the ``pcea classify`` output.
@@ -233,8 +293,8 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
     Args:
         files: the files (see :func:`expand_inputs`).
         model: the loaded classifier.
-        as_json: one JSON object per line (``{"path", "top_k": [{"class", "probability"}]}``)
-            instead of an aligned table.
+        as_json: one JSON object per line (``{"path", "up", "up_from", "top_k": [{"class",
+            "probability"}]}``) instead of an aligned table.
         stdout: where results go (``sys.stdout``).
         stderr: where one line per unreadable file goes (``sys.stderr``).
         **options: :func:`iter_classify` options (top_k, num_points, votes, batch_size, ...).
@@ -246,11 +306,12 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
     stderr = stderr or sys.stderr
     names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
     path_width = max(len(printable(os.fspath(path))) for path in files)
-    name_width = max(len(name) for name in names)
+    name_width = max(len(printable(name)) for name in names)  # names from a checkpoint: escaped too
     k = min(options.get("top_k", 5), len(names))
     _check_options(model, **options)  # before the table header, so an error is the only output
     if not as_json:
-        header = [f"{'file':<{path_width}}"] + [f"{f'top-{i + 1}':<{name_width + 7}}" for i in range(k)]
+        header = ([f"{'file':<{path_width}}", f"{'up':<{_UP_WIDTH}}"]
+                  + [f"{f'top-{i + 1}':<{name_width + 7}}" for i in range(k)])
         print("  ".join(header).rstrip(), file=stdout)
     failed = 0
     for result in iter_classify(files, model, **options):
@@ -258,11 +319,13 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
             failed += 1
             print(f"pcea: skipped {printable(result['error'])}", file=stderr)
         elif as_json:
-            print(json.dumps({"path": result["path"], "top_k": [
-                {"class": name, "probability": round(prob, 6)} for name, prob in result["top_k"]]}),
-                file=stdout)
+            print(json.dumps({"path": result["path"], "up": result["up"], "up_from": result["up_from"],
+                              "top_k": [{"class": name, "probability": round(prob, 6)}
+                                        for name, prob in result["top_k"]]}), file=stdout)
         else:
-            cells = [f"{name:<{name_width}} {prob:6.4f}" for name, prob in result["top_k"]]
-            print("  ".join([f"{printable(result['path']):<{path_width}}"] + cells), file=stdout)
+            cells = [f"{printable(name):<{name_width}} {prob:6.4f}" for name, prob in result["top_k"]]
+            up = f"{result['up']} ({result['up_from']})"   # z (model): the axis and who chose it
+            print("  ".join([f"{printable(result['path']):<{path_width}}", f"{up:<{_UP_WIDTH}}"] + cells),
+                  file=stdout)
         stdout.flush()
     return failed

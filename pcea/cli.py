@@ -307,8 +307,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint (or in --out). With --votes K it also reports K-copy "
                                    "test-time voting (random anisotropic scaling), next to the single pass.")
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN")
-    p.add_argument("--data", help="dataset directory (any ModelNet40 layout) or 'synthetic' "
-                                  "(default: the dataset the checkpoint was trained on)")
+    p.add_argument("--data", help="dataset directory (any ModelNet40 layout; ModelNet10 or another subset "
+                                  "of the model's classes is evaluated on its own classes) or 'synthetic' "
+                                  "(default: the dataset the checkpoint was trained on; for built-in "
+                                  "weights, ModelNet40 where pcea download puts it)")
     p.add_argument("--split", choices=["test", "train", "val"], default="test",
                    help="test (default), train, or val: the run's own validation hold-out of train")
     p.add_argument("--votes", type=_count(MAX_VOTES), default=1,
@@ -354,7 +356,9 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--votes", type=_count(MAX_VOTES), default=1,
                    help=f"voting copies per file (1: none; at most {MAX_VOTES})")
     p.add_argument("--up", choices=["auto", "y", "z"], default="auto",
-                   help="the files' up axis (auto: y for .obj/.glb, z for every other format)")
+                   help="the files' up axis (auto: what the file declares, .glb and PointNet++'s "
+                        "resampled .txt; else the axis under which the model is most confident). "
+                        "The table and --json name the axis used and who chose it")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling and voting (0)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--max-bytes", type=_positive_int, default=DEFAULT_MAX_BYTES,

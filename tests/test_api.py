@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,52 @@ def test_a_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(pcea.PceaFileError, match="evil.pt: refused"):
         pcea.load_model(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_list_models_names_the_presets_and_the_builtin_weights():
+    assert pcea.list_models() == ["pcea", "pct", "pct-sa"]
+    assert pcea.list_models(pretrained=True) == ["modelnet40"]
+    assert "list_models" in pcea.__all__
+    for name in pcea.list_models():
+        assert pcea.build_model(name, num_classes=2, **TINY).config.num_classes == 2
+
+
+def test_classify_takes_raw_arrays_as_a_file_holding_them(tmp_path):
+    model = _trained_model(0)
+    rng = np.random.default_rng(0)
+    clouds = [rng.normal(size=(300, 3)) * [3.0, 1.0, 0.5] + 10.0, rng.normal(size=(200, 3)) * 50]  # raw units
+    for i, cloud in enumerate(clouds):
+        np.save(tmp_path / f"c{i}.npy", cloud)
+    files = pcea.classify([tmp_path / "c0.npy", tmp_path / "c1.npy"], model, top_k=4, up="z")
+    arrays = pcea.classify(clouds, model, top_k=4, up="z")
+    assert [r["index"] for r in arrays] == [0, 1] and all("path" not in r for r in arrays)
+    for from_file, from_array in zip(files, arrays, strict=True):
+        assert (from_array["up"], from_array["up_from"]) == ("z", "option")
+        assert from_array["top_k"] == from_file["top_k"]   # the same sampling, normalisation and turn
+
+    # A tensor, a (B, N, C) batch and an (N, C) array on its own; up="auto" picks the same as for the file.
+    tensor = pcea.classify(torch.from_numpy(clouds[0]).float().requires_grad_(), model, top_k=4)
+    auto_file = pcea.classify(tmp_path / "c0.npy", model, top_k=4)
+    assert tensor[0]["up"] == auto_file[0]["up"] and tensor[0]["up_from"] == "model"
+    assert dict(tensor[0]["top_k"]) == pytest.approx(dict(auto_file[0]["top_k"]), abs=1e-5)
+    batch = pcea.classify(np.stack([clouds[1][:200], clouds[1]]), model, top_k=1, up="y")
+    assert len(batch) == 2 and batch[0]["top_k"] == batch[1]["top_k"]
+    # What predict() gets instead: the raw cloud, neither centred, scaled nor turned.
+    raw = model.predict(torch.from_numpy(clouds[0][:128]).float()).numpy()
+    assert not np.allclose(sorted(raw, reverse=True), [p for _, p in files[0]["top_k"]], atol=1e-3)
+
+
+def test_classify_reports_a_bad_array_and_refuses_a_mix():
+    model = _trained_model(0)
+    good = np.random.default_rng(1).normal(size=(150, 3))
+    results = pcea.classify([good, good.T, np.full((150, 3), np.nan), good[:, :2]], model, top_k=1)
+    assert "top_k" in results[0]
+    assert results[1]["error"].startswith("array 1: shape (3, 150) is channels-first (C, N)")
+    assert results[2]["error"] == "array 2: coordinates contain NaN or infinite values"
+    assert results[3]["error"].startswith("array 3: points have shape (150, 2)")
+    with pytest.raises(pcea.PceaError, match="mix point arrays and paths"):
+        pcea.classify([good, "chair.off"], model)
+    with pytest.raises(pcea.PceaError, match=r"an array of shape \(150,\)"):
+        pcea.classify(good[:, 0], model)
+    with pytest.raises(pcea.PceaError, match="up='x'"):
+        pcea.classify(good, model, up="x")

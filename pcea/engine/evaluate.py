@@ -224,7 +224,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     Args:
         checkpoint: a checkpoint file or a run directory (best.pt, else last.pt).
         data: a dataset directory in any ModelNet40 layout, or "synthetic" for pcea-shapes;
-            None: the dataset the checkpoint was trained on (its ``train_config``).
+            None: the dataset the checkpoint was trained on (its ``train_config``), or, for built-in
+            weights, ModelNet40 where ``pcea download`` puts it. A dataset whose classes are a
+            subset of the model's (ModelNet10 for a ModelNet40 model) is evaluated on its own
+            classes: the prediction is the most likely of them (the report's ``class_subset``).
         split: "test", "train", or "val": the run's own validation hold-out of the train
             split (:func:`pcea.engine.splits.split_train_val` with the run's seed and
             ``val_split``).
@@ -245,7 +248,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         The report (the contents of ``eval.json``); ``report["files"]`` lists what was written.
 
     Raises:
-        PceaError: bad data path, a dataset whose classes differ from the model's, an unwritable ``out``.
+        PceaError: bad data path, no data given for built-in weights and none downloaded, a dataset
+            with a class the model lacks, an unwritable ``out``.
     """
     check_positive_int("votes", votes, at_most=MAX_VOTES)  # before the checkpoint is read
     model, payload, path = open_checkpoint(checkpoint, device=resolve_device(device))
@@ -255,10 +259,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
                   lambda why: log(f"note: --amp ignored, float32 it is: {why}"))
     train_config = payload.get("train_config") or {}
     if data is None:
-        data = train_config.get("data")
-        if not isinstance(data, str):
-            raise PceaFileError(path, "the checkpoint records no training dataset; give --data")
-        log(f"note: evaluating on {data}, the dataset the checkpoint was trained on")
+        data = _default_data(checkpoint, path, train_config, log)
     if os.fspath(data) == "synthetic":
         data = ensure_synthetic()
     config = model.config
@@ -271,10 +272,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     dataset = open_dataset(data, split="train" if split == "val" else split, num_points=config.num_points,
                            normals=config.in_channels >= 6, up=up,
                            **({"seed": train_config["seed"]} if split == "val" else {}))
-    if list(dataset.class_names) != list(model.class_names):
-        raise PceaError(f"{dataset.root}: the dataset's {len(dataset.class_names)} classes "
-                        f"({', '.join(dataset.class_names[:4])}, ...) are not the model's "
-                        f"{len(model.class_names)} ({', '.join(model.class_names[:4])}, ...)")
+    columns = _class_columns(dataset, model.class_names)   # None: the model's own classes
+    class_names = list(model.class_names if columns is None else dataset.class_names)
     items = dataset
     if split == "val":  # the same clouds the run selected its best epoch on
         _, val_idx = split_train_val(np.asarray(dataset.labels), train_config["val_split"],
@@ -283,9 +282,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     if len(items) == 0:
         raise PceaError(f"{dataset.root}: the {split} split is empty")
     preds = evaluate(model, items, votes=votes, seed=seed, batch_size=batch_size, amp=amp)
-    results = {"single_pass": summarize(preds["labels"], preds["single"], model.class_names, "single pass")}
+    if columns is not None:  # the dataset's classes only: its labels index them, argmax over their columns
+        preds = {key: value if key == "labels" else value[:, columns] for key, value in preds.items()}
+        log(f"note: {_subset_note(len(class_names), len(model.class_names))}")
+    results = {"single_pass": summarize(preds["labels"], preds["single"], class_names, "single pass")}
     if votes > 1:
-        results["voted"] = summarize(preds["labels"], preds["voted"], model.class_names,
+        results["voted"] = summarize(preds["labels"], preds["voted"], class_names,
                                      f"{votes} votes, random anisotropic scaling")
     report = {
         "checkpoint": str(path),
@@ -300,7 +302,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         "votes": votes,
         "precision": "bf16 autocast" if amp else "float32",
         "vote_seed": seed if votes > 1 else None,
-        "class_names": list(model.class_names),
+        "class_names": class_names,
+        "model_classes": len(model.class_names),
+        "class_subset": None if columns is None else _subset_note(len(class_names), len(model.class_names)),
         "results": results,
     }
     if write:
@@ -309,6 +313,55 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         files = write_report(report, out)
         report["files"] = {kind: str(file) for kind, file in files.items()}
     return report
+
+
+def _default_data(checkpoint, path: Path, train_config: dict, log) -> str:
+    """The dataset to evaluate on when none is given: the one the run recorded, when it is on this
+    machine; for built-in weights, ModelNet40 where ``pcea download`` puts it (their card's record
+    is a folder of the machine they were trained on, never shown or used)."""
+    from pcea.data import default_root
+    from pcea.data.download import archive_spec
+
+    if is_builtin(checkpoint):
+        for fmt in ("h5", "resampled", "mesh"):   # the fastest layout to read first
+            found = default_root() / archive_spec("modelnet40", fmt).extracts_to
+            if found.is_dir():
+                log(f"note: evaluating on {found}, the ModelNet40 copy pcea download put there")
+                return str(found)
+        raise PceaError(f"{checkpoint}: no dataset given; pass --data DIR (ModelNet40 in any layout), "
+                        f"or fetch one into {default_root()}/ with `pcea download modelnet40`")
+    data = train_config.get("data")
+    if not isinstance(data, str):
+        raise PceaFileError(path, "the checkpoint records no training dataset; give --data")
+    if data != "synthetic" and not Path(data).is_dir():
+        raise PceaFileError(path, f"the dataset it was trained on ({data}) is not on this machine; "
+                                  "give --data")
+    log(f"note: evaluating on {data}, the dataset the checkpoint was trained on")
+    return data
+
+
+def _class_columns(dataset, model_classes: Sequence[str]) -> list[int] | None:
+    """The model's output column of each of the dataset's classes, in the dataset's label order;
+    None where the dataset has exactly the model's classes.
+
+    A dataset holding a subset of the model's classes (ModelNet10 for a ModelNet40 model, a
+    partial copy) is evaluated on its own classes; one with a class the model lacks is refused.
+    """
+    names = list(dataset.class_names)
+    if names == list(model_classes):
+        return None
+    missing = [name for name in names if name not in model_classes]
+    if missing:
+        raise PceaError(f"{dataset.root}: the dataset's {len(names)} classes are not the model's "
+                        f"{len(model_classes)} ({', '.join(model_classes[:4])}, ...) nor a subset of them: "
+                        f"the model has no {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
+    return [list(model_classes).index(name) for name in names]
+
+
+def _subset_note(dataset_classes: int, model_classes: int) -> str:
+    """How a report says its predictions were restricted to the dataset's classes."""
+    return (f"predictions restricted to the dataset's {dataset_classes} classes, a subset of the model's "
+            f"{model_classes} (argmax over their columns; labels mapped by class name)")
 
 
 def _is_seed(value) -> bool:
@@ -324,6 +377,8 @@ def format_report(report: dict) -> str:
     lines = [f"checkpoint  {report['checkpoint']} (epoch {report['epoch']}, {report['selection']})",
              f"data        {report['data']}, {report['split']} split, {report['num_shapes']} shapes, "
              f"{report['num_points']} points, {report.get('precision', 'float32')}"]
+    if report.get("class_subset"):
+        lines.append(f"classes     {report['class_subset']}")
     for result in report["results"].values():
         lines.append(f"{result['label']:<40}  OA {result['overall_accuracy']:7.2%}  "
                      f"mAcc {result['mean_class_accuracy']:7.2%}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from tiny_models import CLASS_NAMES
 
 import pcea
 from pcea.cli import main
+from pcea.geometry import to_canonical
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +164,108 @@ def test_library_amp_warns_and_stays_float32_without_native_bf16(checkpoint, mix
     with pytest.warns(pcea.PceaWarning, match="amp=True ignored.*no native bf16") as caught:
         assert pcea.classify([cube], checkpoint, top_k=4, amp=True) == fp32
     assert caught[0].filename == __file__  # the warning points at the caller's line
+
+
+# --- which way is up ---------------------------------------------------------------------------
+
+
+def _z_up_shapes(folder, count: int = 8):
+    """``count`` lopsided clouds saved z-up in ``folder/z``, the same clouds turned y-up in ``folder/y``."""
+    rng = np.random.default_rng(7)
+    for name in ("z", "y"):
+        (folder / name).mkdir()
+    for i in range(count):
+        cloud = rng.normal(size=(200, 3)) * rng.uniform(0.2, 2.0, size=3) + [0, 0, rng.uniform(-1, 1)]
+        cloud[:60, 2] += 1.5  # a heavy top: upside down is not the same shape
+        np.save(folder / "z" / f"s{i}.npy", cloud.astype(np.float32))
+        np.save(folder / "y" / f"s{i}.npy", to_canonical(cloud, "z"))
+    return sorted((folder / "z").glob("*.npy")), sorted((folder / "y").glob("*.npy"))
+
+
+def _check_orientations_agree(as_z: list[dict], as_y: list[dict]) -> None:
+    """Both copies of each shape choose the same reading: the z-up copy's axis is z exactly when the y-up
+    copy's is y, and then the answers are equal; some shapes were read upright (not a vacuous pass)."""
+    for z_copy, y_copy in zip(as_z, as_y, strict=True):
+        assert z_copy["up_from"] == y_copy["up_from"] == "model"
+        assert (z_copy["up"] == "z") == (y_copy["up"] == "y")
+        if z_copy["up"] == "z":
+            assert [c for c, _ in z_copy["top_k"]] == [c for c, _ in y_copy["top_k"]]
+            assert [p for _, p in z_copy["top_k"]] == pytest.approx([p for _, p in y_copy["top_k"]], abs=1e-5)
+    assert any(result["up"] == "z" for result in as_z)
+
+
+def test_auto_up_reads_both_orientations_alike_in_python(checkpoint, tmp_path):
+    z_files, y_files = _z_up_shapes(tmp_path)
+    model = pcea.load_model(checkpoint)
+    as_z, as_y = pcea.classify(z_files, model, top_k=4), pcea.classify(y_files, model, top_k=4)
+    _check_orientations_agree(as_z, as_y)
+    # The answer is the chosen reading's: the same as giving that axis, which is then "option".
+    for result, path in zip(as_z, z_files, strict=True):
+        (given,) = pcea.classify(path, model, top_k=4, up=result["up"])
+        assert given["up_from"] == "option" and dict(given["top_k"]) == pytest.approx(dict(result["top_k"]))
+
+
+def test_auto_up_reads_both_orientations_alike_on_the_command_line(checkpoint, tmp_path, capsys):
+    z_files, _ = _z_up_shapes(tmp_path)
+
+    def rows(*args: str) -> list[dict]:
+        assert main(["classify", str(checkpoint), *args, "--json", "--top-k", "4"]) == 0
+        return [{**row, "top_k": [(e["class"], e["probability"]) for e in row["top_k"]]}
+                for row in map(json.loads, capsys.readouterr().out.splitlines())]
+
+    _check_orientations_agree(rows(str(tmp_path / "z")), rows(str(tmp_path / "y")))
+    given = rows(str(tmp_path / "z"), "--up", "z")
+    assert {(row["up"], row["up_from"]) for row in given} == {("z", "option")}
+    assert main(["classify", str(checkpoint), str(z_files[0])]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["file", "up"] and row.split()[1:3] in (["y", "(model)"], ["z", "(model)"])
+
+
+def test_a_file_that_declares_its_axis_is_read_so(checkpoint, tmp_path, capsys):
+    import trimesh
+
+    resampled = tmp_path / "chair" / "chair_0001.txt"   # PointNet++'s resampled layout: y-up
+    resampled.parent.mkdir()
+    cloud = np.random.default_rng(3).normal(size=(150, 6))
+    resampled.write_text("".join(",".join(f"{v:.6f}" for v in row) + "\n" for row in cloud))
+    trimesh.creation.box(extents=(1, 2, 3)).export(tmp_path / "box.glb")   # glTF: y-up by its spec
+    plain = tmp_path / "plain.txt"                                         # says nothing
+    plain.write_text(resampled.read_text())
+    assert main(["classify", str(checkpoint), str(resampled), str(tmp_path / "box.glb"), str(plain),
+                 "--json"]) == 0
+    found = {json.loads(line)["path"]: json.loads(line) for line in capsys.readouterr().out.splitlines()}
+    for path in (resampled, tmp_path / "box.glb"):
+        assert (found[str(path)]["up"], found[str(path)]["up_from"]) == ("y", "file")
+    assert found[str(plain)]["up_from"] == "model"
+    # Without a model, load_points(up="auto") takes what a file declares, else its format's usual axis.
+    load = pcea.io.load_points
+    np.testing.assert_array_equal(load(resampled, 64, up="auto"), load(resampled, 64, up="y"))
+    np.testing.assert_array_equal(load(plain, 64, up="auto"), load(plain, 64, up="z"))
+
+
+REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "modelnet40-npy" / "ModelNet40"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real ModelNet40 npy release not found at {REAL} "
+                                              "(only the project's workplace has it)")
+def test_real_shapes_in_both_orientations_with_the_shipped_weights(tmp_path, capsys):
+    """One real shape of each of 12 classes, as published (z-up) and turned y-up."""
+    classes = sorted(path.name for path in REAL.iterdir() if path.is_dir())[::3][:12]
+    picked = [sorted((REAL / name / "train").glob("*.npy"))[5] for name in classes]
+    for frame in ("z", "y"):
+        (tmp_path / frame).mkdir()
+        for path in picked:
+            points = np.load(path)
+            np.save(tmp_path / frame / path.name, points if frame == "z" else to_canonical(points, "z"))
+    model = pcea.load_model("modelnet40")
+    as_z = pcea.classify(sorted((tmp_path / "z").glob("*.npy")), model, top_k=3)
+    as_y = pcea.classify(sorted((tmp_path / "y").glob("*.npy")), model, top_k=3)
+    _check_orientations_agree(as_z, as_y)
+    upright = sum(result["up"] == "z" for result in as_z)
+    assert upright >= 10, [(r["path"], r["up"], r["top_k"][0]) for r in as_z]   # the true axis, nearly always
+    same = sum(a["top_k"][0][0] == b["top_k"][0][0] for a, b in zip(as_z, as_y, strict=True))
+    assert same >= 11
+    assert main(["classify", "modelnet40", str(tmp_path / "y"), "--json", "--top-k", "3"]) == 0
+    cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["up"], row["top_k"][0]["class"]) for row in cli] == [(r["up"], r["top_k"][0][0])
+                                                                       for r in as_y]

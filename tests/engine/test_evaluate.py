@@ -135,9 +135,86 @@ def test_dataset_with_other_classes_is_refused(run_dir, tiny_h5, tmp_path):
     other.mkdir()
     for path in tiny_h5.iterdir():
         (other / path.name).write_bytes(path.read_bytes())
-    (other / "shape_names.txt").write_text("a\nb\nc\nd\n")
-    with pytest.raises(pcea.PceaError, match="not the model's 4"):
+    (other / "shape_names.txt").write_text("ball\nb\nc\nd\n")
+    with pytest.raises(pcea.PceaError, match="not the model's 4 .* nor a subset of them: "
+                                             "the model has no b, c, d$"):
         evaluate_checkpoint(run_dir, other, write=False)
+
+
+def _subset_copy(source, target, keep: list[str], names: list[str] | None = None):
+    """An h5-layout copy of ``source`` holding only the classes ``keep``, in that label order (named
+    ``names`` in its shape_names.txt when given)."""
+    target.mkdir(parents=True)
+    all_names = (source / "shape_names.txt").read_text().split()
+    for split in ("train", "test"):
+        with h5py.File(source / f"ply_data_{split}0.h5", "r") as h5:
+            data, label = h5["data"][:], h5["label"][:, 0]
+        chosen = np.isin(label, [all_names.index(name) for name in keep])
+        relabelled = np.array([keep.index(all_names[old]) for old in label[chosen]], dtype=np.uint8)
+        with h5py.File(target / f"ply_data_{split}0.h5", "w") as h5:
+            h5["data"], h5["label"] = data[chosen], relabelled[:, None]
+            h5["normal"] = np.zeros_like(data[chosen])
+        (target / f"{split}_files.txt").write_text(f"data/x/ply_data_{split}0.h5\n")
+    (target / "shape_names.txt").write_text("\n".join(names or keep) + "\n")
+    return target
+
+
+def test_a_dataset_with_a_subset_of_the_classes_is_evaluated_on_them(run_dir, tiny_h5, tmp_path, capsys):
+    subset = _subset_copy(tiny_h5, tmp_path / "two", ["disc", "ball"])   # not the model's order either
+    report = evaluate_checkpoint(run_dir, subset, out=tmp_path / "out", votes=2)
+    points, labels, names = _read_split(tiny_h5, "test")
+    kept = np.isin(labels, [names.index("disc"), names.index("ball")])
+    probs = pcea.load_model(run_dir).predict(points[kept]).numpy()
+    pred = probs[:, [names.index("disc"), names.index("ball")]].argmax(1)   # 0: disc, 1: ball
+    truth = (labels[kept] == names.index("ball")).astype(int)
+    single = report["results"]["single_pass"]
+    assert report["class_names"] == ["disc", "ball"] and report["model_classes"] == 4
+    assert "restricted to the dataset's 2 classes, a subset of the model's 4" in report["class_subset"]
+    assert report["num_shapes"] == kept.sum() and np.array(single["confusion_matrix"]).shape == (2, 2)
+    assert single["overall_accuracy"] == pytest.approx((pred == truth).mean())
+    assert (pred == truth).mean() > (probs.argmax(1) == np.where(truth, 0, 2)).mean()  # restriction matters
+    assert np.array(report["results"]["voted"]["confusion_matrix"]).sum() == kept.sum()
+    on_disk = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert on_disk["class_subset"] == report["class_subset"]
+
+    assert main(["eval", str(run_dir), "--data", str(subset), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "classes     predictions restricted to the dataset's 2 classes" in out
+    assert "note: predictions restricted" in err
+
+
+def test_without_data_a_missing_recorded_dataset_asks_for_data(run_dir, tmp_path, capsys):
+    model = pcea.load_model(run_dir)
+    save_checkpoint(tmp_path / "moved.pt", {
+        "model": model.state_dict(), "model_name": "pcea", "model_config": model.config.to_dict(),
+        "class_names": model.class_names, "train_config": {"data": str(tmp_path / "gone")}})
+    assert main(["eval", str(tmp_path / "moved.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcea: error: ") and len(err.splitlines()) == 1
+    assert "is not on this machine; give --data" in err
+
+
+def test_builtin_weights_without_data_use_the_download_location_or_ask(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PCEA_DATA", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "modelnet40", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcea: error: modelnet40: no dataset given; pass --data DIR")
+    assert len(err.splitlines()) == 1
+    assert "shared" not in err and "pcea download modelnet40" in err   # the weights' record is never shown
+
+    # Where `pcea download modelnet40` puts the h5 layout: four ModelNet40 classes, 512 points each.
+    from engine_tiny import write_tiny_h5
+
+    source = write_tiny_h5(tmp_path / "src", train_per_class=1, test_per_class=2, points=512)
+    names = ["airplane", "bathtub", "bed", "bench"]
+    _subset_copy(source, tmp_path / "modelnet40_ply_hdf5_2048",
+                 (source / "shape_names.txt").read_text().split(), names=names)
+    notes = []
+    report = evaluate_checkpoint("modelnet40", device="cpu", write=False, log=notes.append)
+    assert report["data"] == str(tmp_path / "modelnet40_ply_hdf5_2048") and report["num_shapes"] == 8
+    assert report["class_names"] == names and report["model_classes"] == 40
+    assert any("pcea download" in note for note in notes) and not any("shared" in note for note in notes)
 
 
 def test_amp_evaluates_in_bf16_where_native_and_notes_why_not_elsewhere(run_dir, tiny_h5, monkeypatch):
