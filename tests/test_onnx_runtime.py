@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,21 @@ def test_folders_and_globs_are_expanded_like_pcea_classify(exported, tmp_path, c
     assert capsys.readouterr().err == f"pcea-onnx: error: no input files: {missing}: no such file\n"
 
 
+def _glb_with_external_buffer(uri: str) -> bytes:
+    """A one-triangle GLB whose vertices and indices are in the file ``uri`` beside it."""
+    doc = {"asset": {"version": "2.0"}, "buffers": [{"uri": uri, "byteLength": 48}],
+           "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36},
+                           {"buffer": 0, "byteOffset": 36, "byteLength": 12}],
+           "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3",
+                          "min": [0, 0, 0], "max": [1, 1, 0]},
+                         {"bufferView": 1, "componentType": 5125, "count": 3, "type": "SCALAR"}],
+           "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+           "nodes": [{"mesh": 0}], "scenes": [{"nodes": [0]}], "scene": 0}
+    text = json.dumps(doc).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned
+    return b"glTF" + struct.pack("<II", 2, 20 + len(text)) + struct.pack("<I", len(text)) + b"JSON" + text
+
+
 def test_bad_files_are_skipped_in_one_line_and_the_others_classified(exported, tmp_path):
     _, onnx_path = exported
     env = _blocked_env(tmp_path, "torch")
@@ -163,14 +179,18 @@ def test_bad_files_are_skipped_in_one_line_and_the_others_classified(exported, t
     (tmp_path / "huge_index.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n0 1 0\n"
                                              "3 0 1 99999999999999999999999\n")
     os.mkfifo(tmp_path / "pipe.npy")  # read, it would block for ever
+    os.mkfifo(tmp_path / "pipe.bin")  # and so would a GLB whose buffer it is
+    (tmp_path / "fifo.glb").write_bytes(_glb_with_external_buffer("pipe.bin"))
     good = tmp_path / "cloud.npy"
     np.save(good, _shape(np.random.default_rng(1), 200))
-    bad = [tmp_path / name for name in ("empty.npy", "missing.off", "flat.txt", "huge_index.off", "pipe.npy")]
+    bad = [tmp_path / name for name in ("empty.npy", "missing.off", "flat.txt", "huge_index.off", "pipe.npy",
+                                        "fifo.glb")]
     run = _runner([onnx_path, *bad, good], env=env)
     assert run.returncode == 1
     skipped = run.stderr.strip().splitlines()
     assert len(skipped) == len(bad) and all(line.startswith("pcea-onnx: skipped ") for line in skipped)
     assert "missing.off: no such file" in run.stderr and "pipe.npy: " in run.stderr
+    assert "fifo.glb: GLB buffer 'pipe.bin' is not a regular file" in run.stderr
     assert run.stdout.splitlines()[0].startswith(str(good))  # the good file is still classified
 
 
