@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from tiny_models import SMALLEST
 
 import pcea
@@ -207,3 +208,103 @@ def test_help_texts_quote_the_measured_amp_figures():
         assert "2x faster" not in helps[name].replace("\n", " ")
     assert "no faster than float32 for training" in " ".join(helps["train"].split())
     assert "1.4x faster inference" in " ".join(helps["eval"].split())
+
+
+# -- issue 23: numbers the user types, configs, crafted checkpoints and devices ----------------
+
+BIG = str(10**12)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["classify", "CKPT", "CLOUD", "--points", BIG], f"argument --points: {BIG}: at most 10,000,000"),
+    (["classify", "CKPT", "CLOUD", "--votes", str(10**9)], "argument --votes: 1000000000: at most 100"),
+    (["eval", "CKPT", "--votes", "101"], "argument --votes: 101: at most 100 (pcea.errors.MAX_VOTES"),
+    (["export", "CKPT", "--onnx", "m.onnx", "--points", BIG], "argument --points: 1000000000000: at most"),
+    (["synth", "--points", BIG], "argument --points: 1000000000000: at most 10,000,000"),
+    (["prepare", "modelnet40", "--src", "x", "--out", "y", "--points", BIG], "at most 10,000,000"),
+    (["synth", "--per-class", "-5"], "argument --per-class: -5: expected a positive integer"),
+])
+def test_counts_over_their_bound_are_usage_errors_before_any_work(checkpoint, capsys, argv, message):
+    argv = [str({"CKPT": checkpoint[0], "CLOUD": checkpoint[1]}.get(arg, arg)) for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "DATA", "--out", "OUT", "--points", BIG],
+     f"pcea: error: command line: points={BIG}: at most 10,000,000 (pcea.errors.MAX_POINTS"),
+    (["train", "--data", "DATA", "--out", "OUT", "--model-opt", "memory=2001-02-30"],
+     "memory='2001-02-30': expected a positive integer"),
+    (["train", "--data", "DATA", "--out", "OUT", "--model-opt", "in_channels=7"],
+     "unknown model option(s) in_channels"),
+    (["synth", "--out", "OUT", "--per-class", BIG],
+     f"pcea: error: --per-class {BIG} x --classes 10 x --points 2048 needs at least"),
+])
+def test_counts_that_only_the_config_or_the_memory_bound_are_one_line(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    argv = [str({"DATA": tmp_path / "no-data", "OUT": out}.get(arg, arg)) for arg in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcea: error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_a_hostile_config_file_is_one_line(tmp_path, capsys):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)))
+    for config, message in ((fifo, "is a FIFO, not a regular file"), ("/dev/zero", "is a device"),
+                            (bomb, "anchors and aliases (&name, *name) are not allowed")):
+        assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"pcea: error: {config}: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "xla", "ipu", "privateuseone", "cpu:1", "CUDA", "cuda:-1"])
+def test_a_device_pcea_does_not_run_on_is_one_line_in_every_command(checkpoint, tmp_path, capsys, device):
+    path, cloud = checkpoint
+    expected = (f"pcea: error: --device {device!r}: not a device pcea runs on; expected auto, cpu, cuda, "
+                "cuda:N or mps\n")
+    for argv in (["classify", str(path), str(cloud), "--device", device],
+                 ["eval", str(path), "--data", str(tmp_path), "--device", device],
+                 ["train", "--data", "synthetic", "--out", str(tmp_path / "run"), "--device", device],
+                 ["bench", "--device", device, "--only", "ops"]):
+        assert main(argv) == 1, argv
+        captured = capsys.readouterr()
+        assert captured.err == expected, (argv, captured.err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_devices_this_build_cannot_use_are_one_line():
+    from pcea.engine.distributed import resolve_device
+
+    assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(pcea.PceaError, match=r"^--device cuda:0: CUDA is not available"):
+            resolve_device("cuda:0")
+    else:
+        count = torch.cuda.device_count()
+        with pytest.raises(pcea.PceaError, match=rf"^--device cuda:{count}: this machine has {count}"):
+            resolve_device(f"cuda:{count}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(pcea.PceaError, match=r"^--device mps: MPS is not available"):
+            resolve_device("mps")
+    with pytest.raises(pcea.PceaError, match="not a device pcea runs on"):
+        pcea.load_model("modelnet40", device="meta")
+
+
+def test_eval_of_a_checkpoint_with_a_crafted_seed_is_one_line(checkpoint, tmp_path, capsys):
+    from pcea.engine.checkpoint import load_checkpoint
+
+    path, _ = checkpoint
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, {**load_checkpoint(path), "train_config": {"seed": -1, "val_split": 0.25}})
+    assert main(["eval", str(bad), "--data", str(tmp_path), "--split", "val"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"pcea: error: {bad}: malformed checkpoint: its train_config seed=-1 is not a run's seed "
+                   "(0 to 4294967295); use --split test or train\n")
