@@ -95,7 +95,8 @@ def choose_up(probs: np.ndarray) -> tuple[str, np.ndarray]:
     four quarter turns, so they pick the same one and, whenever that is the true axis's pair,
     give the same answer. Counting a reading's upside-down twin toward its axis makes the choice
     the same for both copies; the answer stays the upright reading, since the model never saw an
-    upside-down shape in training. Measured on real ModelNet40 shapes in docs/modelnet40.md.
+    upside-down shape in training. Measured on real ModelNet40 shapes: README.md, "Which way is up
+    in your own files".
     """
     confidence = (probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)   # (4,) minus the entropy
     axis = int(np.argmax(confidence)) % 2                                   # 0: y, 1: z
