@@ -120,6 +120,15 @@ def check_memory(what: str, nbytes: int, error: type[Exception] = PceaError) -> 
                     f"{total / 2**30:,.1f} GiB")
 
 
+def special_file_kind(mode: int) -> str:
+    """What a file that is not a regular file or a directory is, for messages: "a FIFO", "a device"..."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "special"
+
+
 def open_regular(path: str | os.PathLike, max_bytes: int, what: str, limit_name: str) -> tuple[int, int]:
     """Open a file the user names for reading, without blocking; ``(fd, size)`` if it is a regular file.
 
@@ -150,9 +159,7 @@ def open_regular(path: str | os.PathLike, max_bytes: int, what: str, limit_name:
     if stat.S_ISDIR(info.st_mode):
         problem = f"is a directory, expected a {what}"
     elif not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
-                or stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "special")
-        problem = f"is {kind}, not a regular file; refusing to read it as a {what}"
+        problem = f"is {special_file_kind(info.st_mode)}, not a regular file; refusing to read it as a {what}"
     elif info.st_size > max_bytes:
         problem = (f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit of a {what} "
                    f"({limit_name}); refusing to read it")

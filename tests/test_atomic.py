@@ -97,3 +97,94 @@ def check_modes(tmp_path, umask, generate, prepare_modelnet40, safe_extract, zip
         zf.writestr("d/x.txt", b"x")
     extracted = safe_extract(archive, tmp_path / "extracted")
     assert mode(extracted) == 0o777 & ~umask
+
+
+# --- issue 23 item 10: never replace a device, a FIFO or a socket; clean what killed writers left ---
+
+
+def _special_paths(tmp_path: Path) -> dict[str, Path]:
+    import socket
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)  # as `--onnx /dev/null`, without touching the real one
+    sock_path = tmp_path / "sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    sock.close()
+    return {"a FIFO": fifo, "a device": null, "a socket": sock_path}
+
+
+def test_a_device_fifo_or_socket_is_never_replaced(tmp_path):
+    for kind, path in _special_paths(tmp_path).items():
+        before = os.stat(path).st_mode
+        with pytest.raises(PceaFileError, match=f"is {kind}, not a regular file"):
+            write_atomic(path, "data")
+        assert os.stat(path).st_mode == before  # still the device, FIFO or socket
+    assert os.path.islink(tmp_path / "null") and sorted(p.name for p in tmp_path.iterdir()) == [
+        "fifo", "null", "sock"]  # and no temporary file left
+
+
+_KILLED_WRITER = """
+import os, sys, time
+from pcea.atomic import replacing, temporary_dir
+kind, target = sys.argv[1], sys.argv[2]
+if kind == "file":
+    with replacing(target) as tmp:
+        tmp.write_bytes(b"half")
+        print(tmp, flush=True)
+        time.sleep(1000)
+else:
+    with temporary_dir(os.path.dirname(target), prefix="pcea-test-") as tmp:
+        print(tmp, flush=True)
+        time.sleep(1000)
+"""
+
+
+def _writer(kind: str, target: Path):
+    """A process stopped inside a write (kill it to leave what kill -9 leaves): (process, its temp)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, kind, str(target)],
+                               stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    import signal
+
+    from pcea.atomic import remove_stale_temporaries, temporary_pattern
+
+    target = tmp_path / "m[1].onnx"  # glob characters in the name are matched literally
+    killed, stale = _writer("file", target)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    live, kept = _writer("file", target)
+    try:
+        assert stale.exists() and kept.exists()
+        assert remove_stale_temporaries(tmp_path, [temporary_pattern(target.name)]) == [stale]
+        assert not stale.exists() and kept.exists()  # a live writer's file is locked, so left alone
+    finally:
+        live.kill()
+        live.wait()
+    assert remove_stale_temporaries(tmp_path, [temporary_pattern(target.name)]) == [kept]
+
+
+def test_a_temporary_dir_of_a_killed_process_goes_with_the_next_one(tmp_path):
+    import signal
+
+    from pcea.atomic import temporary_dir
+
+    killed, stale = _writer("dir", tmp_path / "x")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    live, kept = _writer("dir", tmp_path / "x")
+    try:
+        with temporary_dir(tmp_path, prefix="pcea-test-") as mine:
+            assert mine.is_dir() and kept.is_dir() and not stale.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert not mine.exists()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcea.atomic import write_atomic
+from pcea.atomic import remove_stale_temporaries, temporary_pattern, write_atomic
 from pcea.errors import PceaFileError
 
 __all__ = ["LOCK_FILE", "RUN_FILES", "RunLock", "check_run_dir", "clean_stale_temporaries", "curves_figure",
@@ -153,19 +153,8 @@ def clean_stale_temporaries(out: Path) -> list[Path]:
     """Remove what killed writers of a run left: ``.NAME.*.tmp`` for every run file
     (including the ``last.prev.pt`` link) and the ``.write-test.*`` probes. Call it
     with the run's lock held, so that no live writer's file is removed."""
-    removed = []
-    patterns = [f".{name}.*.tmp" for name in RUN_FILES] + [".write-test.*"]
-    for pattern in patterns:
-        for stale in out.glob(pattern):
-            try:
-                stale.unlink()
-                removed.append(stale)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                raise PceaFileError(stale, f"cannot remove a stale temporary file: {err.strerror or err}"
-                                    ) from None
-    return removed
+    patterns = [temporary_pattern(name) for name in RUN_FILES] + [".write-test.*"]
+    return remove_stale_temporaries(out, patterns, lock_held=True)
 
 
 def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False,
@@ -242,16 +231,17 @@ def curves_figure(history: list[dict], *, selected_epoch: int | None = None, sel
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss", marker=".")
+    dot = "o" if len(epochs) == 1 else "."  # after one epoch a curve is one point: a line cannot show it
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss", marker=dot)
     ax_loss.set_title("loss")
     for key, label, color, style, marker in _ACCURACY_LINES:
         values = [row.get(key) for row in history]
         if any(v is not None and not math.isnan(v) for v in values):
             ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], label=label, color=color,
-                        linestyle=style, marker=marker, linewidth=2.4 if style == "-" else 1.3,
+                        linestyle=style, marker=marker or dot, linewidth=2.4 if style == "-" else 1.3,
                         markersize=5, zorder=3 if style == "--" else 2)
     ax_acc.set_title("accuracy (%)")
-    ax_lr.plot(epochs, [row["lr"] for row in history], marker=".")
+    ax_lr.plot(epochs, [row["lr"] for row in history], marker=dot)
     ax_lr.set_title("learning rate (each epoch's first step)")  # per-step schedules move within an epoch
     if selected_epoch is not None:
         for ax in (ax_loss, ax_acc, ax_lr):
@@ -264,7 +254,9 @@ def curves_figure(history: list[dict], *, selected_epoch: int | None = None, sel
                         label=f"best.pt ({_LABELS.get(selected_key, selected_key)})")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if epochs and max(epochs) - min(epochs) < 2:  # else matplotlib's 5 % margins tick 0.945, 0.960, ...
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     # Legends below their panels, never over the curves (in a short run "best" has no empty corner).
     for ax in (ax_loss, ax_acc):
