@@ -12,18 +12,26 @@ import pytest
 
 import pcea
 from pcea import runtime
-from pcea.runtime import FAST_ENV, MARKER, THREAD_ENV, allocator_env, describe_allocator
+from pcea.runtime import FAST_ENV, MARKER, THREAD_ENV, allocator_env, describe_allocator, keep_freed_memory
 
 LINUX = dict(system="linux", libc="glibc")
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "classify", "bench"])
-def test_cpu_commands_get_the_fast_configuration(command):
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_training_commands_get_the_fast_configuration(command):
     env = allocator_env({"PATH": "/bin"}, command, **LINUX)
     assert env is not None
     assert {name: env[name] for name in FAST_ENV} == FAST_ENV
     assert env["GOMP_SPINCOUNT"] == THREAD_ENV["GOMP_SPINCOUNT"] == "10000"
     assert env["PATH"] == "/bin" and env[MARKER] == "1"
+
+
+@pytest.mark.parametrize("command", ["eval", "classify"])
+def test_inference_commands_keep_the_default_malloc(command):
+    """issue 22: the malloc settings only held memory for inference; the OpenMP setting stays."""
+    env = allocator_env({"PATH": "/bin"}, command, **LINUX)
+    assert env is not None and env["GOMP_SPINCOUNT"] == "10000" and env[MARKER] == "1"
+    assert not any(name in env for name in FAST_ENV)
 
 
 @pytest.mark.parametrize(
@@ -60,6 +68,7 @@ def test_musl_gets_the_wait_policy_only():
         ({MARKER: "1"}, "train", None, LINUX),  # already re-executed: no loop
         ({"MALLOC_TRIM_THRESHOLD_": "0", "OMP_WAIT_POLICY": "ACTIVE"}, "train", None, LINUX),  # the user's
         ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4", "GOMP_SPINCOUNT": "0"}, "eval", None, LINUX),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "classify", None, LINUX),  # inference: nothing left to set
         ({}, "train", "cuda", LINUX),
         ({}, "train", "cuda:1", LINUX),
         ({}, "train", "mps", LINUX),
@@ -152,3 +161,34 @@ def test_describe_allocator():
     assert "GOMP_SPINCOUNT=10000 (set by pcea)" in describe_allocator({**THREAD_ENV, MARKER: "1"})
     assert "OMP_WAIT_POLICY=ACTIVE (set by the user)" in describe_allocator({"OMP_WAIT_POLICY": "ACTIVE"})
     assert "OpenMP default" in describe_allocator({})
+
+
+def test_keep_freed_memory_makes_the_restarts_settings_with_mallopt():
+    calls = []
+    assert keep_freed_memory({}, mallopt=lambda param, value: calls.append((param, value)) or 1, **LINUX)
+    # glibc's M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD; values as FAST_ENV's, within a C int
+    assert sorted(calls) == [(-3, 1 << 30), (-2, 1 << 30), (-1, 2**31 - 1)]
+    assert not keep_freed_memory({}, mallopt=lambda param, value: int(param != -3), **LINUX)  # one refused
+
+
+@pytest.mark.parametrize(
+    "environ, platform_kwargs",
+    [
+        ({"PCEA_ALLOCATOR": "system"}, LINUX),  # the documented opt-out
+        ({"MALLOC_TOP_PAD_": "0"}, LINUX),  # the user's own glibc settings
+        ({"LD_PRELOAD": "libjemalloc.so.2"}, LINUX),  # another allocator
+        ({}, dict(system="linux", libc="musl")),
+        ({}, dict(system="darwin", libc="")),
+    ],
+)
+def test_keep_freed_memory_leaves_the_users_choice(environ, platform_kwargs):
+    never = lambda *args: pytest.fail("mallopt called")  # noqa: E731
+    assert not keep_freed_memory(environ, mallopt=never, **platform_kwargs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or runtime.platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is glibc's")
+def test_keep_freed_memory_is_accepted_by_this_glibc():
+    # in a fresh process: this one's malloc is left as it is
+    code = "import sys, pcea.runtime as r; sys.exit(0 if r.keep_freed_memory({}) else 1)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -57,6 +57,7 @@ from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.fast import accelerate
 from pcea.model import build_model
 from pcea.precision import use_amp
+from pcea.runtime import keep_freed_memory
 
 __all__ = ["PROTOCOLS", "Trainer", "train"]
 
@@ -228,6 +229,8 @@ class Trainer:
         config, env = self.config, self.env
         if config.threads:
             torch.set_num_threads(config.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # the malloc settings `pcea train` restarts with, for a library caller
         if env.enabled and config.batch_size // env.world_size < 2:
             raise PceaError(f"batch_size={config.batch_size} over {env.world_size} processes leaves "
                             "fewer than 2 clouds per process (BatchNorm needs 2)")
