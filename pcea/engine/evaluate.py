@@ -21,13 +21,16 @@ import numpy as np
 import torch
 
 from pcea.atomic import write_atomic
-from pcea.data import open_dataset
+from pcea.data import default_root, open_dataset
+from pcea.data.download import archive_spec
+from pcea.data.corruptions import SEVERITIES
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import vote_transform
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.config import MAX_SEED
 from pcea.engine.distributed import resolve_device
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
+from pcea.engine.robustness import evaluate_robustness, model_predictor, write_robustness
 from pcea.engine.splits import AugmentedSubset, split_train_val
 from pcea.errors import MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
@@ -191,23 +194,49 @@ def _confusion_png(result: dict, class_names: Sequence[str], title: str) -> byte
     return buffer.getvalue()
 
 
-def write_report(report: dict, out: str | os.PathLike) -> dict[str, Path]:
-    """Write ``eval.json``, ``per_class.csv`` and ``confusion.png`` into ``out``, each atomically.
+MAX_DRAWN_CLASSES = 100  # a readable confusion.png; 1,500 classes drew 46,000 pixels and took 16.8 GB
 
-    The confusion matrix drawn is the voted one when there is one, else the single pass.
+
+def _confusion_csv(result: dict, class_names: Sequence[str]) -> bytes:
+    """The whole confusion matrix: true classes as rows, predicted classes as columns, counts."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *class_names])
+    for name, row in zip(class_names, result["confusion_matrix"], strict=True):
+        writer.writerow([name, *row])
+    return buffer.getvalue().encode()
+
+
+def write_report(report: dict, out: str | os.PathLike, *, log: Callable[[str], None] | None = None
+                 ) -> dict[str, Path]:
+    """Write ``eval.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` into ``out``.
+
+    Each file is written atomically. The confusion matrix written is the single pass's (the figure
+    pcea reports; a voted one is in ``eval.json``). ``confusion.csv`` holds all of it; ``confusion.png``
+    is drawn only up to
+    :data:`MAX_DRAWN_CLASSES` classes, beyond which an image would be unreadable and its memory
+    grows with the square of the class count: ``log`` then says where the matrix is.
 
     Returns:
-        The paths written, by kind ("json", "csv", "png").
+        The paths written, by kind ("json", "csv", "confusion_csv" and "png").
     """
     out = Path(out)
+    log = log or (lambda line: print(line, file=sys.stderr))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PceaError(f"{out}: cannot create the output directory: {err.strerror or err}") from None
-    paths = {"json": out / "eval.json", "csv": out / "per_class.csv", "png": out / "confusion.png"}
+    paths = {"json": out / "eval.json", "csv": out / "per_class.csv", "confusion_csv": out / "confusion.csv",
+             "png": out / "confusion.png"}
     write_atomic(paths["json"], (json.dumps(report, indent=2) + "\n").encode())
     write_atomic(paths["csv"], _per_class_csv(report))
-    shown = report["results"].get("voted") or report["results"]["single_pass"]
+    shown = report["results"]["single_pass"]
+    write_atomic(paths["confusion_csv"], _confusion_csv(shown, report["class_names"]))
+    if len(report["class_names"]) > MAX_DRAWN_CLASSES:
+        del paths["png"]
+        log(f"note: {len(report['class_names']):,} classes, over the {MAX_DRAWN_CLASSES} a confusion.png "
+            f"can show readably: not drawn; the whole matrix is in {paths['confusion_csv']}")
+        return paths
     title = (f"{report['split']} split, {shown['label']}: OA {shown['overall_accuracy']:.1%}, "
              f"mAcc {shown['mean_class_accuracy']:.1%}")
     write_atomic(paths["png"], _confusion_png(shown, report["class_names"], title))
@@ -218,7 +247,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
                         split: str = "test",
                         votes: int = 1, seed: int = 0, batch_size: int = 32, device: str = "auto",
                         out: str | os.PathLike | None = None, write: bool = True, amp: bool = False,
-                        log=None, up: str | None = None) -> dict:
+                        log=None, up: str | None = None, corruptions: Sequence[str] | None = None,
+                        severities: Sequence[int] = SEVERITIES) -> dict:
     """Evaluate a checkpoint on a dataset split and write the report next to it.
 
     Args:
@@ -243,6 +273,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         log: called with one-line notes (default: print to stderr).
         up: the up axis of the dataset's clouds ("y" or "z"); default: the one its layout's
             public release uses (y for h5 and resampled, z for the Princeton folders).
+        corruptions: also run the robustness suite (:mod:`pcea.engine.robustness`) with these
+            corruptions of :data:`pcea.data.corruptions.CORRUPTIONS`, seeded by ``seed``;
+            its report is ``report["robustness"]`` and ``robustness.json``/``.png``.
+        severities: the suite's severities (1 to 5).
 
     Returns:
         The report (the contents of ``eval.json``); ``report["files"]`` lists what was written.
@@ -307,10 +341,24 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         "class_subset": None if columns is None else _subset_note(len(class_names), len(model.class_names)),
         "results": results,
     }
+    if corruptions:
+        clouds = np.stack([np.asarray(items[i][0], dtype=np.float32) for i in range(len(items))])  # (n, N, C)
+        log(f"robustness suite: {len(corruptions)} corruption(s) x {len(severities)} severities "
+            f"on {len(items)} shapes (OA per severity)")
+        robustness = evaluate_robustness(
+            model_predictor(model, batch_size=batch_size, amp=amp, columns=columns), clouds, preds["labels"],
+            num_classes=len(class_names), corruptions=corruptions, severities=severities, seed=seed,
+            num_points=config.num_points, min_points=config.centers[0], log=log)
+        where = ("checkpoint", "data", "split", "up", "num_shapes", "num_points", "precision")
+        report["robustness"] = {key: report[key] for key in where} | robustness
     if write:
         if out is None:  # next to the checkpoint; built-in weights live inside the installed package
             out = Path(f"eval_{checkpoint}") if is_builtin(checkpoint) else path.parent
         files = write_report(report, out)
+        if corruptions:
+            title = (f"{Path(report['checkpoint']).name} on the {split} split ({len(items)} shapes): "
+                     f"mean OA {report['robustness']['mean_oa']:.1%} under corruption")
+            files.update(write_robustness(report["robustness"], out, title))
         report["files"] = {kind: str(file) for kind, file in files.items()}
     return report
 
@@ -319,9 +367,6 @@ def _default_data(checkpoint, path: Path, train_config: dict, log) -> str:
     """The dataset to evaluate on when none is given: the one the run recorded, when it is on this
     machine; for built-in weights, ModelNet40 where ``pcea download`` puts it (their card's record
     is a folder of the machine they were trained on, never shown or used)."""
-    from pcea.data import default_root
-    from pcea.data.download import archive_spec
-
     if is_builtin(checkpoint):
         for fmt in ("h5", "resampled", "mesh"):   # the fastest layout to read first
             found = default_root() / archive_spec("modelnet40", fmt).extracts_to

@@ -34,8 +34,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from pcea.atomic import write_atomic
 from pcea.data import open_dataset
+from pcea.data.corruptions import Occlude
 from pcea.data.synth import ensure_synthetic
-from pcea.data.transforms import pct_train_transform
+from pcea.data.transforms import Compose, RotateUp, Transform, pct_train_transform
 from pcea.engine.checkpoint import (
     MODEL_KEYS,
     RESUME_KEYS,
@@ -43,6 +44,7 @@ from pcea.engine.checkpoint import (
     load_checkpoint,
     load_latest,
     model_payload,
+    open_checkpoint,
     previous_path,
     rng_state,
     save_checkpoint,
@@ -78,6 +80,53 @@ class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's st
             return 0.01 + 0.99 * step / self.warmup
         progress = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_transform(config: TrainConfig) -> Transform | None:
+    """The per-cloud training augmentation of a recipe: occlusion, then yaw, then PCT's.
+
+    With ``yaw`` and ``occlusion`` at 0 this is exactly PCT's augmentation (the same draws
+    from the same generator), so older recipes train as before.
+    """
+    steps: list[Transform] = []
+    if config.occlusion > 0:
+        steps.append(Occlude(config.occlusion))
+    if config.yaw > 0:
+        steps.append(RotateUp("y", math.radians(config.yaw)))  # pcea's frame is y-up
+    if config.augment == "pct":
+        steps.extend(pct_train_transform().transforms)
+    return Compose(steps) if steps else None
+
+
+def init_weights(model: nn.Module, source: str, class_names: list[str],
+                 log: Callable[[str], None] = print) -> None:
+    """Load the weights of checkpoint ``source`` into ``model`` (``--init``), for fine-tuning.
+
+    Every layer is copied when the source was trained on the same classes in the same
+    order; otherwise every layer but the classifier's last Linear, which keeps its fresh
+    initialisation (timm's ``reset_classifier`` convention). The frame is checked by
+    :func:`pcea.engine.checkpoint.open_checkpoint` (a model of another frame is refused).
+
+    Raises:
+        PceaFileError: the source cannot be opened, or its layers do not fit ``model``.
+    """
+    source_model, _, path = open_checkpoint(source)
+    state = source_model.state_dict()
+    same_classes = [str(name) for name in source_model.class_names] == list(class_names)
+    if not same_classes:
+        last = f"head.{len(model.head) - 1}."
+        state = {key: value for key, value in state.items() if not key.startswith(last)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise PceaFileError(path, f"--init: its layers do not fit this model ({first})") from None
+    if unexpected or (missing and same_classes) or any(not key.startswith("head.") for key in missing):
+        raise PceaFileError(path, f"--init: its layers do not fit this model (missing {len(missing)}, "
+                                  f"unexpected {len(unexpected)} tensors)")
+    what = "every layer" if same_classes else (
+        f"every layer but the classifier ({len(source_model.class_names)} classes -> {len(class_names)})")
+    log(f"init: {what} from {path}")
 
 
 class _StopRequest:
@@ -248,9 +297,7 @@ class Trainer:
         if len(train_idx) < config.batch_size:
             raise PceaError(f"{config.data}: {len(train_idx)} training clouds, fewer than one batch "
                             f"of {config.batch_size}; use a smaller --batch-size")
-        transform = None
-        if config.augment == "pct":
-            transform = pct_train_transform()
+        transform = train_transform(config)
         self.train_set = AugmentedSubset(train_base, train_idx, transform=transform, seed=config.seed)
         self.val_set = AugmentedSubset(train_base, val_idx) if len(val_idx) else None
         self.test_set = AugmentedSubset(test, np.arange(len(test))) if test is not None else None
@@ -262,7 +309,10 @@ class Trainer:
         self.test_loader = (self._loader(self.test_set, train=False, generator=self.eval_generator)
                             if self.test_set is not None else None)
 
-        model = accelerate(self._build_model(self.num_classes))  # the CPU speed-ups, before the optimiser
+        model = self._build_model(self.num_classes)
+        if config.init and self.resume_payload is None:  # a resumed run has its own weights
+            init_weights(model, config.init, self.class_names, log=self.log)
+        model = accelerate(model)  # the CPU speed-ups, before the optimiser
         model.class_names = self.class_names
         self.model = model.to(self.device)
         if config.optimizer == "adamw":
