@@ -35,8 +35,9 @@ from pcea.io import (
     points_from_array,
 )
 from pcea.io.inputs import expand_inputs, printable, unmatched_problem
-from pcea.model import PCTClassifier
+from pcea.model import PRESETS, PCTClassifier
 from pcea.precision import autocast, use_amp
+from pcea.weights import BUILTIN
 
 __all__ = ["classify", "expand_inputs", "iter_classify", "list_models", "load_model", "print_classification"]
 
@@ -52,9 +53,6 @@ def list_models(pretrained: bool = False) -> list[str]:
     Returns:
         The names, sorted.
     """
-    from pcea.model import PRESETS
-    from pcea.weights import BUILTIN
-
     return sorted(BUILTIN if pretrained else PRESETS)
 
 

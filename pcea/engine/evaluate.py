@@ -22,8 +22,8 @@ import torch
 
 from pcea.atomic import write_atomic
 from pcea.data import default_root, open_dataset
-from pcea.data.download import archive_spec
 from pcea.data.corruptions import SEVERITIES
+from pcea.data.download import archive_spec
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import vote_transform
 from pcea.engine.checkpoint import open_checkpoint
