@@ -42,7 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pcea.atomic import write_atomic
+from pcea.atomic import (
+    check_destination,
+    remove_stale_temporaries,
+    temporary_dir,
+    temporary_pattern,
+    write_atomic,
+)
 from pcea.errors import MAX_POINTS, PceaError, PceaFileError, check_memory, check_positive_int
 from pcea.geometry import CANONICAL_UP, to_canonical
 from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, default_up
@@ -180,6 +186,9 @@ def export_onnx(model: PCTClassifier, path: str | os.PathLike, *, num_points: in
                  fixed * num_points * (config.in_channels + config.centers[0]) * 4)
     path = Path(path)
     _check_writable(path)
+    # What a killed export left: the .NAME.*.tmp beside the output (its scratch directory in /tmp
+    # goes with the next temporary_dir below).
+    remove_stale_temporaries(path.parent, [temporary_pattern(path.name)])
     try:
         import onnx
     except ImportError:
@@ -190,7 +199,7 @@ def export_onnx(model: PCTClassifier, path: str | os.PathLike, *, num_points: in
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(trace_batch, num_points, config.in_channels, generator=generator) * 2 - 1
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch == "dynamic" else None
-    with tempfile.TemporaryDirectory(prefix="pcea-export-") as scratch:
+    with temporary_dir(tempfile.gettempdir(), prefix="pcea-export-") as scratch:
         traced_path = Path(scratch) / "model.onnx"
         try:
             with _quiet_tracing():
@@ -292,6 +301,7 @@ def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise PceaFileError(path, "is a directory; give the .onnx file to write")
+    check_destination(path)  # a device, a FIFO or a socket is never replaced
     if not parent.is_dir():
         raise PceaFileError(path, f"cannot write: no such directory {os.fspath(parent)}")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -323,3 +323,55 @@ def test_the_default_model_exports_and_matches(ort, tmp_path):
     points = clouds(2, 1024, seed=6)
     np.testing.assert_allclose(_run(session, points), _eager(pcea.accelerate(model).eval(), points),
                                rtol=0, atol=1e-4)
+
+
+# --- issue 23 item 10: what export writes over, and what a killed export leaves ----------------------
+
+
+def test_export_refuses_a_device_or_fifo_before_the_work(ort, tmp_path, capsys):
+    import os
+
+    model = pcea.build_model("pcea", num_classes=4, **TINY)
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    null = tmp_path / "null.onnx"
+    null.symlink_to(os.devnull)
+    for path, kind in ((fifo, "a FIFO"), (null, "a device")):
+        with pytest.raises(pcea.PceaFileError, match=f"is {kind}, not a regular file"):
+            export_onnx(model, path)
+    assert fifo.is_fifo() and null.is_char_device()
+    save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "model_name": "pcea",
+                                        "model_config": model.config.to_dict()})
+    assert main(["export", str(tmp_path / "c.pt"), "--onnx", str(null)]) == 1
+    assert capsys.readouterr().err == (f"pcea: error: {null}: is a device, not a regular file; pcea writes "
+                                       "only to a regular file or a new name\n")
+
+
+def test_a_rerun_removes_what_a_killed_export_left(ort, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    # kill -9 inside the write of the file and inside the trace's scratch directory.
+    script = ("import os, sys, time, tempfile\n"
+              "from pcea.atomic import replacing, temporary_dir\n"
+              "with temporary_dir(tempfile.gettempdir(), prefix='pcea-export-') as scratch, "
+              "replacing(sys.argv[1]) as tmp:\n"
+              "    tmp.write_bytes(b'x' * 1000); print(scratch, flush=True); time.sleep(1000)\n")
+    scratch_root = tmp_path / "scratch"
+    scratch_root.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch_root)}
+    target = tmp_path / "out" / "m.onnx"
+    target.parent.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    scratch = Path(killed.stdout.readline().strip())
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert scratch.is_dir() and len(list(target.parent.iterdir())) == 1  # the .m.onnx.*.tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    export_onnx(pcea.build_model("pcea", num_classes=4, **TINY), target)
+    assert [p.name for p in target.parent.iterdir()] == ["m.onnx"]
+    assert list(scratch_root.iterdir()) == []

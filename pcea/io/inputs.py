@@ -54,7 +54,9 @@ def expand_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> tu
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
-        if path.exists() or path.is_symlink():
+        if _os_problem(path) is not None:  # a name too long, a folder it may not enter: skipped, named
+            matched = False
+        elif path.exists() or path.is_symlink():
             matched = add(path)
         elif any(char in text for char in _GLOB_CHARS):
             matched = False
@@ -113,9 +115,24 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+def _os_problem(path: Path) -> str | None:
+    """Why the system will not look at ``path`` (``File name too long``, ``Permission denied``), or None
+    (a missing file is no such problem: it is ``no such file``)."""
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 def unmatched_problem(text: str) -> str:
     """The one-line reason an input of :func:`expand_inputs` named no file (names escaped)."""
-    if Path(text).is_dir():
+    problem = _os_problem(Path(text))
+    if problem is not None:
+        why = problem
+    elif Path(text).is_dir():
         why = f"is a directory holding no file pcea reads ({' '.join(KNOWN_EXTENSIONS)})"
     elif any(char in text for char in _GLOB_CHARS) and not Path(text).exists():
         why = "no files matched"
