@@ -13,9 +13,9 @@ from pcea.atomic import write_atomic
 from pcea.engine.config import TrainConfig
 from pcea.engine.distributed import DistEnv
 from pcea.engine.train import train
-from pcea.errors import PceaError
+from pcea.errors import PceaError, PceaFileError
 
-__all__ = ["format_seed_table", "summarise_seeds", "train_seeds"]
+__all__ = ["format_seed_table", "results_problem", "summarise_seeds", "train_seeds"]
 
 def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *, force: bool = False,
                 log: Callable[[str], None] = print) -> dict:
@@ -34,15 +34,27 @@ def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *
         run_dir = out / f"seed{seed}"
         done = run_dir / "results.json"
         if done.exists() and not force:
-            log(f"seed {seed}: already finished, reading {done}")
-            runs.append(json.loads(done.read_text()))
-            continue
+            problem = results_problem(done)
+            if problem is None:
+                log(f"seed {seed}: already finished, reading {done}")
+                runs.append(json.loads(done.read_text()))
+                continue
+            # Truncated or emptied (a disk that filled, a hand edit): the weights are intact, so the
+            # final evaluation is redone by resuming the finished run.
+            log(f"seed {seed}: {done} {problem}; redoing its final evaluation")
+            try:
+                done.unlink()
+            except OSError as err:
+                raise PceaFileError(done, f"{problem}; cannot remove it: {err.strerror or err}") from None
         resume = (run_dir / "last.pt").exists() and not force
         log(f"seed {seed}: {'resuming' if resume else 'training'} {run_dir}")
         seeded = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
         result = train(None if resume else seeded, run_dir, resume=resume, force=force, log=log)
         if result.get("interrupted"):
             raise PceaError(f"seed {seed} was interrupted; rerun the same command to continue")
+        problem = _figures_problem(result)
+        if problem is not None:  # never a traceback from summarising what a run returned
+            raise PceaFileError(done, f"{problem}; delete it and rerun the same command to redo seed {seed}")
         runs.append(result)
     summary = summarise_seeds(seeds, runs)
     if DistEnv.from_env().is_main:
@@ -51,9 +63,34 @@ def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *
     return summary
 
 
+def results_problem(path: Path) -> str | None:
+    """Why a run's ``results.json`` cannot be summarised (unreadable, not JSON, no test figures), or None."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: truncated or garbled
+        return "is damaged (not JSON)"
+    return _figures_problem(results)
+
+
+def _figures_problem(results: object) -> str | None:
+    entries = results.get("test") if isinstance(results, dict) else None
+    if not (isinstance(entries, list) and all(
+            isinstance(entry, dict) and isinstance(entry.get("protocol"), str)
+            and all(isinstance(entry.get(key), int | float) and not isinstance(entry.get(key), bool)
+                    for key in ("oa", "macc")) for entry in entries)):
+        return "holds no test figures (expected {\"test\": [{\"protocol\", \"oa\", \"macc\"}, ...]})"
+    return None
+
+
 def summarise_seeds(seeds: list[int], runs: list[dict]) -> dict:
     """Mean, sample standard deviation (n - 1) and best of every test figure over seeds."""
     rows = []
+    protocols = {tuple(entry["protocol"] for entry in run["test"]) for run in runs}
+    if len(protocols) > 1:
+        raise PceaError(f"the seeds' runs report different test figures ({' / '.join(map(str, protocols))}); "
+                        "train them with the same settings")
     for entry_index, entry in enumerate(runs[0]["test"]):
         for key, name in (("oa", "OA"), ("macc", "mAcc")):
             values = [run["test"][entry_index][key] for run in runs]

@@ -27,3 +27,20 @@ def test_seeds_table_reports_mean_std_and_best(tiny_h5, tmp_path):
     assert row["best"] == max(values)
     assert "mean ± std" in "\n".join(lines)
     assert json.loads((tmp_path / "sweep" / "seeds.json").read_text()) == summary
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty list", "empty object", "wrong figures"])
+def test_a_damaged_results_json_is_redone_on_rerun(tiny_h5, tmp_path, damage):
+    """Issue 23 item 7: a rerun over seed1/results.json truncated or holding [] redid nothing and raised
+    JSONDecodeError / TypeError; now the seed's final evaluation is redone from its weights."""
+    config = tiny_config(tiny_h5, epochs=1, select_on="last")
+    first = train_seeds(config, tmp_path / "sweep", [0, 1], log=lambda line: None)
+    results = tmp_path / "sweep" / "seed1" / "results.json"
+    text = results.read_text()
+    results.write_text({"truncated": text[:len(text) // 2], "empty list": "[]", "empty object": "{}",
+                        "wrong figures": '{"test": [{"protocol": "last epoch", "oa": "high"}]}'}[damage])
+    lines: list[str] = []
+    again = train_seeds(config, tmp_path / "sweep", [0, 1], log=lines.append)
+    assert again == first  # the same weights give the same figures
+    assert json.loads(results.read_text())["test"] == json.loads(text)["test"]
+    assert any(f"{results} " in line and "redoing its final evaluation" in line for line in lines)
