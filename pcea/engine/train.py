@@ -515,8 +515,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value / env.world_size:.3f}")
                 if stop_flag > 0:
                     return None
-        except RuntimeError:
+        except RuntimeError as err:
             if stop.signum is not None:  # a DataLoader worker died from the same Ctrl-C
+                return None
+            if str(err).startswith("DataLoader worker"):  # kill -9, the OOM killer: resumable as a stop
+                self.log(f"a data-loading worker died: {str(err).strip()}")
                 return None
             raise
         finally:
@@ -664,6 +667,10 @@ class Trainer:
                     self.best = {"epoch": epoch, "score": score}
                 self._write_epoch_files(epoch, improved)
                 self.log(self._epoch_line(row, improved))
+                if epoch == self.start_epoch + 1 < config.epochs:  # this process's first epoch: an estimate
+                    left = row["time_s"] * (config.epochs - epoch)
+                    self.log(f"about {left / 60:.0f} min for the remaining {config.epochs - epoch} epochs "
+                             f"(ETA {time.strftime('%H:%M', time.localtime(time.time() + left))})")
                 # A signal that came after the last step's all-reduce: agree on it across ranks.
                 stop_now = env.sum_(torch.tensor([float(stop.signum is not None)], device=self.device))
                 if stop_now.item() > 0 and epoch < config.epochs:
