@@ -50,6 +50,7 @@ from pcea.atomic import (
     write_atomic,
 )
 from pcea.errors import MAX_POINTS, PceaError, PceaFileError, check_memory, check_positive_int
+from pcea.fast.layers import fold_weights
 from pcea.geometry import CANONICAL_UP, to_canonical
 from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, default_up
 from pcea.layers import LBR
@@ -253,12 +254,8 @@ def _fold_batchnorm(lbr: LBR) -> None:
     activation. ``s = gamma / sqrt(var + eps)`` scales output channels, so the neighbour
     embedding's split of the first weight along its input channels stays valid.
     """
-    linear, bn = lbr.linear, lbr.bn
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-    bias = linear.bias if linear.bias is not None else torch.zeros_like(bn.running_mean)
-    folded = nn.Linear(linear.in_features, linear.out_features, bias=True)
-    folded.weight = nn.Parameter(linear.weight * scale.unsqueeze(1), requires_grad=False)  # (C_out, C_in)
-    folded.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)  # (C_out,)
+    folded = nn.Linear(lbr.linear.in_features, lbr.linear.out_features, bias=True)
+    folded.weight, folded.bias = fold_weights(lbr.linear, lbr.bn)  # no grad: the copy's are off
     lbr.linear = folded
     lbr.bn = nn.Identity()  # layers.batch_norm then only reshapes
 

@@ -24,12 +24,14 @@ import platform
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_linear_bn_weights
 
 from pcea.fast import batchnorm
 from pcea.fast.call import eager_cpu, traced
 from pcea.layers import LBR
 
-__all__ = ["FastLBR", "FastLinear", "activate_", "fold", "linear", "linear_norm_max", "max_over", "norm_act"]
+__all__ = ["FastLBR", "FastLinear", "activate_", "fold", "fold_weights", "linear", "linear_norm_max",
+           "max_over", "norm_act"]
 
 # Fewest rows for which the 1x1 convolution beats F.linear (docs/benchmarks.md).
 CONV_MIN_ROWS = 1024
@@ -141,21 +143,23 @@ def fold(lbr: LBR) -> tuple[torch.Tensor, torch.Tensor]:
     """
     lin, bn = lbr.linear, lbr.bn
     if traced():  # a graph records the folding itself, from the parameters
-        return _fold(lin, bn)
+        return fold_weights(lin, bn)
     sources = (lin.weight, lin.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     key = tuple((t._version, t.data_ptr()) if t is not None else None for t in sources)
     cached = getattr(lbr, "_folded", None)
     if cached is None or cached[0] != key:
-        cached = lbr._folded = (key, *_fold(lin, bn))
+        cached = lbr._folded = (key, *fold_weights(lin, bn))
     return cached[1], cached[2]
 
 
-def _fold(lin: nn.Linear, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-    bias = lin.bias if lin.bias is not None else torch.zeros_like(bn.running_mean)
-    weight = lin.weight * scale.unsqueeze(1)  # (C_out, C_in)
-    bias = (bias - bn.running_mean) * scale + bn.bias  # (C_out,)
-    return weight, bias
+def fold_weights(lin: nn.Linear, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lin`` followed by eval-mode ``bn`` as one Linear: weight (C_out, C_in), bias (C_out,).
+
+    torch.nn.utils.fusion's folding, ``W' = s W`` and ``b' = s (b - mean) + beta``; the
+    Parameters it returns require grad as ``lin.weight`` does.
+    """
+    return fuse_linear_bn_weights(lin.weight, lin.bias, bn.running_mean, bn.running_var, bn.eps,
+                                  bn.weight, bn.bias)
 
 
 class FastLBR(LBR):
