@@ -233,7 +233,7 @@ def write_report(report: dict, out: str | os.PathLike, *, log: Callable[[str], N
     shown = report["results"]["single_pass"]
     write_atomic(paths["confusion_csv"], _confusion_csv(shown, report["class_names"]))
     if len(report["class_names"]) > MAX_DRAWN_CLASSES:
-        del paths["png"]
+        paths.pop("png").unlink(missing_ok=True)  # an earlier evaluation's image would not match the report
         log(f"note: {len(report['class_names']):,} classes, over the {MAX_DRAWN_CLASSES} a confusion.png "
             f"can show readably: not drawn; the whole matrix is in {paths['confusion_csv']}")
         return paths

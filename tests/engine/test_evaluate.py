@@ -234,3 +234,46 @@ def test_amp_evaluates_in_bf16_where_native_and_notes_why_not_elsewhere(run_dir,
     assert report["precision"] == "float32"
     assert report["results"] == fp32["results"]
     assert len(notes) == 1 and "--amp ignored" in notes[0] and "no native bf16" in notes[0]
+
+
+def _report(num_classes: int, *, voted: bool) -> dict:
+    """A report as evaluate_checkpoint makes it, for write_report alone."""
+    from pcea.engine.evaluate import summarize
+
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(num_classes)]
+    labels = np.arange(3 * num_classes) % num_classes
+    results = {"single_pass": summarize(labels, rng.random((len(labels), num_classes)), names, "single pass")}
+    if voted:
+        results["voted"] = summarize(labels, rng.random((len(labels), num_classes)), names, "3 votes")
+    return {"split": "test", "class_names": names, "results": results}
+
+
+def test_the_confusion_image_is_the_single_pass_and_the_csv_holds_the_matrix(tmp_path, monkeypatch):
+    """Issue 22 item 8: the demo's confusion.png showed the voted matrix, the README the single pass."""
+    import pcea.engine.evaluate as evaluate
+
+    drawn = []
+    monkeypatch.setattr(evaluate, "_confusion_png", lambda result, names, title: drawn.append(title) or b"x")
+    report = _report(4, voted=True)
+    files = evaluate.write_report(report, tmp_path, log=lambda line: pytest.fail(line))
+    assert drawn == [drawn[0]] and "single pass" in drawn[0]
+    rows = list(csv.reader(files["confusion_csv"].open()))
+    assert rows[0] == ["true \\ predicted", "c0", "c1", "c2", "c3"]
+    matrix = [[int(v) for v in row[1:]] for row in rows[1:]]
+    assert matrix == report["results"]["single_pass"]["confusion_matrix"]
+
+
+def test_a_thousand_class_matrix_is_not_drawn_but_written_whole(tmp_path):
+    """Issue 23 item 6: 1,500 classes drew a 46,000-pixel image and were killed at 16.8 GB."""
+    from pcea.engine.evaluate import MAX_DRAWN_CLASSES, write_report
+
+    lines: list[str] = []
+    (tmp_path / "confusion.png").write_bytes(b"an old image")
+    files = write_report(_report(1500, voted=False), tmp_path, log=lines.append)
+    assert "png" not in files and MAX_DRAWN_CLASSES == 100
+    assert not (tmp_path / "confusion.png").exists()  # an earlier evaluation's image would not match
+    assert lines == [f"note: 1,500 classes, over the 100 a confusion.png can show readably: not drawn; "
+                     f"the whole matrix is in {tmp_path / 'confusion.csv'}"]
+    rows = list(csv.reader(files["confusion_csv"].open()))
+    assert len(rows) == 1501 and all(len(row) == 1501 for row in rows)
