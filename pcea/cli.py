@@ -332,7 +332,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                         "at every --severities; writes robustness.json and robustness.png")
     p.add_argument("--severities", type=_severities, default=(1, 2, 3, 4, 5), metavar="S[,S...]",
                    help="severities of --corrupt, 1 (mild) to 5 (default: 1,2,3,4,5)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the voting augmentations and corruptions (0)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the voting augmentations and corruptions (0)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--out", metavar="DIR", help="directory for the report files")
@@ -447,6 +448,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=_count(MAX_POINTS), default=2048,
                    help="points per shape (2048; at most what each point file holds, e.g. 1024)")
     p.add_argument("--up", choices=["y", "z"], help="the source's up axis (z, as the Princeton release)")
+    p.add_argument("--force", action="store_true",
+                   help="write the dataset again over a pcea-shapes dataset already in --out")
     p.set_defaults(func=_cmd_synth)
 
 
@@ -454,11 +457,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     import time
 
     from pcea.data import default_root
-    from pcea.data.synth import generate
+    from pcea.data.synth import existing_dataset, generate
 
     start = time.perf_counter()
-    out = generate(args.out or default_root() / "pcea-shapes", classes=args.classes,
-                   per_class=args.per_class, seed=args.seed, points=args.points)
+    out = Path(args.out) if args.out else default_root() / "pcea-shapes"
+    settings = dict(classes=args.classes, per_class=args.per_class, seed=args.seed, points=args.points)
+    found = None if args.force else existing_dataset(out, **settings)
+    if found == "same":  # the same options give the same files: nothing to write
+        print(f"pcea-shapes: {out} already holds this dataset ({args.classes} classes x {args.per_class} "
+              f"shapes, {args.points} points, seed {args.seed}); nothing to do (--force writes it again)")
+        return 0
+    if found is not None:
+        raise PceaError(f"{out}: holds pcea-shapes generated with other settings ({found}); "
+                        "give another --out, or --force to replace it")
+    out = generate(out, **settings)
     print(f"pcea-shapes: {args.classes} classes x {args.per_class} shapes, {args.points} points each, "
           f"seed {args.seed} -> {out} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -196,6 +196,28 @@ def _write_dataset(tmp: Path, names: list[str], n_train: int, per_class: int, se
     (tmp / PARAMS_FILE).write_text(json.dumps(_params(classes, per_class, seed, points), indent=2) + "\n")
 
 
+def dataset_params(root: str | os.PathLike) -> dict | None:
+    """The settings the pcea-shapes dataset at ``root`` was generated with, or None when there is none."""
+    try:
+        found = json.loads((Path(root) / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def existing_dataset(root: str | os.PathLike, *, classes: int = 10, per_class: int = 100, seed: int = 0,
+                     points: int = 2048) -> str | None:
+    """What ``pcea synth`` would overwrite at ``root``: None (no pcea-shapes there), "same" (the
+    dataset these settings give), or the other settings, e.g. "3 classes x 10 shapes, 64 points, seed 0"."""
+    found = dataset_params(root)
+    if found is None:
+        return None
+    if found == _params(classes, per_class, seed, points):
+        return "same"
+    return (f"{found.get('classes')} classes x {found.get('per_class')} shapes, "
+            f"{found.get('points')} points, seed {found.get('seed')}")
+
+
 def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs) -> Path:
     """The pcea-shapes dataset at ``root``, generated first if it is missing or differs.
 
@@ -212,12 +234,6 @@ def ensure_synthetic(root: str | os.PathLike | None = None, **kwargs) -> Path:
         raise TypeError(f"ensure_synthetic() got unexpected arguments: {', '.join(sorted(unknown))}")
     wanted = {"classes": 10, "per_class": 100, "seed": 0, "points": 2048}
     wanted.update({k: v for k, v in kwargs.items() if k != "workers"})
-    params_file = root / PARAMS_FILE
-    if params_file.is_file():
-        try:
-            found = json.loads(params_file.read_text())
-        except (OSError, ValueError):
-            found = None
-        if found == _params(**wanted):
-            return root
+    if dataset_params(root) == _params(**wanted):
+        return root
     return generate(root, **wanted, workers=kwargs.get("workers"))

@@ -203,3 +203,23 @@ def test_cli_synth(tmp_path, capsys):
     assert (out / "resampled" / "chair" / "chair_0002.txt").is_file()
     assert main(["synth", "--out", str(out), "--classes", "99"]) == 1
     assert "pcea: error: --classes must be between 2 and 12" in capsys.readouterr().err
+
+
+def test_pcea_synth_does_not_silently_regenerate_an_existing_dataset(tmp_path, capsys):
+    """Issue 22 item 8: `pcea synth` over a dataset it made rewrote it without a word."""
+    from pcea.cli import main
+
+    out = tmp_path / "shapes"
+    argv = ["synth", "--out", str(out), "--classes", "2", "--per-class", "3", "--points", "16"]
+    assert main(argv) == 0
+    stamp = (out / "h5" / "ply_data_train0.h5").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0  # the same settings: nothing to write
+    assert "already holds this dataset" in capsys.readouterr().out
+    assert main([*argv[:-1], "32"]) == 1  # other settings: refused without --force
+    assert capsys.readouterr().err == (f"pcea: error: {out}: holds pcea-shapes generated with other settings "
+                                       "(2 classes x 3 shapes, 16 points, seed 0); give another --out, or "
+                                       "--force to replace it\n")
+    assert (out / "h5" / "ply_data_train0.h5").stat().st_mtime_ns == stamp
+    assert main([*argv[:-1], "32", "--force"]) == 0
+    assert "32 points each" in capsys.readouterr().out
