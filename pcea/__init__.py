@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from pcea.engine.train import train
     from pcea.errors import PceaError, PceaFileError
     from pcea.export import export_onnx
-    from pcea.fast import accelerate, fuse_batchnorm
+    from pcea.fast import accelerate
     from pcea.io import PceaWarning, load_points
     from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
     from pcea.model import ModelConfig, PCTClassifier, build_model
@@ -39,7 +39,6 @@ _EXPORTS = {
     "PceaFileError": "pcea.errors",
     "export_onnx": "pcea.export",
     "accelerate": "pcea.fast",
-    "fuse_batchnorm": "pcea.fast",
     "PceaWarning": "pcea.io",
     "load_points": "pcea.io",
     "ExternalAttention": "pcea.layers",
@@ -86,7 +85,6 @@ __all__ = [
     "build_model",
     "classify",
     "export_onnx",
-    "fuse_batchnorm",
     "list_models",
     "load_model",
     "load_points",

@@ -534,9 +534,9 @@ def check_open_dataset(root: Path, damaged: Path, *, direct: bool = False,
     dataset. A dataset that loads must give finite float32 (LAYOUT_POINTS, 6) items; the mesh
     layout may skip a broken mesh, but then a warning must name it.
     """
-    from pcea.data import ModelNet40H5, ModelNet40Mesh, ModelNet40Resampled, open_dataset
+    from pcea.data import ModelNet40H5, ModelNet40Princeton, ModelNet40Resampled, open_dataset
 
-    opener = {"h5": ModelNet40H5, "resampled": ModelNet40Resampled, "mesh": ModelNet40Mesh}[root.name] \
+    opener = {"h5": ModelNet40H5, "resampled": ModelNet40Resampled, "mesh": ModelNet40Princeton}[root.name] \
         if direct else open_dataset
     result = "loaded"
     for split in ("train", "test"):

@@ -12,7 +12,6 @@ def default_root() -> Path:
 from pcea.data.modelnet import (  # noqa: E402
     MODELNET10_CLASSES,
     ModelNet40H5,
-    ModelNet40Mesh,
     ModelNet40Princeton,
     ModelNet40Resampled,
     open_dataset,
@@ -21,7 +20,6 @@ from pcea.data.modelnet import (  # noqa: E402
 __all__ = [
     "MODELNET10_CLASSES",
     "ModelNet40H5",
-    "ModelNet40Mesh",
     "ModelNet40Princeton",
     "ModelNet40Resampled",
     "default_root",

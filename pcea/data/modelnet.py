@@ -48,7 +48,6 @@ from pcea.io import DEFAULT_MAX_BYTES, MESH_EXTENSIONS, POINT_EXTENSIONS, load_p
 __all__ = [
     "MODELNET10_CLASSES",
     "ModelNet40H5",
-    "ModelNet40Mesh",
     "ModelNet40Princeton",
     "ModelNet40Resampled",
     "open_dataset",
@@ -374,9 +373,6 @@ def shape_files(root: Path, split: str, class_names: list[str]) -> list[tuple[Pa
             if path.suffix.lower() in extensions and not path.name.startswith(".")]
 
 
-mesh_files = shape_files  # the name prepare.py and older code use
-
-
 def mesh_seed(path: Path, root: Path, seed: int) -> int:
     """A sampling seed that depends on the shape, not on its position in a list."""
     return zlib.crc32(f"{seed}/{path.relative_to(root).as_posix()}".encode())
@@ -434,9 +430,6 @@ class ModelNet40Princeton(_PointCloudDataset):
         channels = 6 if normals else 3
         self._clouds = self._to_canonical(
             np.stack(clouds) if clouds else np.zeros((0, num_points, channels), np.float32))
-
-
-ModelNet40Mesh = ModelNet40Princeton  # the earlier name, when only .off meshes were read
 
 
 # --- resampled text files -----------------------------------------------------------------

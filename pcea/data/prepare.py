@@ -38,7 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from pcea.atomic import replacing, write_atomic
-from pcea.data.modelnet import SPLITS, ModelNet40Princeton, detect_layout, mesh_classes, mesh_files, mesh_seed
+from pcea.data.modelnet import (
+    SPLITS,
+    ModelNet40Princeton,
+    detect_layout,
+    mesh_classes,
+    mesh_seed,
+    shape_files,
+)
 from pcea.errors import MissingSplitError, PceaError, PceaFileError, PceaWarning, check_positive_int
 from pcea.io import MESH_EXTENSIONS, load_points
 
@@ -105,7 +112,7 @@ def prepare_modelnet40(
     tasks, by_split, listed = [], {}, {}
     for split in SPLITS:
         try:
-            listed[split] = mesh_files(src, split, class_names)
+            listed[split] = shape_files(src, split, class_names)
         except MissingSplitError as err:
             log(f"prepare: {err}; writing the other split only")
     files = [path for split_files in listed.values() for path, _ in split_files]

@@ -39,7 +39,7 @@ from pcea.fast.model import FastNeighborEmbedding, FastPCTClassifier
 from pcea.layers import LBR
 from pcea.model import NeighborEmbedding, PCTClassifier
 
-__all__ = ["Features", "accelerate", "enabled", "fuse_batchnorm"]
+__all__ = ["Features", "accelerate", "enabled"]
 
 
 def enabled() -> bool:
@@ -105,12 +105,3 @@ _SWAPS = {LBR: FastLBR, NeighborEmbedding: FastNeighborEmbedding, PCTClassifier:
 def _plain_batchnorm(bn: nn.Module) -> bool:
     return type(bn) is nn.BatchNorm1d and bn.affine and bn.track_running_stats
 
-
-def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """:func:`accelerate` and eval mode, the name this step had before :func:`accelerate` existed.
-
-    The accelerated LBRs fold their BatchNorms into their Linears at inference.
-    There is nothing to undo before training or saving: the folded weights are
-    recomputed whenever the parameters or statistics change, and never stored.
-    """
-    return accelerate(model).eval()

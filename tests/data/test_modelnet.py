@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from pcea.data import (
     MODELNET10_CLASSES,
     ModelNet40H5,
-    ModelNet40Mesh,
+    ModelNet40Princeton,
     ModelNet40Resampled,
     open_dataset,
 )
@@ -170,18 +170,18 @@ def test_modelnet10_subset_remaps_labels(tmp_path):
 
 def test_mesh_layout_samples_each_mesh_once(tmp_path):
     make_mesh(tmp_path)
-    dataset = ModelNet40Mesh(tmp_path, "test", num_points=128, normals=True)
+    dataset = ModelNet40Princeton(tmp_path, "test", num_points=128, normals=True)
     assert dataset.class_names == CLASSES and len(dataset) == 8
     np.testing.assert_array_equal(dataset.labels, [0, 0, 1, 1, 2, 2, 3, 3])
     points, label = dataset[3]
     assert points.shape == (128, 6) and label == 1
     assert torch.linalg.norm(points[:, :3], dim=1).max() == pytest.approx(1.0, abs=1e-5)
     assert torch.equal(dataset[3][0], points)  # cached: no resampling per access
-    again = ModelNet40Mesh(tmp_path, "test", num_points=128, normals=True)
+    again = ModelNet40Princeton(tmp_path, "test", num_points=128, normals=True)
     assert torch.equal(again[3][0], points)
     # the two meshes of one class are the same shape but sampled with different seeds
     assert not torch.equal(dataset[2][0], dataset[3][0])
-    subset = ModelNet40Mesh(tmp_path, "train", num_points=32, classes=["chair", "night_stand"])
+    subset = ModelNet40Princeton(tmp_path, "train", num_points=32, classes=["chair", "night_stand"])
     assert subset.class_names == ["chair", "night_stand"] and list(subset.labels) == [0, 0, 1, 1]
 
 
@@ -189,7 +189,7 @@ def test_mesh_layout_skips_a_bad_mesh_with_a_warning(tmp_path):
     make_mesh(tmp_path)
     (tmp_path / "bed" / "train" / "bed_0002.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n")
     with pytest.warns(PceaWarning, match=r"skipped 1 unreadable files: .*bed_0002\.off: mesh has zero"):
-        dataset = ModelNet40Mesh(tmp_path, "train", num_points=16)
+        dataset = ModelNet40Princeton(tmp_path, "train", num_points=16)
     assert len(dataset) == 7 and list(dataset.labels) == [0, 0, 1, 2, 2, 3, 3]
 
 
@@ -258,7 +258,7 @@ def test_open_dataset_recognises_each_layout_and_prefers_h5(tmp_path):
     make_h5(tmp_path / "shapes" / "h5")
     make_mesh(tmp_path / "shapes" / "mesh", per_split=1)
     make_resampled(tmp_path / "shapes" / "resampled")
-    expected = {"h5": ModelNet40H5, "mesh": ModelNet40Mesh, "resampled": ModelNet40Resampled}
+    expected = {"h5": ModelNet40H5, "mesh": ModelNet40Princeton, "resampled": ModelNet40Resampled}
     for name, kind in expected.items():
         dataset = open_dataset(tmp_path / "shapes" / name, "test", num_points=16)
         assert type(dataset) is kind and dataset.class_names == CLASSES

@@ -15,7 +15,7 @@ from autograd_graph import backward_node_names
 from torch import nn
 
 import pcea
-from pcea.fast import Features, accelerate, fuse_batchnorm
+from pcea.fast import Features, accelerate
 from pcea.fast.layers import FastLBR, FastLinear
 from pcea.fast.model import FastNeighborEmbedding, FastPCTClassifier
 from pcea.layers import LBR
@@ -171,15 +171,14 @@ def test_batch_independent_and_bf16_autocast(tiny_model):
     assert (low.float() - batch).abs().max() < 0.1 * batch.abs().max()
 
 
-def test_fuse_batchnorm_is_eval_mode_and_accelerate(tiny_model):
+def test_accelerate_in_eval_mode_is_the_plain_model(tiny_model):
     plain = tiny_model("pcea", trained=True)
     points = torch.randn(3, 128, 3)
     with torch.no_grad():
         expected = plain(points)
-        model = fuse_batchnorm(copy.deepcopy(plain).train())
+        model = accelerate(copy.deepcopy(plain).train()).eval()
         assert not model.training and type(model) is FastPCTClassifier
         torch.testing.assert_close(model(points), expected, atol=1e-5, rtol=1e-5)
-        assert pcea.fuse_batchnorm is fuse_batchnorm
 
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
