@@ -22,13 +22,8 @@ from pcea.data import open_dataset
 from pcea.data.transforms import pct_train_transform
 from pcea.engine.metrics import accuracy_from_counts
 from pcea.engine.splits import AugmentedSubset, split_train_val
+from pcea.fast import accelerate  # the CPU kernels, applied as pcea train applies them
 from pcea.model import build_model
-
-try:  # the CPU kernels, applied as pcea train applies them (the package split of issue 13)
-    from pcea.fast import accelerate
-except ImportError:  # before that split the model built itself accelerated
-    def accelerate(model):
-        return model
 
 
 def gflops(model, points: int) -> float:

@@ -137,7 +137,7 @@ def test_plot_bench_draws_the_recorded_attention_curves(tmp_path):
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    done = subprocess.run([sys.executable, str(script), str(root / "docs/bench/s2_models_r5.json"),
+    done = subprocess.run([sys.executable, str(script), str(root / "tests/fixtures/s2_models_r5.json"),
                            str(tmp_path / "none.png")], capture_output=True, text=True, check=False)
     assert done.returncode != 0 and "no attention results" in done.stderr
     assert done.stderr.count("\n") == 1 and not (tmp_path / "none.png").exists()
