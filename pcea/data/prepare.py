@@ -131,6 +131,7 @@ def prepare_modelnet40(
     if not tasks:
         raise PceaFileError(src, "holds no shape files")
 
+    _check_point_count(src, tasks)
     report = PrepareReport(out=out)
     try:
         problems = _sample_all(tasks, workers, progress, log, report)
@@ -167,26 +168,56 @@ def prepare_modelnet40(
     return report
 
 
+def _check_point_count(src: Path, tasks: list[tuple]) -> None:
+    """Refuse a ``--points`` over what the release's point files hold before reading them all.
+
+    The first, middle and last files are read here; when all of them hold too few points, every
+    file very likely does (a release resamples its shapes to one count, e.g. 1,024), so a sweep
+    would only list each file as skipped. One short file among good ones is skipped by the sweep
+    as before. Meshes are sampled to any count, so a layout of meshes is not read twice.
+    """
+    short = []
+    for index in sorted({0, len(tasks) // 2, len(tasks) - 1}):
+        relative, path, _, points, seed, normals, up = tasks[index]
+        if Path(path).suffix.lower() in MESH_EXTENSIONS and Path(path).suffix.lower() != ".ply":
+            return
+        _, problem = _read_shape(path, points, seed, normals, up)
+        if problem is None or not problem.endswith("use a smaller --points"):
+            return
+        short.append(f"{relative}: {problem.split(';')[0]}")
+    raise PceaFileError(src, f"--points {tasks[0][3]} is more than the files hold ({'; '.join(short)}); "
+                             "use a smaller --points")
+
+
 def _sample_one(task: tuple[str, str, str, int, int, bool, str]) -> tuple[str, str | None, bool]:
     """Sample one shape into its work file: ``(relative path, problem or None, reused)``."""
     relative, path, cached, points, seed, normals, up = task
     if os.path.exists(cached):
         return relative, None, True
+    cloud, problem = _read_shape(path, points, seed, normals, up)
+    if problem is not None:
+        return relative, problem, False
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    with replacing(cached) as temp, open(temp, "wb") as stream:
+        np.save(stream, cloud)
+    return relative, None, False
+
+
+def _read_shape(path: str, points: int, seed: int, normals: bool, up: str
+                ) -> tuple[np.ndarray | None, str | None]:
+    """A shape file's cloud, (points, 3 or 6), or None and why it cannot be used."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PceaWarning)
             cloud = load_points(path, points, seed=seed, normals=normals, up=up)   # (points, 3 or 6)
         if caught:  # a point file with fewer points than asked for: repeated points, refuse instead
             what = str(caught[0].message).split(": ", 1)[-1].split(";")[0]  # "only 1,024 points, ..."
-            return relative, f"{what}; use a smaller --points", False
+            return None, f"{what}; use a smaller --points"
     except PceaError as err:
-        return relative, err.problem if isinstance(err, PceaFileError) else str(err), False
+        return None, err.problem if isinstance(err, PceaFileError) else str(err)
     except Exception as err:  # a bug on one odd file must not end a 12,311-file run
-        return relative, f"unexpected {type(err).__name__}: {err}", False
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with replacing(cached) as temp, open(temp, "wb") as stream:
-        np.save(stream, cloud)
-    return relative, None, False
+        return None, f"unexpected {type(err).__name__}: {err}"
+    return cloud, None
 
 
 def _ignore_interrupts() -> None:

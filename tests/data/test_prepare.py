@@ -187,3 +187,31 @@ def test_a_full_disk_is_one_line_and_a_rerun_recovers(tmp_path, monkeypatch, cap
     assert "No space left on device" in error[-1]
     monkeypatch.undo()
     assert main(argv) == 0 and ModelNet40H5(out, "test", num_points=16).labels.tolist() == [0, 1, 2]
+
+
+def _point_files(root, counts):
+    """A Princeton folder of .npy point files, one class per count (rows: points of that file)."""
+    rng = np.random.default_rng(0)
+    for name, count in zip(CLASSES, counts, strict=True):
+        for split in ("train", "test"):
+            path = root / name / split / f"{name}_0001.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, rng.normal(size=(count, 3)).astype(np.float32))
+    return root
+
+
+def test_too_many_points_for_the_release_is_refused_from_the_first_files(tmp_path, monkeypatch):
+    """Issue 22 item 8: --points 2048 on a 1,024-point release read every file before saying so."""
+    src = _point_files(tmp_path / "src", [20, 20, 20])
+    read = []
+    real = prepare_module.load_points
+    monkeypatch.setattr(prepare_module, "load_points",
+                        lambda path, *args, **kwargs: read.append(path) or real(path, *args, **kwargs))
+    with pytest.raises(prepare_module.PceaFileError, match=r"--points 32 is more than the files hold \("
+                       r"bowl/train/bowl_0001.npy: only 20 points, 32 requested; .*use a smaller --points"):
+        run(src, tmp_path / "out")
+    assert len(read) == 3  # the first, middle and last of 6 files, not all of them
+    # One short file among files that hold enough is skipped by the sweep, as before.
+    report, _ = run(_point_files(tmp_path / "mixed", [64, 20, 64]), tmp_path / "mixed-out")
+    skipped = [relative for relative, _ in report.skipped]
+    assert skipped == ["cone/test/cone_0001.npy", "cone/train/cone_0001.npy"]
