@@ -118,7 +118,7 @@ def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
     num_points = _check_options(model, top_k=top_k, votes=votes, batch_size=batch_size, num_points=num_points,
                                 up=up)
     normals = model.config.in_channels >= 6
-    class_names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
+    class_names = model.class_labels()
     k = min(top_k, len(class_names))
     model.eval()
     for start in range(0, len(files), batch_size):
@@ -302,7 +302,7 @@ def print_classification(files: Sequence[Path], model: PCTClassifier, *, as_json
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    names = model.class_names or [f"class{i}" for i in range(model.config.num_classes)]
+    names = model.class_labels()
     path_width = max(len(printable(os.fspath(path))) for path in files)
     name_width = max(len(printable(name)) for name in names)  # names from a checkpoint: escaped too
     k = min(options.get("top_k", 5), len(names))

@@ -105,7 +105,7 @@ def onnx_metadata(model: PCTClassifier, num_points: int, batch: str | int, opset
         ``{key: json string}`` for every key in :data:`METADATA_KEYS`.
     """
     config = model.config
-    names = list(model.class_names or [f"class{i}" for i in range(config.num_classes)])
+    names = model.class_labels()
     columns = ["x", "y", "z", "nx", "ny", "nz"][:config.in_channels]
     extensions = sorted(set(MESH_EXTENSIONS + POINT_EXTENSIONS))
     # to_canonical computes p @ R.T; turning the unit vectors gives R.T, hence the transpose.

@@ -285,6 +285,10 @@ class PCTClassifier(nn.Module):
         """The last Linear of the head (timm's name)."""
         return self.head[-1]
 
+    def class_labels(self) -> list[str]:
+        """The class names, or ``class0``, ``class1``, ... for a model without them (one per output)."""
+        return list(self.class_names or [f"class{i}" for i in range(self.config.num_classes)])
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last Linear by a freshly initialised one with ``num_classes`` outputs.
 

@@ -239,3 +239,12 @@ def test_reset_classifier_keeps_the_features_and_replaces_the_last_layer(tiny_mo
     clone.load_state_dict(model.state_dict())  # the stored config describes the new head
     with pytest.raises(ValueError, match="num_classes=0"):
         model.reset_classifier(0)
+
+
+def test_class_labels_are_the_names_or_numbered_classes(tiny_model):
+    """The one fallback that classify, export and checkpoints use for a model without names."""
+    model = tiny_model("pcea", num_classes=3)
+    assert model.class_labels() == ["class0", "class1", "class2"]
+    model.class_names = ["ball", "box", "rod"]
+    labels = model.class_labels()
+    assert labels == ["ball", "box", "rod"] and labels is not model.class_names

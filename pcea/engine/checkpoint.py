@@ -448,8 +448,7 @@ def open_checkpoint(checkpoint: str | os.PathLike, *, device: str | torch.device
         raise PceaFileError(path, f"trained in a {up}-up frame; pcea feeds models {CANONICAL_UP}-up clouds")
     model.up = up
     names = payload.get("class_names")
-    model.class_names = [str(name) for name in names] if names else [
-        f"class{i}" for i in range(model.config.num_classes)]
+    model.class_names = [str(name) for name in names] if names else model.class_labels()
     if len(model.class_names) != model.config.num_classes:
         raise PceaFileError(path, f"{len(model.class_names)} class names for "
                             f"{model.config.num_classes} outputs")
