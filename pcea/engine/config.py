@@ -8,10 +8,14 @@ command-line flags. The resolved config is stored in the run directory as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +28,12 @@ from pcea.errors import (
     PceaFileError,
     is_positive_int,
     open_regular,
-    positive_int_problem,
     too_large_problem,
 )
 from pcea.model import PRESETS, ModelConfig
 
-__all__ = ["MAX_SEED", "RUNTIME_KEYS", "TrainConfig", "load_config_file", "max_threads", "max_workers",
-           "parse_model_options"]
+__all__ = ["MAX_SEED", "RUNTIME_KEYS", "Setting", "TrainConfig", "load_config_file", "max_threads",
+           "max_workers", "parse_model_options", "settings"]
 
 SelectOn = Literal["val", "test", "last"]
 
@@ -58,159 +61,159 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# A setting's check beyond its type: ``check(value, config)`` is None when the value is fine, else the
+# problem, which TrainConfig words as ``name=value: problem``. ``config`` is for relations to fields
+# above it (warmup_epochs < epochs), which are checked first.
+Check = Callable[[Any, "TrainConfig"], "str | None"]
+# Group titles of ``pcea train --help``, in the order they are shown.
+DATA, OPTIMISATION, AUGMENTATION, SELECTION, RUNNING = (
+    "data and model", "optimisation", "augmentation", "model selection", "where and how it runs")
+
+
+def _setting(default: Any = dataclasses.MISSING, help: str = "", *, group: str, check: Check | None = None,
+             metavar: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A :class:`TrainConfig` field with everything that describes it beside it: its ``help`` (the
+    setting's documentation and its flag's help), its ``group`` in ``pcea train --help``, its
+    ``check`` beyond its type and its flag's ``metavar``. Its type check comes from its annotation."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, "group": group, "check": check, "metavar": metavar})
+
+
+def _count(at_most: int | None = None) -> Check:
+    """A count (:func:`pcea.errors.is_positive_int`, worded as every count in pcea), at most ``at_most``."""
+    def check(value: Any, config: TrainConfig) -> str | None:
+        if not is_positive_int(value):
+            return "expected a positive integer"
+        return too_large_problem(at_most) if at_most is not None and value > at_most else None
+
+    return check
+
+
+def _between(low: float, high: float, *, below_high: bool = False, unit: str = "") -> Check:
+    """``low <= x <= high`` (``< high`` with ``below_high``); ``unit`` ends the message: " (degrees)"."""
+    def check(value: Any, config: TrainConfig) -> str | None:
+        ok = low <= value < high if below_high else low <= value <= high
+        return None if ok else f"need {low} <= x {'<' if below_high else '<='} {high}{unit}"
+
+    return check
+
+
+def _at_least_zero(value: Any, config: TrainConfig) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run; the defaults reproduce PCT's ModelNet40 recipe.
 
-    Attributes:
-        data: dataset directory (any layout ``pcea.data.open_dataset`` knows) or
-            "synthetic" for the generated pcea-shapes stand-in.
-        model: preset name, "pcea" (external attention), "pct" or "pct-sa".
-        model_options: overrides of :class:`pcea.model.ModelConfig` fields.
-        points: points per cloud (also the model's ``num_points``).
-        normals: feed normals as three extra input channels.
-        epochs: training epochs.
-        batch_size: clouds per optimiser step, summed over all ranks.
-        optimizer: "sgd" (momentum SGD, PCT's) or "adamw" (decoupled weight decay).
-        lr: peak learning rate.
-        min_lr: final learning rate of the cosine annealing.
-        warmup_epochs: with 0 (PCT's recipe) the learning rate is cosine-annealed once
-            per epoch from ``lr`` to ``min_lr``; above 0 it is set every step instead,
-            rising linearly from ``lr / 100`` to ``lr`` over this many epochs (may be
-            fractional), then cosine-annealed to ``min_lr`` at the last step.
-        momentum: SGD momentum (AdamW's beta1 stays at 0.9).
-        weight_decay: weight decay (SGD: L2 added to the gradient; AdamW: decoupled).
-        label_smoothing: cross-entropy label smoothing.
-        augment: "pct" (anisotropic scale + translation, then shuffling) or "none".
-        yaw: rotate every training cloud about the up axis by an angle drawn from
-            [-yaw, yaw] degrees before the other augmentation (0: never; 180: any angle),
-            so that the model holds up on files in any yaw (docs/robustness.md).
-        occlusion: probability that a training cloud loses part of its surface, as a
-            scan or a damaged file does: a partial view or holes at a random severity of
-            the robustness suite (:class:`pcea.data.corruptions.Occlude`); 0: never.
-        init: start from the weights of this checkpoint, run directory or built-in name
-            (e.g. "modelnet40") instead of random ones; the classifier layer is replaced
-            when the classes differ. None: random initialisation.
-        seed: seeds the split, the shuffling, the augmentation and the weights.
-        val_split: fraction of the training set held out for model selection
-            (stratified); 0 disables validation.
-        select_on: which epoch ``best.pt`` holds: best validation OA ("val"),
-            best test OA ("test", the papers' protocol, for comparison only) or
-            the last epoch ("last").
-        device: "auto" (CUDA, then MPS, then CPU), or a torch device string.
-        amp: bf16 autocast where the device runs bf16 natively (CUDA, AVX512-BF16/AMX
-            CPUs; see :mod:`pcea.precision`), float32 elsewhere.
-        compile: ``torch.compile`` the model, falling back to eager on failure.
-        threads: CPU threads for torch (None leaves torch's default).
-        workers: DataLoader worker processes.
+    Each field is described where it is declared: its annotation is its type check (an
+    integer refuses 2.5 and true, a number refuses "1" and inf, a switch refuses "no", a
+    Literal its other values), its ``help`` documents it (and is the help of its ``pcea
+    train`` flag, ``--batch-size`` for ``batch_size``), and its ``check`` bounds it. A new
+    setting is one field; :func:`settings` lists them as the checks and the flags see them.
     """
 
-    data: str = "synthetic"
-    model: str = "pcea"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    points: int = 1024
-    normals: bool = False
-    epochs: int = 250
-    batch_size: int = 32
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
-    min_lr: float = 1e-4
-    warmup_epochs: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.2
-    augment: Literal["pct", "none"] = "pct"
-    yaw: float = 0.0
-    occlusion: float = 0.0
-    init: str | None = None
-    seed: int = 0
-    val_split: float = 0.1
-    select_on: SelectOn = "val"
-    device: str = "auto"
-    amp: bool = False
-    compile: bool = False
-    threads: int | None = None
-    workers: int = 4
+    data: str = _setting("synthetic", "dataset directory (any layout pcea.data.open_dataset knows), or "
+                         "'synthetic' for the generated pcea-shapes stand-in", group=DATA)
+    model: str = _setting("pcea", "preset: 'pcea' (external attention), 'pct' (offset attention) or 'pct-sa' "
+                          "(self-attention)", group=DATA, metavar="{" + ",".join(PRESETS) + "}",
+                          check=lambda value, config: None if value in PRESETS else
+                          f"expected one of {', '.join(repr(p) for p in PRESETS)}")
+    model_options: dict[str, Any] = _setting(
+        help="overrides of pcea.model.ModelConfig fields, e.g. {memory: 32}", group=DATA,
+        default_factory=dict)
+    points: int = _setting(1024, "points per cloud (also the model's num_points)", group=DATA,
+                           check=_count(MAX_POINTS))
+    normals: bool = _setting(False, "feed normals as three extra input channels", group=DATA)
+    epochs: int = _setting(250, "training epochs", group=OPTIMISATION, check=_count())
+    batch_size: int = _setting(32, "clouds per optimiser step, summed over all processes", group=OPTIMISATION,
+                               check=lambda value, config: None if value >= 2 else
+                               "BatchNorm needs at least 2 per step")
+    optimizer: Literal["sgd", "adamw"] = _setting("sgd", "sgd (momentum SGD, PCT's) or adamw (decoupled "
+                                                  "weight decay)", group=OPTIMISATION)
+    lr: float = _setting(0.01, "peak learning rate", group=OPTIMISATION,
+                         check=lambda value, config: None if value > 0 else "must be positive")
+    min_lr: float = _setting(1e-4, "final learning rate of the cosine annealing", group=OPTIMISATION,
+                             check=_at_least_zero)
+    warmup_epochs: float = _setting(
+        0.0, "with 0 (PCT's recipe) the learning rate is cosine-annealed once per epoch from lr to min_lr; "
+        "above 0 it is set every step instead, rising linearly from lr / 100 to lr over this many epochs "
+        "(may be fractional), then cosine-annealed to min_lr at the last step", group=OPTIMISATION,
+        check=lambda value, config: None if 0 <= value < config.epochs else
+        f"need 0 <= x < epochs ({config.epochs})")
+    momentum: float = _setting(0.9, "SGD momentum (AdamW's beta1 stays at 0.9)", group=OPTIMISATION,
+                               check=_between(0, 1, below_high=True))
+    weight_decay: float = _setting(5e-4, "weight decay (SGD: L2 added to the gradient; AdamW: decoupled)",
+                                   group=OPTIMISATION, check=_at_least_zero)
+    label_smoothing: float = _setting(0.2, "cross-entropy label smoothing", group=OPTIMISATION,
+                                      check=_between(0, 1, below_high=True))
+    augment: Literal["pct", "none"] = _setting("pct", "pct (anisotropic scale + translation, then "
+                                               "shuffling) or none", group=AUGMENTATION)
+    yaw: float = _setting(0.0, "rotate every training cloud about the up axis by an angle drawn from "
+                          "[-yaw, yaw] degrees before the other augmentation (0: never; 180: any angle), so "
+                          "that the model holds up on files in any yaw (docs/robustness.md)",
+                          group=AUGMENTATION, check=_between(0, 180, unit=" (degrees)"), metavar="DEGREES")
+    occlusion: float = _setting(0.0, "probability that a training cloud loses part of its surface, as a "
+                                "scan or a damaged file does: a partial view or holes at a random severity "
+                                "of the robustness suite (pcea.data.corruptions.Occlude); 0: never",
+                                group=AUGMENTATION, check=_between(0, 1, unit=" (a probability)"),
+                                metavar="P")
+    init: str | None = _setting(None, "start from the weights of this checkpoint, run directory or built-in "
+                                "name (e.g. modelnet40) instead of random ones; the classifier layer is "
+                                "replaced when the classes differ (default: random initialisation)",
+                                group=DATA, metavar="CHECKPOINT_OR_NAME")
+    seed: int = _setting(0, "seeds the split, the shuffling, the augmentation and the weights",
+                         group=SELECTION, check=lambda value, config: None if 0 <= value <= MAX_SEED else
+                         f"need 0 <= seed <= {MAX_SEED} (2**32 - 1)")
+    val_split: float = _setting(0.1, "fraction of the training set held out for model selection "
+                                "(stratified); 0 disables validation", group=SELECTION,
+                                check=_between(0, 1, below_high=True))
+    select_on: SelectOn = _setting(
+        "val", "which epoch best.pt holds: best validation OA (val), best test OA (test, the papers' "
+        "protocol, for comparison only) or the last epoch (last)", group=SELECTION,
+        check=lambda value, config: "needs val_split > 0; use --select-on last or test"
+        if value == "val" and config.val_split == 0 else None)
+    device: str = _setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", group=RUNNING)
+    amp: bool = _setting(False, "bf16 autocast where the device runs bf16 natively (CUDA, AVX512-BF16/AMX "
+                         "CPUs; see pcea.precision), float32 elsewhere; measured no faster than float32 for "
+                         "training on an AMX CPU (see the README)", group=RUNNING)
+    compile: bool = _setting(False, "torch.compile the model, falling back to eager on failure",
+                             group=RUNNING)
+    threads: int | None = _setting(None, "CPU threads for torch (default: torch's own)", group=RUNNING,
+                                   check=lambda value, config: None if value is None or
+                                   1 <= value <= max_threads() else
+                                   f"need 1 to {max_threads()} on this machine "
+                                   f"({os.cpu_count() or 1} CPUs; at most 4 per CPU)")
+    workers: int = _setting(4, "DataLoader worker processes", group=RUNNING,
+                            check=lambda value, config: None if 0 <= value <= max_workers() else
+                            f"need 0 to {max_workers()} on this machine "
+                            f"({os.cpu_count() or 1} CPUs; at most 4 per CPU and 64)")
 
     def __post_init__(self) -> None:
-        """Check every value's type and range, once, with one message style: ``name=value: problem``.
+        """Check every value's type, then its range, once, in one wording: ``name=value: problem``.
 
         Raises:
             PceaError: the first invalid value.
         """
-        self._check_types()
-        self.model_options = dict(self.model_options)
-        checks = [
-            (is_positive_int(self.points), positive_int_problem("points", self.points)),
-            (not is_positive_int(self.points) or self.points <= MAX_POINTS,
-             f"points={self.points}: {too_large_problem(MAX_POINTS)}"),
-            (is_positive_int(self.epochs), positive_int_problem("epochs", self.epochs)),
-            (self.batch_size >= 2, f"batch_size={self.batch_size}: BatchNorm needs at least 2 per step"),
-            (self.lr > 0, f"lr={self.lr}: must be positive"),
-            (self.min_lr >= 0, f"min_lr={self.min_lr}: must be 0 or more"),
-            (self.optimizer in ("sgd", "adamw"), f"optimizer={self.optimizer!r}: expected 'sgd' or 'adamw'"),
-            (0 <= self.warmup_epochs < self.epochs,
-             f"warmup_epochs={self.warmup_epochs}: need 0 <= x < epochs ({self.epochs})"),
-            (0 <= self.momentum < 1, f"momentum={self.momentum}: need 0 <= x < 1"),
-            (self.weight_decay >= 0, f"weight_decay={self.weight_decay}: must be 0 or more"),
-            (0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing}: need 0 <= x < 1"),
-            (0 <= self.seed <= MAX_SEED, f"seed={self.seed}: need 0 <= seed <= {MAX_SEED} (2**32 - 1)"),
-            (0 <= self.val_split < 1, f"val_split={self.val_split}: need 0 <= x < 1"),
-            (self.select_on in ("val", "test", "last"),
-             f"select_on={self.select_on!r}: expected 'val', 'test' or 'last'"),
-            (self.augment in ("pct", "none"), f"augment={self.augment!r}: expected 'pct' or 'none'"),
-            (0 <= self.yaw <= 180, f"yaw={self.yaw}: need 0 <= x <= 180 (degrees)"),
-            (0 <= self.occlusion <= 1, f"occlusion={self.occlusion}: need 0 <= x <= 1 (a probability)"),
-            (0 <= self.workers <= max_workers(),
-             f"workers={self.workers}: need 0 to {max_workers()} on this machine "
-             f"({os.cpu_count() or 1} CPUs; at most 4 per CPU and 64)"),
-            (self.threads is None or 1 <= self.threads <= max_threads(),
-             f"threads={self.threads}: need 1 to {max_threads()} on this machine "
-             f"({os.cpu_count() or 1} CPUs; at most 4 per CPU)"),
-            (self.select_on != "val" or self.val_split > 0,
-             "select_on='val' needs val_split > 0; use --select-on last or test"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PceaError(message)
+        for setting in _SETTINGS:
+            problem = setting.type_problem(getattr(self, setting.name))
+            if problem:
+                raise PceaError(problem)
+        self.model_options = dict(self.model_options or {})
+        for setting in _SETTINGS:
+            value = getattr(self, setting.name)
+            problem = setting.check(value, self) if setting.check else None
+            if problem:
+                raise PceaError(f"{setting.name}={value!r}: {problem}")
         self._check_model()
-
-    def _check_types(self) -> None:
-        """Strict types: an integer setting refuses 2.5 and true, a number refuses "1" and inf, a
-        switch refuses "no" (a YAML string; unquoted ``no`` is false)."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = _FIELD_KINDS[f.name]
-            if kind == "int":
-                ok, expected = _is_int(value), "an integer"
-            elif kind == "int?":
-                ok, expected = value is None or _is_int(value), "an integer or null"
-            elif kind == "number":
-                ok, expected = _is_number(value) and math.isfinite(value), "a finite number"
-            elif kind == "bool":
-                ok, expected = isinstance(value, bool), "true or false"
-            elif kind == "str":
-                ok, expected = isinstance(value, str) and value != "", "a non-empty string"
-            elif kind == "str?":
-                ok, expected = value is None or (isinstance(value, str) and value != ""), \
-                    "a non-empty string or null"
-            else:  # "dict": model_options
-                ok = value is None or (isinstance(value, dict) and all(isinstance(k, str) for k in value))
-                expected = "a mapping of model settings, e.g. {memory: 32}"
-            if not ok:
-                raise PceaError(f"{f.name}={value!r}: expected {expected}")
-        if self.model_options is None:
-            self.model_options = {}
 
     def _check_model(self) -> None:
         """Build the model's config (not the model) now, so that a bad option fails before a run
         directory is created or data is read."""
-        if self.model not in PRESETS:
-            raise PceaError(f"model={self.model!r}: expected one of {', '.join(repr(p) for p in PRESETS)}")
         fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(_RECIPE_MODEL_KEYS)
         unknown = sorted(set(self.model_options) - fields)
         if unknown:
@@ -273,13 +276,93 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-_FIELD_KINDS = {"data": "str", "model": "str", "model_options": "dict", "points": "int", "normals": "bool",
-                "epochs": "int", "batch_size": "int", "optimizer": "str", "lr": "number", "min_lr": "number",
-                "warmup_epochs": "number", "momentum": "number", "weight_decay": "number",
-                "label_smoothing": "number", "augment": "str", "yaw": "number", "occlusion": "number",
-                "init": "str?", "seed": "int", "val_split": "number",
-                "select_on": "str", "device": "str", "amp": "bool", "compile": "bool", "threads": "int?",
-                "workers": "int"}
+@dataclass(frozen=True)
+class Setting:
+    """One field of :class:`TrainConfig` as its checks and its ``pcea train`` flag see it."""
+
+    name: str
+    default: Any  # dataclasses.MISSING where a factory makes it (model_options)
+    help: str
+    group: str
+    metavar: str | None
+    accepts: Callable[[Any], bool]  # the type check, from the annotation
+    expected: str  # what ``accepts`` wants, for the message: "an integer"
+    check: Check | None  # the range, from the field's metadata
+    choices: tuple[str, ...] | None  # a Literal's values
+    parse: Callable[[str], Any] | None  # a flag's text -> the value; None: not a typed value (a switch)
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--batch-size`` for ``batch_size``."""
+        return "--" + self.name.replace("_", "-")
+
+    def type_problem(self, value: Any) -> str | None:
+        """``name=value: expected ...`` where ``value`` is not of this setting's type, else None."""
+        return None if self.accepts(value) else f"{self.name}={value!r}: expected {self.expected}"
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every :class:`TrainConfig` setting in declaration order: what ``pcea train``'s flags are made from."""
+    return _SETTINGS
+
+
+def _int_text(text: str) -> Any:
+    """A flag's text as an int; text that is not one is kept (``2.5`` as a float) for the type check to
+    name, so that ``--epochs 2.5`` is refused in the words of ``epochs: 2.5`` in a config file."""
+    for parse in (int, float):
+        with contextlib.suppress(ValueError):
+            return parse(text)
+    return text
+
+
+def _float_text(text: str) -> Any:
+    """A flag's text as a float; text that is not one is kept for the type check to name."""
+    with contextlib.suppress(ValueError):
+        return float(text)
+    return text
+
+
+def _kind(annotation: Any) -> tuple[Callable[[Any], bool], str, tuple[str, ...] | None, Callable | None]:
+    """``(accepts, expected, choices, parse)`` of a TrainConfig annotation.
+
+    Raises:
+        TypeError: an annotation without a check here (a new field of a new type), at import.
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        expected = ", ".join(repr(a) for a in args[:-1]) + f" or {args[-1]!r}"
+        return (lambda value: isinstance(value, str) and value in args), expected, args, str
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        accepts, expected, choices, parse = _kind(next(a for a in args if a is not type(None)))
+        return (lambda value: value is None or accepts(value)), f"{expected} or null", choices, parse
+    if annotation is bool:
+        return (lambda value: isinstance(value, bool)), "true or false", None, None
+    if annotation is int:
+        return _is_int, "an integer", None, _int_text
+    if annotation is float:
+        return _is_finite_number, "a finite number", None, _float_text
+    if annotation is str:
+        return (lambda value: isinstance(value, str) and value != ""), "a non-empty string", None, str
+    if origin is dict:  # model_options, which --model-opt KEY=VALUE sets
+        return (lambda value: value is None or (isinstance(value, dict)
+                                                and all(isinstance(key, str) for key in value)),
+                "a mapping of model settings, e.g. {memory: 32}", None, None)
+    raise TypeError(f"TrainConfig: no type check for the annotation {annotation!r}")
+
+
+def _settings() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    found = []
+    for f in dataclasses.fields(TrainConfig):
+        accepts, expected, choices, parse = _kind(hints[f.name])
+        found.append(Setting(f.name, f.default, f.metadata["help"], f.metadata["group"],
+                             f.metadata["metavar"], accepts, expected, f.metadata["check"], choices, parse))
+    return tuple(found)
+
+
+_SETTINGS = _settings()
+
+
 # YAML 1.1 (PyYAML) reads 1e-4 as a string: it wants a dot (1.0e-4). Accept the usual spelling.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 

@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from pcea.engine.config import TrainConfig, load_config_file, parse_model_options
-from pcea.errors import PceaError, PceaFileError
+from pcea.engine.config import TrainConfig, load_config_file, parse_model_options, settings
+from pcea.errors import MAX_POINTS, PceaError, PceaFileError, positive_int_problem, too_large_problem
 
 
 def test_defaults_are_pcts_recipe():
@@ -39,7 +39,7 @@ def test_yaml_round_trip_and_unknown_keys(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"batch_size": 1}, "batch_size=1"),
-    ({"val_split": 0.0}, "select_on='val' needs val_split > 0"),
+    ({"val_split": 0.0}, "select_on='val': needs val_split > 0"),
     ({"select_on": "best"}, "select_on='best'"),
     ({"label_smoothing": 1.0}, "label_smoothing=1.0"),
     ({"epochs": 0}, "epochs=0"),
@@ -178,3 +178,45 @@ def test_config_must_be_a_small_regular_file(tmp_path, monkeypatch):
     big.write_text("# padding\n" * 200_000)  # 2 MB of comments: valid YAML, but no config is that size
     with pytest.raises(PceaFileError, match=r"big.yaml: 2,000,000 bytes, over the 1,048,576-byte limit"):
         load_config_file(big)
+
+
+# -- issue 24 item 1: each setting described once, beside its field -----------------------------
+
+def test_every_setting_has_help_a_group_and_a_type_check():
+    from pcea.engine import config as config_module
+
+    assert [s.name for s in settings()] == TrainConfig.field_names()
+    groups = {config_module.DATA, config_module.OPTIMISATION, config_module.AUGMENTATION,
+              config_module.SELECTION, config_module.RUNNING}
+    for setting in settings():
+        assert len(setting.help) > 10 and setting.group in groups, setting.name
+    # Every kind of annotation TrainConfig uses, each with its wording.
+    assert {s.expected for s in settings()} == {
+        "a non-empty string", "a mapping of model settings, e.g. {memory: 32}", "an integer", "true or false",
+        "'sgd' or 'adamw'", "a finite number", "'pct' or 'none'", "a non-empty string or null",
+        "'val', 'test' or 'last'", "an integer or null"}
+
+
+@pytest.mark.parametrize("annotation", [list[int], bytes, int | str, "int"])
+def test_a_field_type_without_a_check_fails_at_import(annotation):
+    from pcea.engine.config import _kind
+
+    with pytest.raises(TypeError, match="no type check for the annotation"):
+        _kind(annotation)
+
+
+@pytest.mark.parametrize("setting", settings(), ids=lambda s: s.name)
+def test_a_value_of_the_wrong_type_is_refused_in_one_wording(setting):
+    value = 2.5 if setting.expected != "a finite number" else "x"
+    with pytest.raises(PceaError) as error:
+        TrainConfig(**{setting.name: value})
+    assert str(error.value) == f"{setting.name}={value!r}: expected {setting.expected}"
+
+
+def test_counts_are_worded_as_every_count_in_pcea():
+    with pytest.raises(PceaError) as error:
+        TrainConfig(epochs=0)
+    assert str(error.value) == positive_int_problem("epochs", 0)
+    with pytest.raises(PceaError) as error:
+        TrainConfig(points=MAX_POINTS + 1)
+    assert str(error.value) == f"points={MAX_POINTS + 1}: {too_large_problem(MAX_POINTS)}"
