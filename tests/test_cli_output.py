@@ -49,6 +49,7 @@ def _one_error_line(err: str, *needles: str) -> None:
     ["eval", "LONG.pt"],
     ["train", "--data", "LONG", "--out", "TMP/run", "--epochs", "1"],
     ["prepare", "modelnet40", "--src", "LONG", "--out", "TMP/out"],
+    ["synth", "--out", "TMP/LONG", "--classes", "2", "--per-class", "2", "--points", "16"],
     ["export", "CKPT", "--onnx", "TMP/LONG.onnx"],
     ["bench", "--json", "TMP/LONG.json"],
 ])
