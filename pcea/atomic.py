@@ -87,15 +87,14 @@ def check_destination(path: str | os.PathLike) -> None:
     directory); a symbolic link counts as what it points to.
 
     Raises:
-        PceaFileError: naming the path and what it is, or why it cannot be looked at (a name too
-            long, a folder the user may not enter).
+        PceaFileError: naming the path and what it is.
+        OSError: the path cannot be looked at (a name too long, a folder the user may not enter),
+            unchanged for the caller to word, as :func:`replacing` does.
     """
     try:
         info = os.stat(path)
     except FileNotFoundError:  # a new name
         return
-    except OSError as err:
-        raise PceaFileError(path, f"cannot write: {err.strerror or err}") from None
     if stat.S_ISDIR(info.st_mode):
         raise PceaFileError(path, "is a directory; give the name of a file to write")
     if not stat.S_ISREG(info.st_mode):
