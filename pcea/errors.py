@@ -39,6 +39,11 @@ class MissingSplitError(PceaFileError):
     """A dataset directory without the split asked for (a copy holding only the train split)."""
 
 
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer, Python or NumPy, and not a bool: pcea's one strict integer test."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def is_positive_int(value: object) -> bool:
     """Whether ``value`` is an integer (Python or NumPy, not a bool) of at least 1.
 
@@ -46,7 +51,7 @@ def is_positive_int(value: object) -> bool:
     :class:`pcea.TrainConfig`, the benchmark settings and the command line's integer options
     all use it, and all word a failure as :func:`positive_int_problem` does.
     """
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and bool(value >= 1)
+    return is_int(value) and bool(value >= 1)
 
 
 def positive_int_problem(name: str, value: object) -> str:

@@ -38,7 +38,7 @@ from typing import TextIO
 
 import numpy as np
 
-from pcea.errors import PceaError, PceaFileError, open_regular
+from pcea.errors import PceaError, PceaFileError, is_int, open_regular
 from pcea.geometry import CANONICAL_UP, UP_AXES, choose_up, quarter_turns, to_canonical
 from pcea.io import DEFAULT_MAX_BYTES, DEFAULT_MAX_POINTS, declared_up, load_points
 from pcea.io.inputs import expand_inputs, printable, unmatched_problem
@@ -257,10 +257,10 @@ def _checked_metadata(path: str, session, props: dict[str, str]) -> OnnxClassifi
     if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
         raise bad("class_names", "a non-empty list of strings")
     num_points = meta["num_points"]
-    if not _is_int(num_points) or not 1 <= num_points <= DEFAULT_MAX_POINTS:
+    if not is_int(num_points) or not 1 <= num_points <= DEFAULT_MAX_POINTS:
         raise bad("num_points", f"an integer from 1 to {DEFAULT_MAX_POINTS:,} (pcea.io's point limit)")
     channels = meta["in_channels"]
-    if not _is_int(channels) or channels not in (3, 6):
+    if not is_int(channels) or channels not in (3, 6):
         raise bad("in_channels", "3 (xyz) or 6 (xyz and normals)")
     frame = meta["frame"]
     turn = to_canonical(np.eye(3, dtype=np.float32), "z").T.astype(int).tolist()
@@ -268,7 +268,7 @@ def _checked_metadata(path: str, session, props: dict[str, str]) -> OnnxClassifi
             frame.get("z_up_to_y_up", turn) != turn:
         raise bad("frame", f"pcea's frame (up {CANONICAL_UP!r}, z-up files turned by {turn})")
     batch = meta.get("batch", "dynamic")
-    if batch != "dynamic" and not (_is_int(batch) and batch >= 1):
+    if batch != "dynamic" and not (is_int(batch) and batch >= 1):
         raise bad("batch", "'dynamic' or a positive integer")
 
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -290,10 +290,6 @@ def _checked_metadata(path: str, session, props: dict[str, str]) -> OnnxClassifi
         raise PceaFileError(path, f"a fixed batch of {fixed} clouds of {num_points:,} points needs more "
                                   f"than {_BATCH_BYTES / 2**30:g} GiB per run")
     return OnnxClassifier(session, path, names, num_points, channels, fixed)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # --- the command ---------------------------------------------------------------------------

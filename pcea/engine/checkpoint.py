@@ -16,8 +16,10 @@ Payload keys (the contract with ``pcea.load_model`` and ``pcea eval``):
 "format" ("pcea-checkpoint/1"), "model" (state_dict), "model_name",
 "model_config" (dict), "class_names" (list[str]), "train_config" (dict),
 "epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "metrics"
-(dict), "protocol" (str). :func:`check_payload` verifies their types, so a file with
-a valid hash but a malformed payload is one error naming the file, not a traceback.
+(dict), "protocol" (str). :func:`check_payload` checks the keys the code reads as they are
+(names, epoch, metrics) and the outline of the states that ``load_state_dict`` and
+:func:`set_rng_state` check in full, so :func:`load_latest` falls back from a malformed file;
+the model config is checked by building it, and the weights' shapes against it.
 
 Only regular files of at most :data:`MAX_CHECKPOINT_BYTES` (4 GiB; a checkpoint of the
 ``pcea`` preset, 2.67 M parameters with their SGD momentum, is 21.5 MB) are read: a FIFO,
@@ -48,7 +50,7 @@ import torch
 
 from pcea.atomic import atomic_write_bytes, replacing
 from pcea.engine.distributed import resolve_device
-from pcea.errors import PceaFileError, open_regular
+from pcea.errors import PceaFileError, is_int, open_regular
 from pcea.geometry import CANONICAL_UP
 from pcea.model import ModelConfig, PCTClassifier
 from pcea.weights import builtin_path, is_builtin
@@ -213,10 +215,6 @@ def _refused_global(message: str) -> str:
     return ""
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -225,51 +223,34 @@ def _str_dict(value) -> bool:
     return isinstance(value, dict) and all(isinstance(key, str) for key in value)
 
 
-def _rng_ok(value) -> bool:
-    if not _str_dict(value) or not {"python", "numpy", "torch", "loader"} <= set(value):
-        return False
-    python, numpy_state = value["python"], value["numpy"]
-    return (isinstance(python, list | tuple) and len(python) == 3 and _is_int(python[0])
-            and isinstance(python[1], list | tuple) and all(_is_int(v) for v in python[1])
-            and (python[2] is None or _is_number(python[2]))
-            and _str_dict(numpy_state) and isinstance(numpy_state.get("key"), torch.Tensor)
-            and _is_int(numpy_state.get("pos")) and _is_int(numpy_state.get("has_gauss"))
-            and _is_number(numpy_state.get("gauss"))
-            and isinstance(value["torch"], torch.Tensor) and value["torch"].dtype == torch.uint8
-            and isinstance(value["loader"], torch.Tensor) and value["loader"].dtype == torch.uint8
-            and (isinstance(value.get("cuda", []), list | tuple)))
-
-
 def _metrics_ok(value) -> bool:
     if not _str_dict(value):
         return False
     history, best = value.get("history"), value.get("best")
-    return (isinstance(history, list) and all(_str_dict(row) and _is_int(row.get("epoch")) for row in history)
-            and _str_dict(best) and (best.get("epoch") is None or _is_int(best.get("epoch")))
+    return (isinstance(history, list) and all(_str_dict(row) and is_int(row.get("epoch")) for row in history)
+            and _str_dict(best) and (best.get("epoch") is None or is_int(best.get("epoch")))
             and _is_number(best.get("score")))
 
 
-# What each payload key must hold: (test, description for the error).
+# What each payload key must hold: (test, description for the error). "format" is compared by
+# load_checkpoint, "model_config" checked by ModelConfig, "up" compared by open_checkpoint.
 _KEY_TYPES = {
-    "format": (lambda v: isinstance(v, str), "a string"),
     "model": (lambda v: _str_dict(v) and all(isinstance(t, torch.Tensor) for t in v.values()),
               "a mapping of parameter names to tensors"),
     "model_name": (lambda v: isinstance(v, str), "a string"),
-    "model_config": (_str_dict, "a mapping of model settings"),
     "class_names": (lambda v: isinstance(v, list | tuple) and all(isinstance(n, str) for n in v),
                     "a list of strings"),
     "train_config": (_str_dict, "a mapping of training settings"),
-    "epoch": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "epoch": (lambda v: is_int(v) and v >= 0, "a non-negative integer"),
     "optimizer": (lambda v: _str_dict(v) and isinstance(v.get("state"), dict)
                   and isinstance(v.get("param_groups"), list), "an optimizer state (state, param_groups)"),
     "scheduler": (_str_dict, "a scheduler state"),
-    "rng": (_rng_ok, "the random states (python, numpy, torch, loader)"),
+    "rng": (lambda v: _str_dict(v) and {"python", "numpy", "torch", "loader"} <= set(v),
+            "the random states (python, numpy, torch, loader)"),
     "metrics": (_metrics_ok, "metrics with a history of epochs and the best epoch"),
     "protocol": (lambda v: isinstance(v, str), "a string"),
-    "up": (lambda v: isinstance(v, str), "a string"),
 }
-_ALWAYS_CHECKED = ("model", "model_name", "model_config", "class_names", "train_config", "epoch", "protocol",
-                   "up")
+_ALWAYS_CHECKED = ("model", "model_name", "class_names", "train_config", "epoch", "protocol")
 
 
 def check_payload(payload: dict, path: str | os.PathLike, require: tuple[str, ...] = ()) -> dict:
@@ -279,7 +260,7 @@ def check_payload(payload: dict, path: str | os.PathLike, require: tuple[str, ..
         payload: what :func:`load_checkpoint` unpickled.
         path: the file, for the message.
         require: keys that must be present (:data:`MODEL_KEYS`, :data:`RESUME_KEYS`); these
-            and the simple keys (names, configs, epoch) are type-checked whenever present.
+            and the simple keys (names, training config, epoch) are type-checked whenever present.
 
     Returns:
         ``payload``.
@@ -291,7 +272,7 @@ def check_payload(payload: dict, path: str | os.PathLike, require: tuple[str, ..
     if missing:
         raise PceaFileError(path, f"malformed checkpoint: no {', '.join(repr(k) for k in missing)} entry")
     for key in dict.fromkeys((*_ALWAYS_CHECKED, *require)):
-        if key in payload:
+        if key in payload and key in _KEY_TYPES:
             ok, expected = _KEY_TYPES[key]
             if not ok(payload[key]):
                 found = type(payload[key]).__name__
@@ -551,12 +532,20 @@ def rng_state(loader_generator: torch.Generator) -> dict:
 
 
 def set_rng_state(state: dict, loader_generator: torch.Generator) -> None:
-    """Restore what :func:`rng_state` saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    """Restore what :func:`rng_state` saved.
+
+    Raises:
+        KeyError, TypeError, ValueError, RuntimeError: a state that is not :func:`rng_state`'s, as
+            Python, NumPy and torch refuse it (the caller names the checkpoint).
+    """
+    try:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    except OverflowError as err:  # an integer beyond C's unsigned long
+        raise ValueError(f"Python random state: {err}") from None
     np.random.set_state({
         "bit_generator": "MT19937",
-        "state": {"key": state["numpy"]["key"].numpy().astype(np.uint32), "pos": state["numpy"]["pos"]},
+        "state": {"key": np.asarray(state["numpy"]["key"]).astype(np.uint32), "pos": state["numpy"]["pos"]},
         "has_gauss": state["numpy"]["has_gauss"],
         "gauss": state["numpy"]["gauss"],
     })

@@ -23,14 +23,15 @@ from pcea.engine.checkpoint import (
     FORMAT,
     MAGIC,
     MAX_CHECKPOINT_BYTES,
-    MODEL_KEYS,
     RESUME_KEYS,
     check_resumed_state,
     load_checkpoint,
     load_latest,
     open_checkpoint,
     previous_path,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from pcea.engine.train import train, warmup_cosine
 from pcea.errors import PceaFileError
@@ -222,7 +223,7 @@ def _framed(tmp_path, name: str, payload: dict):
     ({"model": None}, r"no 'model' entry"),
     ({"model": "weights"}, r"'model' is not a mapping of parameter names to tensors \(found a str\)"),
     ({"model": {"w": [1.0, 2.0]}}, r"'model' is not a mapping of parameter names to tensors"),
-    ({"model_config": [64, 32]}, r"'model_config' is not a mapping"),
+    ({"model_config": [64, 32]}, r"its model_config is invalid: .*must be a mapping, not list"),
     ({"class_names": "abcd"}, r"'class_names' is not a list of strings"),
     ({"class_names": [1, 2, 3, 4]}, r"'class_names' is not a list of strings"),
     ({"epoch": "3"}, r"'epoch' is not a non-negative integer \(found a str\)"),
@@ -233,7 +234,7 @@ def test_a_malformed_payload_with_a_valid_hash_is_one_error_naming_the_file(tmp_
     payload = {k: v for k, v in payload.items() if v is not None}
     path = _framed(tmp_path, "bad.pt", payload)
     with pytest.raises(PceaFileError, match=f"bad.pt: malformed checkpoint: {message}"):
-        load_checkpoint(path, require=MODEL_KEYS)
+        open_checkpoint(path)  # load_checkpoint(path, require=MODEL_KEYS), then the model config
 
 
 @pytest.mark.parametrize("key, value", [
@@ -258,6 +259,22 @@ def test_resume_keys_are_checked_when_resuming(tmp_path, key, value):
     path.rename(tmp_path / "last.pt")
     used, payload, problems = load_latest(tmp_path / "last.pt", require=RESUME_KEYS)
     assert used.name == "last.prev.pt" and "malformed checkpoint" in problems[0]
+
+
+@pytest.mark.parametrize("change", [
+    {"python": (3, tuple([2**80] * 625), None)}, {"python": 5}, {"torch": 1},
+    {"numpy": {"key": "abc", "pos": 0, "has_gauss": 0, "gauss": 0.0}},
+    {"numpy": {"key": torch.zeros(624, dtype=torch.int64), "pos": "x", "has_gauss": 0, "gauss": 0.0}},
+])
+def test_a_crafted_random_state_is_refused_with_what_the_resume_turns_into_one_line(change):
+    """check_payload only outlines "rng"; set_rng_state refuses the rest with the exceptions that
+    Trainer._restore names the checkpoint for (an OverflowError or AttributeError would escape it)."""
+    generator = torch.Generator()
+    good = rng_state(generator)
+    with pytest.raises((KeyError, TypeError, ValueError, RuntimeError, IndexError)):
+        set_rng_state({**good, **change}, generator)
+    set_rng_state(good, generator)  # and the good state still restores
+    assert torch.equal(generator.get_state(), good["loader"])
 
 
 class _Timeout(BaseException):
