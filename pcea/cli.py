@@ -142,44 +142,62 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a classifier. Defaults: PCT's ModelNet40 recipe "
                                    "(configs/pct_modelnet40.yaml); a --config FILE overrides them and "
                                    "flags override both. Under torchrun it trains with DDP.")
-    p.add_argument("--data", help="dataset directory, or 'synthetic' for pcea-shapes (default)")
-    p.add_argument("--out", help="run directory to create, e.g. runs/NAME")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    p.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
-    p.add_argument("--config", metavar="FILE", help="YAML file of settings (see configs/)")
-    p.add_argument("--model", help="pcea (external attention), pct or pct-sa")
-    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="model option override, e.g. memory=32 or centers=[256,128] (repeatable)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="clouds per step, over all processes")
-    p.add_argument("--points", type=int, help="points per cloud")
-    p.add_argument("--normals", action=argparse.BooleanOptionalAction, default=None,
-                   help="use normals as 3 extra input channels")
-    p.add_argument("--lr", type=float, help="peak learning rate (cosine-annealed)")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd (PCT's, default) or adamw")
-    p.add_argument("--warmup-epochs", type=float,
-                   help="linear warm-up epochs, then a per-step cosine (default 0: PCT's per-epoch cosine)")
-    p.add_argument("--yaw", type=float, metavar="DEGREES",
-                   help="rotate training clouds about the up axis by up to this angle (180: any yaw; 0)")
-    p.add_argument("--occlusion", type=float, metavar="P",
-                   help="probability that a training cloud becomes a partial view or gets holes (0)")
-    p.add_argument("--init", metavar="CHECKPOINT_OR_NAME",
-                   help="start from these weights (a checkpoint, run directory or 'modelnet40'); "
-                        "the classifier layer is replaced when the classes differ")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--seeds", help="comma-separated seeds: one run each in OUT/seed<S>, then mean ± std")
-    p.add_argument("--val-split", type=float, help="fraction of train held out for selection (0.1)")
-    p.add_argument("--select-on", choices=["val", "test", "last"],
-                   help="which epoch best.pt holds: best on val (default), best on test, or last")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs); "
-                        "measured no faster than float32 for training on an AMX CPU (see the README)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (falls back to eager)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    run = p.add_argument_group("the run")
+    run.add_argument("--out", help="run directory to create, e.g. runs/NAME")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    run.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
+    run.add_argument("--config", metavar="FILE", help="YAML file of settings (see configs/)")
+    run.add_argument("--seeds", help="comma-separated seeds: one run each in OUT/seed<S>, then mean ± std")
+    _add_train_settings(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_train_settings(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, made from the field (its type, choices, help and group): a new
+    setting is a new field, and its flag follows; :func:`_setting_type` says how its values are checked.
+
+    A flag that is not given is not in the namespace (``argparse.SUPPRESS``), so that it overrides
+    neither --config nor a resumed run's settings.
+    """
+    from pcea.engine.config import settings
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for setting in settings():
+        if setting.group not in groups:
+            groups[setting.group] = p.add_argument_group(setting.group)
+        group = groups[setting.group]
+        if setting.name == "model_options":  # a mapping: KEY=VALUE items, parsed in _cmd_train
+            group.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                               help="model option override, e.g. memory=32 or centers=[256,128] (repeatable)")
+            continue
+        help = setting.help if setting.default is None else \
+            f"{setting.help} (default: {_shown(setting.default)})"
+        options = {"help": help.replace("%", "%%"), "default": argparse.SUPPRESS}
+        if setting.parse is None:  # a switch: --amp / --no-amp
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options.update(type=_setting_type(setting), choices=setting.choices, metavar=setting.metavar)
+        group.add_argument(setting.flag, **options)
+
+
+def _setting_type(setting) -> Callable[[str], object]:
+    """argparse type of a setting's flag. Text that does not read as the setting's type (``--epochs 2.5``,
+    ``--optimizer x``, ``--data ''``) is a usage error in the words TrainConfig gives it in a config file
+    (``epochs='2.5': expected an integer``); a number it reads but refuses (``--lr inf``) or one out of
+    range is refused in those words too, where the TrainConfig is built, with the other settings."""
+    def parse(text: str) -> object:
+        value = setting.parse(text)
+        problem = setting.type_problem(value) if isinstance(value, str) else None
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _shown(value: object) -> str:
+    """A default as --help shows it: on/off for a switch."""
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -192,10 +210,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pcea.engine.seeds import train_seeds
     from pcea.engine.train import train
 
-    names = ["data", "model", "epochs", "batch_size", "points", "normals", "lr", "optimizer", "warmup_epochs",
-             "yaw", "occlusion", "init", "seed", "val_split",
-             "select_on", "device", "amp", "compile", "threads", "workers"]
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    # The setting flags given (the others are not in args: argparse.SUPPRESS).
+    overrides = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
     if args.model_opt:
         overrides["model_options"] = parse_model_options(args.model_opt)
     seeds = None

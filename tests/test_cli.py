@@ -14,7 +14,8 @@ from tiny_models import SMALLEST
 import pcea
 from pcea.cli import build_parser, main
 from pcea.engine.checkpoint import save_checkpoint
-from pcea.errors import PceaFileError
+from pcea.engine.config import TrainConfig, settings
+from pcea.errors import PceaError, PceaFileError
 
 
 def test_info_describes_a_model(capsys):
@@ -122,6 +123,92 @@ def test_bad_config_file_values_are_one_line_naming_the_file(tmp_path, capsys, t
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# -- issue 24 item 1: pcea train's flags are made from TrainConfig's fields -----------------------
+
+HAND_WRITTEN = {"-h", "--help", "--out", "--resume", "--force", "--config", "--seeds", "--model-opt"}
+# A flag text out of each checked setting's range (with the other settings it needs).
+OUT_OF_RANGE = {
+    "model": {"model": "pointnet"}, "points": {"points": "0"}, "epochs": {"epochs": "0"},
+    "batch_size": {"batch_size": "1"}, "lr": {"lr": "0"}, "min_lr": {"min_lr": "-1e-4"},
+    "warmup_epochs": {"warmup_epochs": "3", "epochs": "3"}, "momentum": {"momentum": "1"},
+    "weight_decay": {"weight_decay": "-1"}, "label_smoothing": {"label_smoothing": "1"},
+    "yaw": {"yaw": "181"},
+    "occlusion": {"occlusion": "1.5"}, "seed": {"seed": "-1"}, "val_split": {"val_split": "1"},
+    "select_on": {"select_on": "val", "val_split": "0"}, "threads": {"threads": "0"},
+    "workers": {"workers": "-1"},
+}
+
+
+def _train_flags() -> dict[str, argparse.Action]:
+    from pcea.cli import _subcommand_parser
+
+    train = _subcommand_parser(build_parser(), "train")
+    return {option: action for action in train._actions for option in action.option_strings}
+
+
+def test_every_setting_has_a_flag_with_its_help_and_only_six_are_hand_written():
+    flags = _train_flags()
+    for setting in settings():
+        flag = "--model-opt" if setting.name == "model_options" else setting.flag
+        assert flag in flags and len(flags[flag].help) > 10, setting.name
+        if setting.parse is not None:
+            assert setting.help in flags[flag].help
+    generated = {s.flag for s in settings()} | {f"--no-{s.flag[2:]}" for s in settings() if s.parse is None}
+    assert set(flags) - generated == HAND_WRITTEN
+    assert isinstance(flags["--amp"], argparse.BooleanOptionalAction) and "--no-amp" in flags
+    assert flags["--optimizer"].choices == ("sgd", "adamw")
+
+
+@pytest.mark.parametrize("setting", [s for s in settings() if s.parse is not None], ids=lambda s: s.name)
+def test_a_flag_of_the_wrong_type_is_a_usage_error_in_train_configs_words(tmp_path, capsys, setting):
+    text = "2.5" if setting.expected != "a finite number" else "fast"
+    if setting.expected.startswith("a non-empty string"):
+        text = ""
+    with pytest.raises(PceaError) as config_error:
+        TrainConfig(**{setting.name: setting.parse(text)})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path / "run"), f"{setting.flag}={text}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"pcea train: error: argument {setting.flag}: {config_error.value}\n"), err
+    assert str(config_error.value) == f"{setting.name}={setting.parse(text)!r}: expected {setting.expected}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_range_table_covers_every_checked_setting():
+    assert set(OUT_OF_RANGE) == {s.name for s in settings() if s.check}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_a_flag_out_of_range_is_one_line_in_train_configs_words(tmp_path, capsys, name):
+    by_name = {s.name: s for s in settings()}
+    texts = OUT_OF_RANGE[name]
+    with pytest.raises(PceaError, match=rf"^{name}=") as config_error:
+        TrainConfig(**{key: by_name[key].parse(text) for key, text in texts.items()})
+    flags = [f"{by_name[key].flag}={text}" for key, text in texts.items()]
+    assert main(["train", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"), *flags]) == 1
+    assert capsys.readouterr().err == f"pcea: error: command line: {config_error.value}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_override_the_config_file_and_only_the_flags_given(tmp_path, monkeypatch):
+    import pcea.engine.train as train_module
+
+    runs = []
+    monkeypatch.setattr(train_module, "train", lambda config, out, **_: runs.append(config) or {})
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 3\nlr: 0.5\namp: true\nthreads: 2\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--lr", "0.1",
+                 "--min-lr", "0", "--momentum", "0.5", "--weight-decay=0", "--label-smoothing", "0",
+                 "--augment", "none", "--no-amp", "--compile", "--init", "modelnet40", "--yaw", "90"]) == 0
+    (got,) = runs
+    assert (got.epochs, got.lr, got.min_lr, got.momentum, got.weight_decay, got.label_smoothing) == (
+        3, 0.1, 0.0, 0.5, 0.0, 0.0)
+    assert (got.augment, got.amp, got.compile, got.init, got.yaw, got.threads) == (
+        "none", False, True, "modelnet40", 90.0, 2)
+    assert (got.batch_size, got.points, got.workers) == (32, 1024, 4)  # not given: the defaults
 
 
 @pytest.mark.parametrize("argv, message", [

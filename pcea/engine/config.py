@@ -307,16 +307,14 @@ def settings() -> tuple[Setting, ...]:
 
 
 def _int_text(text: str) -> Any:
-    """A flag's text as an int; text that is not one is kept (``2.5`` as a float) for the type check to
-    name, so that ``--epochs 2.5`` is refused in the words of ``epochs: 2.5`` in a config file."""
-    for parse in (int, float):
-        with contextlib.suppress(ValueError):
-            return parse(text)
+    """A flag's text as an int; text that is not one is kept, for the type check to name."""
+    with contextlib.suppress(ValueError):
+        return int(text)
     return text
 
 
 def _float_text(text: str) -> Any:
-    """A flag's text as a float; text that is not one is kept for the type check to name."""
+    """A flag's text as a float (inf too, which the type check refuses); text that is not one is kept."""
     with contextlib.suppress(ValueError):
         return float(text)
     return text
