@@ -1,0 +1,101 @@
+"""Training for real files: --yaw and --occlusion augmentations, and --init (fine-tuning)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine_tiny import TINY_MODEL, tiny_config
+from tiny_models import build_tiny, save_tiny_checkpoint
+
+from pcea.data.transforms import augment_item, pct_train_transform
+from pcea.engine.checkpoint import load_checkpoint
+from pcea.engine.config import TrainConfig
+from pcea.engine.train import init_weights, train, train_transform
+from pcea.errors import PceaError, PceaFileError
+from pcea.model import build_model
+
+
+def _cloud() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((128, 3)) * np.array([1.0, 0.5, 0.25])).astype(np.float32)
+
+
+def test_without_yaw_or_occlusion_the_augmentation_is_pcts_draw_for_draw():
+    cloud = _cloud()
+    ours = augment_item(cloud, train_transform(TrainConfig()), seed=3, epoch=2, index=7)
+    pcts = augment_item(cloud, pct_train_transform(), seed=3, epoch=2, index=7)
+    np.testing.assert_array_equal(ours, pcts)
+    assert train_transform(TrainConfig(augment="none")) is None
+
+
+def test_yaw_turns_clouds_about_the_up_axis_only_and_is_seeded():
+    cloud = _cloud()
+    transform = train_transform(TrainConfig(augment="none", yaw=180))
+    turned = [augment_item(cloud, transform, seed=0, epoch=1, index=i) for i in range(20)]
+    for out in turned:
+        np.testing.assert_allclose(out[:, 1], cloud[:, 1], atol=1e-5)                   # y is up
+        np.testing.assert_allclose(np.linalg.norm(out[:, [0, 2]], axis=1),
+                                   np.linalg.norm(cloud[:, [0, 2]], axis=1), atol=1e-5)
+    angles = [np.arctan2(out[0, 2], out[0, 0]) for out in turned]
+    assert np.ptp(angles) > 2.0                                                       # many yaws
+    np.testing.assert_array_equal(turned[4], augment_item(cloud, transform, seed=0, epoch=1, index=4))
+    assert not np.array_equal(turned[4], augment_item(cloud, transform, seed=0, epoch=2, index=4))
+
+
+def test_occlusion_removes_part_of_some_clouds_and_keeps_their_size():
+    cloud = _cloud()
+    transform = train_transform(TrainConfig(augment="none", occlusion=0.5))
+    outs = [augment_item(cloud, transform, seed=0, epoch=1, index=i) for i in range(40)]
+    assert all(out.shape == cloud.shape for out in outs)
+    occluded = [len(np.unique(out, axis=0)) < len(cloud) for out in outs]
+    assert 0.25 < np.mean(occluded) < 0.75                                            # about half
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("yaw", 181, "yaw=181: need 0 <= x <= 180"),
+    ("occlusion", 1.5, "occlusion=1.5: need 0 <= x <= 1"),
+    ("init", "", "init='': expected a non-empty string or null"),
+])
+def test_bad_values_are_refused_with_the_config_wording(field, value, message):
+    with pytest.raises(PceaError, match=message.replace("(", r"\(")):
+        TrainConfig(**{field: value})
+
+
+def test_init_copies_every_layer_for_the_same_classes_and_all_but_the_classifier_otherwise(tmp_path):
+    source = save_tiny_checkpoint(tmp_path / "src.pt", size=dict(TINY_MODEL))
+    reference = load_checkpoint(source)["model"]
+    same = build_tiny(num_classes=4, seed=1, size=dict(TINY_MODEL))
+    init_weights(same, str(source), ["ball", "box", "disc", "rod"], log=lambda line: None)
+    for key, value in same.state_dict().items():
+        torch.testing.assert_close(value, reference[key])
+    other = build_tiny(num_classes=3, seed=1, size=dict(TINY_MODEL))
+    fresh = other.get_classifier().weight.detach().clone()
+    lines = []
+    init_weights(other, str(source), ["a", "b", "c"], log=lines.append)
+    torch.testing.assert_close(other.get_classifier().weight, fresh)                  # kept fresh
+    for key, value in other.state_dict().items():
+        if not key.startswith(f"head.{len(other.head) - 1}."):
+            torch.testing.assert_close(value, reference[key])                        # copied
+    assert "every layer but the classifier (4 classes -> 3)" in lines[0]
+
+
+def test_init_refuses_weights_that_do_not_fit(tmp_path):
+    source = save_tiny_checkpoint(tmp_path / "src.pt", size=dict(TINY_MODEL))
+    wider = build_model("pcea", num_classes=4, **dict(TINY_MODEL, memory=32))
+    with pytest.raises(PceaFileError, match="--init: its layers do not fit this model"):
+        init_weights(wider, str(source), ["ball", "box", "disc", "rod"])
+
+
+def test_a_run_started_from_init_begins_where_the_source_ended(tiny_h5, tmp_path):
+    train(tiny_config(tiny_h5, epochs=2), tmp_path / "first", log=lambda line: None)
+    lines = []
+    train(tiny_config(tiny_h5, epochs=1, init=str(tmp_path / "first")), tmp_path / "tuned", log=lines.append)
+    assert any(line.startswith("init: every layer from") for line in lines)
+    first = load_checkpoint(tmp_path / "first" / "last.pt")["metrics"]["history"]
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")["metrics"]["history"]
+    assert tuned[0]["train_loss"] < first[0]["train_loss"]       # its first epoch starts trained
+    train(tiny_config(tiny_h5, epochs=1, init=str(tmp_path / "first"), yaw=90, occlusion=0.3),
+          tmp_path / "robust", log=lambda line: None)
+    stored = load_checkpoint(tmp_path / "robust" / "last.pt")["train_config"]
+    assert (stored["init"], stored["yaw"], stored["occlusion"]) == (str(tmp_path / "first"), 90, 0.3)
