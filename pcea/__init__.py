@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from pcea.api import classify, list_models, load_model
+    from pcea.engine.checkpoint import save_classifier
     from pcea.engine.config import TrainConfig
     from pcea.engine.train import train
     from pcea.errors import PceaError, PceaFileError
@@ -33,6 +34,7 @@ _EXPORTS = {
     "classify": "pcea.api",
     "list_models": "pcea.api",
     "load_model": "pcea.api",
+    "save_classifier": "pcea.engine.checkpoint",
     "TrainConfig": "pcea.engine.config",
     "train": "pcea.engine.train",
     "PceaError": "pcea.errors",
@@ -88,5 +90,6 @@ __all__ = [
     "list_models",
     "load_model",
     "load_points",
+    "save_classifier",
     "train",
 ]

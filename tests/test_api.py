@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pcea
-from pcea.engine.checkpoint import save_checkpoint
+from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = {"num_points": 128, "centers": (64, 32), "neighbors": (8, 8), "embed_dim": 16, "stage_dims": (32, 64),
         "fuse_dim": 128, "head_dims": (64, 32), "memory": 16}
@@ -31,10 +31,9 @@ def _trained_model(seed: int) -> pcea.PCTClassifier:
     return model.eval()
 
 
-def _save(path, model, **extra):
-    payload = {"model": model.state_dict(), "model_name": "pcea", "model_config": model.config.to_dict(),
-               "class_names": NAMES, **extra}
-    return save_checkpoint(path, payload)
+def _save(path, model):
+    model.class_names = NAMES
+    return pcea.save_classifier(path, model)
 
 
 def test_round_trip_gives_the_same_outputs(tmp_path):
@@ -53,6 +52,19 @@ def test_round_trip_gives_the_same_outputs(tmp_path):
     lbrs = [m for m in loaded.modules() if isinstance(m, pcea.layers.LBR)]
     assert lbrs and all(type(m) is pcea.fast.layers.FastLBR for m in lbrs)
     assert loaded.state_dict().keys() == model.state_dict().keys()
+
+
+def test_save_classifier_is_the_inverse_of_load_model(tmp_path, tiny_model):
+    """The preset's name, the classes (numbered where the model has none) and the weights."""
+    model = tiny_model("pct", num_classes=3, trained=True)
+    path = pcea.save_classifier(tmp_path / "pct.pt", model, extra={"epoch": 7})
+    loaded = pcea.load_model(path)
+    assert loaded.class_names == ["class0", "class1", "class2"] and loaded.config == model.config
+    payload = load_checkpoint(path)
+    assert (payload["model_name"], payload["epoch"]) == ("pct", 7)
+    points = torch.randn(2, model.config.num_points, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(points), model(points), atol=1e-5, rtol=1e-5)
 
 
 def test_run_directory_prefers_best(tmp_path):

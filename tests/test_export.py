@@ -17,7 +17,6 @@ import torch
 import pcea
 from pcea import ops
 from pcea.cli import main
-from pcea.engine.checkpoint import save_checkpoint
 from pcea.export import export_onnx
 from pcea.geometry import normalize_unit_sphere, to_canonical
 
@@ -272,9 +271,8 @@ def test_a_failed_check_writes_nothing(ort, tmp_path, monkeypatch):
 def _checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     model = calibrated(pcea.build_model("pcea", num_classes=4, **TINY), seed=2)
-    return save_checkpoint(path, {"model": model.state_dict(), "model_name": "pcea",
-                                  "model_config": model.config.to_dict(),
-                                  "class_names": ["ball", "box", "disc", "rod"]})
+    model.class_names = ["ball", "box", "disc", "rod"]
+    return pcea.save_classifier(path, model)
 
 
 def test_cli_export_writes_a_model_that_agrees_with_the_checkpoint(ort, tmp_path, capsys):
@@ -340,8 +338,7 @@ def test_export_refuses_a_device_or_fifo_before_the_work(ort, tmp_path, capsys):
         with pytest.raises(pcea.PceaFileError, match=f"is {kind}, not a regular file"):
             export_onnx(model, path)
     assert fifo.is_fifo() and null.is_char_device()
-    save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "model_name": "pcea",
-                                        "model_config": model.config.to_dict()})
+    pcea.save_classifier(tmp_path / "c.pt", model)
     assert main(["export", str(tmp_path / "c.pt"), "--onnx", str(null)]) == 1
     assert capsys.readouterr().err == (f"pcea: error: {null}: is a device, not a regular file; pcea writes "
                                        "only to a regular file or a new name\n")

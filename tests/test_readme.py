@@ -18,7 +18,6 @@ import torch
 
 import pcea
 from pcea.data import MODELNET10_CLASSES
-from pcea.engine.checkpoint import save_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
@@ -30,9 +29,8 @@ def _write_fixtures(root: Path) -> None:
     torch.manual_seed(0)
     model = pcea.build_model("pcea", num_classes=len(MODELNET10_CLASSES), **TINY)
     (root / "runs" / "demo").mkdir(parents=True)
-    save_checkpoint(root / "runs" / "demo" / "best.pt", {
-        "model": model.state_dict(), "model_name": "pcea", "model_config": model.config.to_dict(),
-        "class_names": list(MODELNET10_CLASSES)})
+    model.class_names = list(MODELNET10_CLASSES)
+    pcea.save_classifier(root / "runs" / "demo" / "best.pt", model)
 
     (root / "my_scans").mkdir()
     corners = [(x, y, z) for x in (0, 1) for y in (0, 2) for z in (0, 1)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import pcea
-from pcea.engine.checkpoint import save_checkpoint
+from pcea.engine.checkpoint import save_classifier
 
 # Small enough for a training step in milliseconds, with every part of the network present.
 TINY = dict(num_points=128, centers=(64, 32), neighbors=(8, 8), embed_dim=16, stage_dims=(32, 64),
@@ -42,6 +42,5 @@ def build_tiny(name: str = "pcea", *, num_classes: int = 4, seed: int = 0, train
 def save_tiny_checkpoint(path: Path, *, size: dict = SMALLEST, class_names=CLASS_NAMES) -> Path:
     """Write the untrained SMALLEST model (seed 0) as a checkpoint ``pcea classify`` and ``eval`` read."""
     model = build_tiny(num_classes=len(class_names), size=size)
-    save_checkpoint(path, {"model": model.state_dict(), "model_name": "pcea",
-                           "model_config": model.config.to_dict(), "class_names": list(class_names)})
-    return path
+    model.class_names = list(class_names)
+    return save_classifier(path, model)

@@ -52,7 +52,7 @@ from pcea.atomic import atomic_write_bytes, replacing
 from pcea.engine.distributed import resolve_device
 from pcea.errors import PceaFileError, is_int, open_regular
 from pcea.geometry import CANONICAL_UP
-from pcea.model import ModelConfig, PCTClassifier
+from pcea.model import PRESETS, ModelConfig, PCTClassifier
 from pcea.weights import builtin_path, is_builtin
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "resolve_checkpoint",
     "rng_state",
     "save_checkpoint",
+    "save_classifier",
     "set_rng_state",
 ]
 
@@ -334,9 +335,25 @@ def model_payload(model: PCTClassifier, *, model_name: str) -> dict:
         "model": model.state_dict(),
         "model_name": model_name,
         "model_config": model.config.to_dict(),
-        "class_names": [str(name) for name in model.class_names],
+        "class_names": [str(name) for name in model.class_labels()],
         "up": CANONICAL_UP,
     }
+
+
+def save_classifier(path: str | os.PathLike, model: PCTClassifier, *, extra: dict | None = None) -> Path:
+    """Write ``model`` as a checkpoint that :func:`pcea.load_model` reads back: its inverse.
+
+    Args:
+        path: the file, written atomically with its SHA-256 (see :func:`save_checkpoint`).
+        model: the classifier, plain or accelerated; a model without ``class_names`` is saved
+            with ``class0``, ``class1``, ... (:meth:`PCTClassifier.class_labels`).
+        extra: more payload keys ("epoch", "train_config", ...; see the module docstring).
+
+    Returns:
+        The path written.
+    """
+    preset = next(name for name, config in PRESETS.items() if config.attention == model.config.attention)
+    return save_checkpoint(path, {**model_payload(model, model_name=preset), **(extra or {})})
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:

@@ -12,7 +12,6 @@ import torch
 
 import pcea
 from pcea.cli import main
-from pcea.engine.checkpoint import save_checkpoint
 from pcea.engine.evaluate import evaluate_checkpoint, vote_probabilities
 
 TINY = {"num_points": 128, "centers": (64, 32), "neighbors": (8, 8), "embed_dim": 16, "stage_dims": (32, 64),
@@ -41,9 +40,9 @@ def run_dir(tiny_h5, tmp_path_factory):
         loss.backward()
         optimizer.step()
     run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run / "best.pt", {"model": model.state_dict(), "model_name": "pcea",
-                                      "model_config": model.config.to_dict(), "class_names": names,
-                                      "epoch": 3, "protocol": "best on val", "train_config": {}})
+    model.class_names = names
+    pcea.save_classifier(run / "best.pt", model,
+                         extra={"epoch": 3, "protocol": "best on val", "train_config": {}})
     return run
 
 
@@ -185,9 +184,8 @@ def test_a_dataset_with_a_subset_of_the_classes_is_evaluated_on_them(run_dir, ti
 
 def test_without_data_a_missing_recorded_dataset_asks_for_data(run_dir, tmp_path, capsys):
     model = pcea.load_model(run_dir)
-    save_checkpoint(tmp_path / "moved.pt", {
-        "model": model.state_dict(), "model_name": "pcea", "model_config": model.config.to_dict(),
-        "class_names": model.class_names, "train_config": {"data": str(tmp_path / "gone")}})
+    pcea.save_classifier(tmp_path / "moved.pt", model,
+                         extra={"train_config": {"data": str(tmp_path / "gone")}})
     assert main(["eval", str(tmp_path / "moved.pt")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pcea: error: ") and len(err.splitlines()) == 1
