@@ -1,12 +1,16 @@
 """Turn a finished run's best.pt into the weights that ship with pcea (pcea/weights/NAME.pt + NAME.json).
 
     python scripts/ship_weights.py runs/modelnet40_cpu [--name modelnet40] [--cpu "AMD EPYC (family 23)"]
+        [--recipe configs/modelnet40_robust.yaml] [--half] [--robustness DIR/robustness.json]
 
 The shipped file keeps what inference and the model card need (weights, model config,
 class names, frame, the training config and per-epoch metrics) and drops the optimiser,
 scheduler and RNG states, which only resuming needs; it is written with
 pcea.engine.checkpoint.save_checkpoint, so it loads with torch.load(weights_only=True)
 after its header's SHA-256 check, and the card records the file's own SHA-256 too.
+With --half the weights are stored in float16 (half the file; they load back into the
+float32 model); check the validation OA of the shipped file before committing it.
+--robustness copies the robustness suite's figures of the shipped file into the card.
 """
 
 import argparse
@@ -26,10 +30,16 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="modelnet40")
     parser.add_argument("--cpu", default=None, help="the training machine, for the card")
+    parser.add_argument("--recipe", default="configs/modelnet40_cpu.yaml", help="the recipe, for the card")
+    parser.add_argument("--half", action="store_true", help="store the floating-point tensors as float16")
+    parser.add_argument("--robustness", type=Path, help="robustness.json of pcea eval --corrupt on the file")
     args = parser.parse_args()
     best = load_checkpoint(args.run / "best.pt")
     results = json.loads((args.run / "results.json").read_text())
     shipped = {key: best[key] for key in KEEP if key in best}
+    if args.half:
+        shipped["model"] = {key: value.half() if value.is_floating_point() else value
+                            for key, value in shipped["model"].items()}
     out = save_checkpoint(HERE / f"{args.name}.pt", shipped)
     epoch = best["epoch"]
     row = best["metrics"]["history"][epoch - 1]
@@ -47,7 +57,7 @@ def main() -> None:
         "data": "ModelNet40 official train split (9,843 shapes, 40 classes), 1024-point npy release",
         "split": f"trained on the other {1 - config['val_split']:.0%} of the train split; selected on a "
                  f"stratified {config['val_split']:.0%} validation hold-out of it (seed {config['seed']})",
-        "recipe": "configs/modelnet40_cpu.yaml",
+        "recipe": args.recipe,
         "train_config": config,
         "epoch": epoch,
         "epochs": config["epochs"],
@@ -58,7 +68,22 @@ def main() -> None:
         "train_seconds": results.get("train_seconds_this_session"),
         "cpu": args.cpu,
         "test": "not measured: the ModelNet40 test split was not available",
+        "storage": "float16" if args.half else "float32",
     }
+    if config.get("init"):
+        card["init"] = config["init"]
+    if args.robustness:
+        suite = json.loads(args.robustness.read_text())
+        rows = suite["corruptions"]
+        card["robustness"] = {
+            "protocol": f"pcea eval --corrupt on the {suite['split']} split, single pass, "
+                        f"seed {suite['seed']}",
+            "clean_oa": suite["clean"]["oa"],
+            "mean_oa": suite["mean_oa"],
+            "mean_oa_by_corruption": {name: sum(r["oa"] for r in cells.values()) / len(cells)
+                                      for name, cells in rows.items()},
+            "yaw_5_oa": rows["yaw"]["5"]["oa"] if "5" in rows.get("yaw", {}) else None,
+        }
     (HERE / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {out} ({card['bytes']:,} bytes) and {args.name}.json: val OA {100 * card['val_oa']:.2f} %")
 
