@@ -19,7 +19,7 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip --disable-pip-version-check
 STAMP       := $(VENV)/.pcea-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check pcea tests scripts
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (processes, ../shared/data, hypothesis): for use while
+# editing; `make test` stays the whole suite.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check pcea tests scripts

@@ -152,6 +152,7 @@ def _writer(kind: str, target: Path):
     return process, Path(process.stdout.readline().strip())
 
 
+@pytest.mark.slow
 def test_stale_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     import signal
 
@@ -172,6 +173,7 @@ def test_stale_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_
     assert remove_stale_temporaries(tmp_path, [temporary_pattern(target.name)]) == [kept]
 
 
+@pytest.mark.slow
 def test_a_temporary_dir_of_a_killed_process_goes_with_the_next_one(tmp_path):
     import signal
 

@@ -66,6 +66,7 @@ def test_measure_model_train_step(tiny_options):
     assert row["train_user_ms"] >= 0 and row["train_sys_ms"] >= 0
 
 
+@pytest.mark.slow
 def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--only", "attention", "--attention", "external", "--points", "256",
@@ -123,6 +124,7 @@ def test_reference_matches_pct_preset_size_and_runs():
     assert logits.shape == (2, 40) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_plot_bench_draws_the_recorded_attention_curves(tmp_path):
     """scripts/plot_bench.py on the JSON that docs/benchmarks.md shows: a PNG, and a clear
     one-line error for a file without attention results."""

@@ -34,12 +34,14 @@ def test_unknown_model_is_one_line_and_exit_1(capsys):
     assert err == ["pcea: error: unknown model 'pointnet'; choose one of pcea, pct, pct-sa"]
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_same_cli():
     result = subprocess.run([sys.executable, "-m", "pcea", "info"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "numpy" in result.stdout
 
 
+@pytest.mark.slow
 def test_usage_error_exits_2():
     result = subprocess.run([sys.executable, "-m", "pcea", "info", "--bogus"], capture_output=True,
                             text=True)
@@ -69,6 +71,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("command", [["info"], ["classify", "CKPT", "CLOUD", "--json"]])
+@pytest.mark.slow
 def test_output_cut_short_ends_quietly(checkpoint, command):
     # A reader that has gone away, as after `pcea info | head -3`: every write fails with EPIPE.
     read_end, write_end = os.pipe()

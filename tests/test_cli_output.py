@@ -122,6 +122,7 @@ def _setpriv() -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+@pytest.mark.slow
 def test_permissions_as_an_unprivileged_user(tiny_checkpoint):
     """Real permission bits (root reads everything, so the commands run as nobody)."""
     drop = _setpriv()
@@ -156,6 +157,7 @@ def test_permissions_as_an_unprivileged_user(tiny_checkpoint):
 
 # -- encodings: an ASCII-only terminal ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_non_ascii_names_print_on_an_ascii_only_stdout(tiny_checkpoint, tmp_path):
     cloud = _cloud(tmp_path / "caf\u00e9.xyz")
     env = {**ENV, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}

@@ -779,6 +779,7 @@ def child_results() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", SPECIAL_CASES + HUGE_H5_CASES)
+@pytest.mark.slow
 def test_special_paths_and_huge_sizes_in_datasets(case, child_results):
     assert not child_results[case].startswith("FAIL"), child_results[case]
 

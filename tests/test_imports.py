@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "pcea"
 LAZY_ALLOWED = {"pcea/cli.py"}
 
@@ -193,6 +195,7 @@ sys.exit(1 if failed else 0)
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_first_in_a_fresh_interpreter():
     names = [name for name in _modules() if name not in ("pcea", "pcea.__main__")]
     result = subprocess.run([sys.executable, "-c", _IMPORT_EACH_FIRST, str(PACKAGE), *names],
@@ -224,11 +227,13 @@ def _run_without_torch(code: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=PACKAGE.parent)
 
 
+@pytest.mark.slow
 def test_the_torch_block_works():
     blocked = _run_without_torch("import torch")
     assert blocked.returncode != 0 and "blocked by the test" in blocked.stderr
 
 
+@pytest.mark.slow
 def test_the_file_readers_import_without_torch():
     # Each module first in its own interpreter: one that happened to import torch could not hide
     # behind another imported before it.
@@ -244,11 +249,13 @@ def test_the_file_readers_import_without_torch():
         assert run.stdout.split() == ["0.1.0", "pcea.io", "PceaError", "PceaFileError", "PceaWarning"]
 
 
+@pytest.mark.slow
 def test_a_name_that_needs_torch_says_so_without_torch():
     run = _run_without_torch("import pcea\npcea.build_model\n")
     assert run.returncode != 0 and "blocked by the test" in run.stderr
 
 
+@pytest.mark.slow
 def test_every_public_name_resolves_lazily():
     import pcea
 
@@ -278,6 +285,7 @@ def test_every_public_name_resolves_lazily():
     assert run.stdout.strip() == "module 'pcea' has no attribute 'no_such_name'"
 
 
+@pytest.mark.slow
 def test_a_submodule_is_reachable_from_the_package():
     run = subprocess.run([sys.executable, "-c", "import pcea; print(pcea.geometry.to_canonical.__name__)"],
                          capture_output=True, text=True, timeout=120, cwd=PACKAGE.parent)

@@ -481,6 +481,7 @@ def test_pcd_encodings_read_like_the_same_points_in_npy(tmp_path, data):
     assert not np.array_equal(load_points(path, 40, up="y"), load_points(path, 40, up="z"))
 
 
+@pytest.mark.slow
 def test_pcd_real_samples():
     files = sorted(PCD_SAMPLES.glob("*.pcd")) if PCD_SAMPLES.is_dir() else []
     if not files:

@@ -91,6 +91,7 @@ def _runner(args: list, env: dict | None = None, timeout: float = 120) -> subpro
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_it_classifies_without_torch_as_pcea_does(exported, tmp_path):
     model, onnx_path = exported
     env = _blocked_env(tmp_path, "torch")
@@ -113,10 +114,12 @@ def test_it_classifies_without_torch_as_pcea_does(exported, tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "samples" / "pcd").is_dir(), reason=f"no real PCD files in {SHARED}")
+@pytest.mark.slow
 def test_real_files_are_part_of_the_comparison():
     assert len(_real_files()) >= 4  # the comparison above then covers real PCD (and npy) files
 
 
+@pytest.mark.slow
 def test_the_old_script_and_the_module_are_one_command(exported, tmp_path):
     _, onnx_path = exported
     np.save(tmp_path / "cloud.npy", _shape(np.random.default_rng(1), 200))
@@ -171,6 +174,7 @@ def _glb_with_external_buffer(uri: str) -> bytes:
     return b"glTF" + struct.pack("<II", 2, 20 + len(text)) + struct.pack("<I", len(text)) + b"JSON" + text
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_in_one_line_and_the_others_classified(exported, tmp_path):
     _, onnx_path = exported
     env = _blocked_env(tmp_path, "torch")
@@ -194,6 +198,7 @@ def test_bad_files_are_skipped_in_one_line_and_the_others_classified(exported, t
     assert run.stdout.splitlines()[0].startswith(str(good))  # the good file is still classified
 
 
+@pytest.mark.slow
 def test_a_textured_obj_needs_no_pillow(exported, tmp_path):
     _, onnx_path = exported
     rows = ["v 0 0 0", "v 1 0 0", "v 0 1 0", "v 0 0 1", "vt 0 0", "vt 1 0", "vt 0 1", "usemtl a",
@@ -204,6 +209,7 @@ def test_a_textured_obj_needs_no_pillow(exported, tmp_path):
     assert run.stdout.startswith(str(tmp_path / "textured.obj"))
 
 
+@pytest.mark.slow
 def test_names_are_escaped_on_the_terminal(tmp_path, capsys):
     forged = "\x1b[2Jchair\npcea-onnx: error: forged"
     model = _tiny_model(tmp_path / "m.onnx", classes=[forged, "table"])
@@ -341,6 +347,7 @@ def test_a_model_that_cannot_run_is_one_line(tmp_path, capsys):
     assert "ONNX Runtime cannot load it" in err or "the model failed to run" in err
 
 
+@pytest.mark.slow
 def test_an_endless_loop_is_stopped_by_the_time_limit(tmp_path):
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
@@ -365,6 +372,7 @@ def test_an_endless_loop_is_stopped_by_the_time_limit(tmp_path):
 
 @pytest.mark.parametrize("option", [["--top-k", "0"], ["--timeout", "nan"], ["--seed", "-1"],
                                     ["--batch-size", "x"], ["--up", "x"]])
+@pytest.mark.slow
 def test_bad_options_are_usage_errors(tmp_path, option):
     run = _runner([tmp_path / "m.onnx", tmp_path / "a.npy", *option])
     assert run.returncode == 2 and "Traceback" not in run.stderr

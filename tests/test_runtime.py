@@ -117,6 +117,7 @@ def _shadowing_folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_the_restart_command_imports_this_pcea_from_any_folder(tmp_path):
     result = subprocess.run(runtime.restart_argv(["--version"]), cwd=_shadowing_folder(tmp_path),
                             capture_output=True, text=True, timeout=120)
@@ -125,6 +126,7 @@ def test_the_restart_command_imports_this_pcea_from_any_folder(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pcea restarts itself on Linux only")
+@pytest.mark.slow
 def test_the_cli_restarts_itself_from_a_folder_holding_a_pcea_folder(tmp_path):
     """issue 22: ``cd`` next to the clone, run ``.venv/bin/pcea ...``: the restart must import this pcea."""
     script = Path(sys.executable).with_name("pcea")  # the console script of this environment
@@ -188,6 +190,7 @@ def test_keep_freed_memory_leaves_the_users_choice(environ, platform_kwargs):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or runtime.platform.libc_ver()[0] != "glibc",
                     reason="mallopt is glibc's")
+@pytest.mark.slow
 def test_keep_freed_memory_is_accepted_by_this_glibc():
     # in a fresh process: this one's malloc is left as it is
     code = "import sys, pcea.runtime as r; sys.exit(0 if r.keep_freed_memory({}) else 1)"

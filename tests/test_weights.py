@@ -76,6 +76,7 @@ def _val_files(step: int) -> list[tuple[Path, int]]:
 
 
 @needs_real
+@pytest.mark.slow
 def test_classifies_real_validation_shapes_at_the_stated_accuracy(model, card):
     sample = _val_files(step=3)                                   # 329 shapes, all 40 classes
     results = pcea.classify([path for path, _ in sample], model, top_k=1, up="z")  # the release's axis
@@ -102,6 +103,7 @@ def both_frames(tmp_path_factory):
 
 
 @needs_real
+@pytest.mark.slow
 def test_both_orientations_give_the_same_predictions_in_python(model, both_frames):
     z_up, y_up, labels = both_frames
     files_z = sorted(z_up.glob("*/train/*.npy"))
@@ -121,6 +123,7 @@ def test_both_orientations_give_the_same_predictions_in_python(model, both_frame
 
 
 @needs_real
+@pytest.mark.slow
 def test_both_orientations_give_the_same_predictions_on_the_command_line(both_frames):
     z_up, y_up, _ = both_frames
 
@@ -134,6 +137,7 @@ def test_both_orientations_give_the_same_predictions_on_the_command_line(both_fr
 
 
 @needs_real
+@pytest.mark.slow
 def test_both_orientations_give_the_same_evaluation(both_frames, tmp_path):
     z_up, y_up, labels = both_frames
     published = evaluate_checkpoint("modelnet40", z_up, split="train", write=False, device="cpu")

@@ -387,6 +387,7 @@ def test_list_files_cannot_name_paths_outside_the_dataset_root(tmp_path):
         ModelNet40H5(h5_root, "train", num_points=32)
 
 
+@pytest.mark.slow
 def test_a_princeton_folder_of_real_pcd_files_is_read(tmp_path):
     """Issue 12: .pcd joins the per-shape formats; the real samples from ../shared (z up, raw units)."""
     samples = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples" / "pcd"

@@ -19,6 +19,7 @@ from pcea.errors import MissingSplitError
 from pcea.io import load_points
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "modelnet40-npy" / "ModelNet40"
+pytestmark = pytest.mark.slow  # every test here reads the real data
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real ModelNet40 npy release not found at {REAL} "
                                                           "(only the project's workplace has it)")
 CLASSES = ("airplane", "bottle", "chair")

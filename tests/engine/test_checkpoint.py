@@ -191,6 +191,7 @@ for i in range(start, 100000):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_leaves_complete_files(tmp_path):
     # A process that does nothing but rewrite last.pt (keeping last.prev.pt), killed at random
     # moments: nearly every kill lands inside a write, and both files must still load.

@@ -248,6 +248,7 @@ REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "modelne
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real ModelNet40 npy release not found at {REAL} "
                                               "(only the project's workplace has it)")
+@pytest.mark.slow
 def test_real_shapes_in_both_orientations_with_the_shipped_weights(tmp_path, capsys):
     """One real shape of each of 12 classes, as published (z-up) and turned y-up."""
     classes = sorted(path.name for path in REAL.iterdir() if path.is_dir())[::3][:12]

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 from engine_tiny import tiny_config
@@ -35,6 +36,7 @@ def _rank_main(rank: int, world_size: int, port: int, data: str, out: str, scrat
     (Path(scratch) / f"rank{rank}.json").write_text(json.dumps({"log": lines, "results": results}))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(tiny_h5, tmp_path):
     out, scratch = tmp_path / "ddp", tmp_path / "scratch"
     scratch.mkdir()

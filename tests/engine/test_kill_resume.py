@@ -10,12 +10,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 from engine_tiny import TINY_MODEL, tiny_config
 
 from pcea.engine.checkpoint import load_checkpoint
 from pcea.engine.train import train
 
+pytestmark = pytest.mark.slow  # every test here starts training processes
 EPOCHS = 8
 
 

@@ -175,6 +175,7 @@ def test_knn_batch_independence():
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.slow
 def test_kernels_work_in_a_forked_child():
     # The parent's thread pool does not survive a fork; the child must build its own.
     import multiprocessing
