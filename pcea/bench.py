@@ -31,7 +31,7 @@ from pcea.atomic import write_atomic
 from pcea.bench_reference import ReferencePCT
 from pcea.engine.distributed import resolve_device
 from pcea.errors import PceaError, check_positive_int
-from pcea.fast import accelerate, sampling
+from pcea.fast import accelerate, enabled, sampling
 from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAttention
 from pcea.model import build_model
 from pcea.precision import autocast
@@ -351,7 +351,7 @@ def measure_ops(config: BenchConfig) -> list[dict]:
     """FPS and kNN, the compiled kernels against the plain torch forms, interleaved."""
     device = config.device
     gen = torch.Generator().manual_seed(0)
-    fast = device == "cpu" and sampling.available()
+    fast = device == "cpu" and enabled() and sampling.available()  # PCEA_FAST_OPS=0: plain forms only
 
     try:  # an optional third contender, timed only where it is installed
         import torch_quickfps

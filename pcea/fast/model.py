@@ -40,7 +40,7 @@ class FastNeighborEmbedding(NeighborEmbedding):
 
     ``conv`` and ``kernels`` are set by :func:`pcea.fast.accelerate`: whether
     this machine runs Linears as oneDNN convolutions, and whether numba's
-    fused BatchNorm kernels can run. ``chunk_elements`` sets the inference chunks.
+    kernels (FPS, kNN, the fused BatchNorm) run. ``chunk_elements`` sets the inference chunks.
     """
 
     conv: bool = False
@@ -49,7 +49,8 @@ class FastNeighborEmbedding(NeighborEmbedding):
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         C = feats.shape[-1]
-        center_idx, neighbor_idx = group_index(xyz, self.num_centers, self.k)  # (B, M), (B, M, k)
+        # (B, M), (B, M, k); FPS and kNN compiled as accelerate decided (Features.kernels)
+        center_idx, neighbor_idx = group_index(xyz, self.num_centers, self.k, kernels=self.kernels)
         folded = inference(self)
         weight, bias = fold(self.lbr1) if folded else (self.lbr1.linear.weight, self.lbr1.linear.bias)
         w_offset, w_center = weight.split(C, dim=1)  # W_a, W_b: (D, C) each

@@ -4,8 +4,10 @@
 arguments of their plain forms in :mod:`pcea.ops` and return the same indices:
 from the compiled kernels for float32 CPU tensors when numba is available,
 from the plain forms otherwise (CUDA, other dtypes, ``torch.jit.trace``, no
-numba, ``PCEA_FAST_OPS=0``). The accelerated neighbour embedding
-(:mod:`pcea.fast.model`) samples and groups through them.
+numba, or ``kernels=False``). The accelerated neighbour embedding
+(:mod:`pcea.fast.model`) samples and groups through them with ``kernels`` as
+:func:`pcea.fast.accelerate` decided it once (``Features.kernels``, off with
+``PCEA_FAST_OPS=0``), so no call reads the environment.
 
 Both kernels compute every squared distance with the same float operations, in
 the same order, as the plain forms (``dx*dx + dy*dy + dz*dz`` in float32, no
@@ -52,14 +54,15 @@ _pool_pid = 0  # a forked child inherits the pool object but not its threads
 
 
 def available() -> bool:
-    """Whether the compiled kernels can be used: numba importable and ``PCEA_FAST_OPS`` not 0."""
-    return os.environ.get("PCEA_FAST_OPS", "1") != "0" and _kernels() is not None
+    """Whether the compiled kernels can run here (numba importable); decided on the first call."""
+    return _kernels() is not None
 
 
-def _compiled_serves(x: torch.Tensor) -> bool:
-    """Whether the kernels serve a call on ``x``: eager float32 on the CPU (a traced graph keeps
-    the plain ops, which it can record; torch.compile breaks its graph here and runs them)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing() and available()
+def _compiled_serves(x: torch.Tensor, kernels: bool) -> bool:
+    """Whether the kernels serve a call on ``x``: asked for, eager float32 on the CPU (a traced graph
+    keeps the plain ops, which it can record; torch.compile breaks its graph here and runs them)."""
+    return (kernels and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing()
+            and available())
 
 
 def _fps_kernel(xyz_t, first, m, out, start, stop):  # pragma: no cover - compiled by numba
@@ -376,36 +379,43 @@ def knn_cpu(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def farthest_point_sample(xyz: torch.Tensor, m: int, start: int | str | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None, *, kernels: bool = True) -> torch.Tensor:
     """:func:`pcea.ops.farthest_point_sample` (same arguments, same picks), compiled where it can be.
+
+    Args:
+        kernels: False takes the plain form (:attr:`pcea.fast.Features.kernels` off).
 
     Returns:
         (B, m) int64 indices into the N points, in the order they were picked.
     """
-    if not _compiled_serves(xyz):
+    if not _compiled_serves(xyz, kernels):
         return ops.farthest_point_sample(xyz, m, start, generator)
     first = ops.first_picks(xyz, m, start, generator)  # (B,), the request checked
     return farthest_point_sample_cpu(xyz, m, first)
 
 
-def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+def knn(query: torch.Tensor, ref: torch.Tensor, k: int, *, kernels: bool = True) -> torch.Tensor:
     """:func:`pcea.ops.knn` (same arguments), compiled where it can be; ties go to the lower index.
+
+    Args:
+        kernels: False takes the plain form (:attr:`pcea.fast.Features.kernels` off).
 
     Returns:
         (B, M, k) int64 indices into ``ref``, nearest first.
     """
-    if not _compiled_serves(query):
+    if not _compiled_serves(query, kernels):
         return ops.knn(query, ref, k)
     ops.check_knn(query, ref, k)
     return knn_cpu(query, ref, k)
 
 
-def group_index(xyz: torch.Tensor, num_centers: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pcea.ops.group_index` through the compiled FPS and kNN.
+def group_index(xyz: torch.Tensor, num_centers: int, k: int, *,
+                kernels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pcea.ops.group_index` through the compiled FPS and kNN (the plain ones when not ``kernels``).
 
     Returns:
         center_idx: (B, M) indices of the centres; neighbor_idx: (B, M, k) of their neighbours.
     """
-    center_idx = farthest_point_sample(xyz, num_centers)  # (B, M)
-    neighbor_idx = knn(ops.gather(xyz, center_idx), xyz, k)  # (B, M, 3) centres -> (B, M, k)
+    center_idx = farthest_point_sample(xyz, num_centers, kernels=kernels)  # (B, M)
+    neighbor_idx = knn(ops.gather(xyz, center_idx), xyz, k, kernels=kernels)  # (B, M, 3) centres -> (B, M, k)
     return center_idx, neighbor_idx

@@ -15,7 +15,7 @@ from autograd_graph import backward_node_names
 from torch import nn
 
 import pcea
-from pcea.fast import Features, accelerate
+from pcea.fast import Features, accelerate, plain, sampling
 from pcea.fast.layers import FastLBR, FastLinear
 from pcea.fast.model import FastNeighborEmbedding, FastPCTClassifier
 from pcea.layers import LBR
@@ -52,6 +52,67 @@ def test_the_switch_turns_everything_off(tiny_model, monkeypatch):
     model = tiny_model("pcea")
     assert accelerate(model) is model
     assert not any(type(m).__module__.startswith("pcea.fast") for m in model.modules())
+
+
+def test_a_model_off_the_cpu_is_left_as_built(tiny_model):
+    """The fast paths are CPU code: accelerate decides by the device the model is on."""
+    on_meta = tiny_model("pcea").to("meta")  # meta: another device type, on a CPU-only torch too
+    assert accelerate(on_meta, HERE) is on_meta
+    assert not any(type(m).__module__.startswith("pcea.fast") for m in on_meta.modules())
+    with torch.device("meta"):
+        built_there = pcea.build_model("pcea", num_classes=4)
+    assert not any(type(m).__module__.startswith("pcea.fast") for m in accelerate(built_there).modules())
+    partly = tiny_model("pcea")
+    partly.head.to("meta")  # one part off the CPU is enough to keep the model as built
+    assert not any(type(m).__module__.startswith("pcea.fast") for m in accelerate(partly).modules())
+    on_cpu = tiny_model("pcea").to("meta").to_empty(device="cpu")  # back on the CPU: accelerated
+    assert type(accelerate(on_cpu)) is FastPCTClassifier
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_plain_undoes_accelerate(tiny_model, name):
+    built = tiny_model(name, trained=True)
+    model = accelerate(copy.deepcopy(built), HERE)
+    points = torch.randn(3, 128, 3)
+    with torch.no_grad():
+        expected = built.eval()(points)
+        model.eval()(points)  # the fast forward caches its folded weights on the modules
+    assert plain(model) is model
+    for (path, original), (path_back, back) in zip(built.named_modules(), model.named_modules(), strict=True):
+        assert path_back == path and type(back) is type(original), path
+        assert set(vars(back)) == set(vars(original)), path  # no decision or cache left behind
+    state = model.state_dict()
+    assert list(state) == list(built.state_dict())
+    assert all(torch.equal(state[key], value) for key, value in built.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(points), expected)  # the same class runs the same operations
+    assert plain(built) is built and type(built) is PCTClassifier  # a plain model: nothing to undo
+    assert type(accelerate(model, HERE)) is FastPCTClassifier  # and it can be accelerated again
+
+
+@pytest.mark.skipif(not sampling.available(), reason="numba is not installed")
+def test_the_kernels_decision_governs_fps_and_knn(tiny_model, monkeypatch):
+    calls = []
+
+    def count(kernel):
+        def counted(*args):
+            calls.append(kernel.__name__)
+            return kernel(*args)
+        return counted
+
+    monkeypatch.setattr(sampling, "farthest_point_sample_cpu", count(sampling.farthest_point_sample_cpu))
+    monkeypatch.setattr(sampling, "knn_cpu", count(sampling.knn_cpu))
+    built = tiny_model("pcea", trained=True)
+    points = torch.randn(2, 128, 3)
+    without = accelerate(copy.deepcopy(built), Features(conv_linear=HERE.conv_linear, kernels=False))
+    with_kernels = accelerate(copy.deepcopy(built), Features(conv_linear=HERE.conv_linear, kernels=True))
+    monkeypatch.setenv("PCEA_FAST_OPS", "0")  # read once, by accelerate: a later change has no effect
+    with torch.no_grad():
+        torch.testing.assert_close(without.eval()(points), built.eval()(points), atol=1e-5, rtol=1e-5)
+        without.train()(points)
+        assert calls == []  # Features.kernels off: the plain FPS and kNN, in eval and in training
+        torch.testing.assert_close(with_kernels.eval()(points), built(points), atol=1e-5, rtol=1e-5)
+    assert sorted(set(calls)) == ["farthest_point_sample_cpu", "knn_cpu"]
 
 
 @pytest.mark.parametrize("name", PRESETS)

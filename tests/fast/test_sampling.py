@@ -99,8 +99,13 @@ def test_dispatching_fps_and_knn_agree_with_the_plain_ops(monkeypatch):
     centers, neighbors = sampling.group_index(xyz, 50, 8)
     assert torch.equal(centers, ops.group_index(xyz, 50, 8)[0])
     assert torch.equal(neighbors, brute_knn(ops.gather(xyz, centers), xyz, 8))
-    monkeypatch.setenv("PCEA_FAST_OPS", "0")
-    assert torch.equal(fast, sampling.farthest_point_sample(xyz, 100))
+    # kernels=False (accelerate's Features.kernels) takes the plain forms, whatever the environment says
+    monkeypatch.setattr(sampling, "farthest_point_sample_cpu", None)
+    monkeypatch.setattr(sampling, "knn_cpu", None)
+    assert torch.equal(fast, sampling.farthest_point_sample(xyz, 100, kernels=False))
+    assert torch.equal(sampling.group_index(xyz, 50, 8, kernels=False)[1], neighbors)
+    with pytest.raises(TypeError):  # and True the compiled ones: here, the missing function
+        sampling.knn(xyz, xyz, 8)
 
 
 def test_dispatching_fps_and_knn_check_their_arguments_as_the_plain_ops():
