@@ -47,6 +47,7 @@ from pathlib import Path, PurePosixPath
 from pcea.atomic import replacing_dir, temporary_dir
 from pcea.data import default_root
 from pcea.errors import PceaError, PceaFileError
+from pcea.lock import HolderLock, Timeout
 
 CHECKSUMS_FILE = Path(__file__).resolve().with_name("checksums.json")
 MARKER = ".pcea-download.json"
@@ -677,43 +678,18 @@ def _move_aside(archive: Path) -> Path:
 
 @contextlib.contextmanager
 def _download_lock(root: Path, name: str) -> Iterator[None]:
-    """Hold the advisory lock ``root/.<name>.lock`` for one download; a second caller waits for it.
-
-    The holder removes the file when it is done, so a waiter checks that the file it locked is
-    still the one at that path, and otherwise locks the new one. Where ``fcntl`` is missing
-    (Windows) there is no lock.
-    """
+    """Hold the advisory lock ``root/.<name>.lock`` for one download; a second caller waits for it."""
+    lock = HolderLock(root / f".{name}.lock")
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path = root / f".{name}.lock"
-    while True:
         try:
-            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held past this block)
-        except OSError as err:
-            raise PceaFileError(path, f"cannot create the download lock ({err.strerror or err})") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            _say(f"another pcea download ({holder}) is fetching {name} into {root}; waiting for it to finish")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            current = os.stat(path).st_ino
-        except FileNotFoundError:
-            current = None
-        if current == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # the holder finished and removed the file this one waited on: lock afresh
+            lock.acquire(wait=False)
+        except Timeout:
+            _say(f"another pcea download ({lock.holder()}) is fetching {name} into {root}; "
+                 "waiting for it to finish")
+            lock.acquire(wait=True)
+    except OSError as err:
+        raise PceaFileError(lock.path, f"cannot create the download lock ({err.strerror or err})") from None
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
         yield
     finally:
-        path.unlink(missing_ok=True)
-        handle.close()
+        lock.release()

@@ -15,22 +15,19 @@ Killed writers leave ``.NAME.*.tmp`` files; the next start removes them.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import json
 import math
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from pcea.atomic import remove_stale_temporaries, temporary_pattern, write_atomic
 from pcea.errors import PceaFileError
+from pcea.lock import HolderLock, Timeout
 
 __all__ = ["LOCK_FILE", "RUN_FILES", "RunLock", "check_run_dir", "clean_stale_temporaries", "curves_figure",
            "prepare_run_dir", "run_state", "write_curves"]
@@ -88,65 +85,30 @@ def check_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool =
 
 
 class RunLock:
-    """An advisory lock (``fcntl.flock``) on ``RUN/.lock``, held for the life of one run.
+    """The advisory lock on ``RUN/.lock``, held for the life of one run (:class:`pcea.lock.HolderLock`).
 
-    The file holds the holder's pid, host and start time, so that a second ``pcea train``
-    into the same directory can say who holds it. The lock is released when the process
-    ends however it ends (the kernel drops it), so a killed run never leaves a stale lock;
-    the file itself is removed on :meth:`release`.
+    A second ``pcea train`` into the same directory is refused at once, naming the holder
+    (pid, host, start time). The kernel drops the lock however its holder ends, so a killed
+    run never leaves a stale lock; the file itself is removed on :meth:`release`.
     """
 
     def __init__(self, out: str | os.PathLike):
         self.path = Path(out) / LOCK_FILE
-        self._fd: int | None = None
+        self._lock = HolderLock(self.path)
 
     def acquire(self) -> RunLock:
+        """Take the lock, or raise a :class:`PceaFileError` naming the process that holds it."""
         try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; runs are not protected from each other
-            return self
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)  # a file system without locks (some NFS): run unprotected, as before
-                    return self
-                holder = self._holder(fd)
-                os.close(fd)
-                raise PceaFileError(self.path.parent, f"another pcea train is using this run directory "
-                                                      f"({holder}); wait for it to end, or use another --out"
-                                    ) from None
-            try:  # the holder before us may have removed the file: then lock the new one
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(info) + "\n").encode())
-        self._fd = fd
+            self._lock.acquire(wait=False)
+        except Timeout:
+            raise PceaFileError(self.path.parent, f"another pcea train is using this run directory "
+                                                  f"({self._lock.holder()}); wait for it to end, or use "
+                                                  "another --out") from None
         return self
 
-    @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
-            return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "held by a process that did not say who it is"
-
     def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink(missing_ok=True)  # while still holding it: see acquire()
-        os.close(self._fd)
-        self._fd = None
+        """Remove the lock file and unlock (nothing if not held)."""
+        self._lock.release()
 
 
 def clean_stale_temporaries(out: Path) -> list[Path]:
