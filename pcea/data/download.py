@@ -44,6 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from pcea.atomic import replacing_dir, temporary_dir
 from pcea.data import default_root
 from pcea.errors import PceaError, PceaFileError
@@ -146,14 +148,9 @@ def _looks_like_html(head: bytes, content_type: str = "") -> bool:
     return head.lstrip().lower().startswith(_HTML_STARTS) or content_type == "text/html"
 
 
-def _human(num_bytes: float) -> str:
-    if num_bytes < 1024:
-        return f"{num_bytes:.0f} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        num_bytes /= 1024
-        if num_bytes < 1024 or unit == "GiB":
-            break
-    return f"{num_bytes:.1f} {unit}"
+def _size(num_bytes: float) -> str:
+    """A byte count as tqdm's bar shows it (``977kB``, ``4.77MB``): powers of 1024, as ``--max-gb``."""
+    return tqdm.format_sizeof(num_bytes, "B", 1024)
 
 
 def _say(message: str) -> None:
@@ -161,7 +158,11 @@ def _say(message: str) -> None:
 
 
 class _Progress:
-    """A tqdm bar on a terminal; otherwise a plain line at every tenth of the transfer."""
+    """A tqdm bar on a terminal; otherwise a plain line at every tenth of the transfer.
+
+    Off a terminal tqdm would redraw its bar with carriage returns, one ever-growing line in
+    a log file; the tenth lines are what a log can read.
+    """
 
     def __init__(self, name: str, total: int | None, initial: int, enabled: bool | None):
         self.enabled = enabled is not False
@@ -171,13 +172,11 @@ class _Progress:
         if not self.enabled:
             return
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
                             desc=name, file=sys.stderr, leave=False)
         else:
-            size = _human(total) if total is not None else "unknown size"
-            start = f", resuming at {_human(initial)}" if initial else ""
+            size = _size(total) if total is not None else "unknown size"
+            start = f", resuming at {_size(initial)}" if initial else ""
             _say(f"downloading {name} ({size}{start})")
 
     def update(self, num_bytes: int) -> None:
@@ -187,7 +186,7 @@ class _Progress:
         elif self.enabled and self.total:
             tenth = min(self.done * 10 // self.total, 10)
             if tenth >= self.next_tenth:
-                _say(f"{self.name}: {tenth * 10}% ({_human(self.done)})")
+                _say(f"{self.name}: {tenth * 10}% ({_size(self.done)})")
                 self.next_tenth = tenth + 1
 
     def close(self) -> None:
@@ -251,7 +250,7 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
             raise UnreachableError(f"HTTP {response.status} {response.reason}")
         if total is not None and total > max_bytes:
             part.unlink(missing_ok=True)
-            raise PceaError(f"{url} is {_human(total)}, more than the {_human(max_bytes)} allowed; "
+            raise PceaError(f"{url} is {_size(total)}, more than the {_size(max_bytes)} allowed; "
                             f"raise the limit if this is expected")
         content_type = response.headers.get_content_type()
         bar = _Progress(part.name.removesuffix(".part"), total, offset, progress)
@@ -274,7 +273,7 @@ def _fetch_into(url: str, part: Path, *, max_bytes: int, timeout: float, progres
                     if received > max_bytes:
                         out.close()
                         part.unlink()
-                        raise PceaError(f"{url} sent more than the {_human(max_bytes)} allowed; "
+                        raise PceaError(f"{url} sent more than the {_size(max_bytes)} allowed; "
                                         f"the partial file was deleted")
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -320,7 +319,7 @@ def _copy_local(url: str, part: Path, *, max_bytes: int) -> int:
         raise PceaError(f"{url}: {source} is not a regular file (a FIFO, device or directory)")
     with open(handle, "rb") as stream:
         if info.st_size > max_bytes:
-            raise PceaError(f"{url} is {_human(info.st_size)}, more than the {_human(max_bytes)} allowed; "
+            raise PceaError(f"{url} is {_size(info.st_size)}, more than the {_size(max_bytes)} allowed; "
                             f"raise the limit if this is expected")
         with open(part, "wb") as out:
             while chunk := stream.read(_CHUNK):
@@ -367,7 +366,7 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
             total = _fetch_into(url, part, max_bytes=max_bytes, timeout=timeout, progress=progress)
             if total is None and not _whole_without_length(part, sha256):
                 kept = part.stat().st_size if part.exists() else 0
-                raise _Interrupted(f"the server declared no size and the {_human(kept)} received are not "
+                raise _Interrupted(f"the server declared no size and the {_size(kept)} received are not "
                                    + ("the file with the expected SHA-256" if sha256 else "a whole zip"))
             break
         except UnreachableError as err:
@@ -382,7 +381,7 @@ def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT
         except _Interrupted as err:
             if attempt >= retries:
                 kept = part.stat().st_size if part.exists() else 0
-                raise PceaError(f"{url}: download interrupted ({err}); {_human(kept)} kept in {part}, "
+                raise PceaError(f"{url}: download interrupted ({err}); {_size(kept)} kept in {part}, "
                                 f"run the same command again to resume") from None
             time.sleep(backoff * 2**attempt)
             attempt += 1
@@ -486,8 +485,8 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
             raise PceaFileError(archive, f"has {len(members)} members, more than the {max_members} allowed")
         declared = sum(m.file_size for m in members)
         if declared > max_bytes:
-            raise PceaFileError(archive, f"would expand to {_human(declared)}, more than the "
-                                         f"{_human(max_bytes)} allowed")
+            raise PceaFileError(archive, f"would expand to {_size(declared)}, more than the "
+                                         f"{_size(max_bytes)} allowed")
         plan = []
         for member in members:
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
@@ -513,7 +512,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
                         while chunk := src.read(_CHUNK):
                             written += len(chunk)
                             if written > max_bytes:
-                                raise PceaFileError(archive, f"expands past the {_human(max_bytes)} allowed")
+                                raise PceaFileError(archive, f"expands past the {_size(max_bytes)} allowed")
                             out.write(chunk)
         except FileExistsError as err:
             raise PceaFileError(archive, f"member {err.filename!r} appears twice or clashes with a "

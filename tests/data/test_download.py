@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tqdm import tqdm
 
+import pcea.data.download as download_module
 from pcea.cli import main
 from pcea.data.download import (
     CHECKSUMS_FILE,
@@ -263,6 +265,17 @@ def test_html_page_instead_of_zip(tmp_path, server, archive):
     assert leftovers(tmp_path / "root") == []
 
 
+def test_progress_off_a_terminal_is_a_line_per_tenth_in_tqdms_units(tmp_path, server, archive, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(download_module, "_CHUNK", len(archive) // 20 + 1)  # 20 chunks: every tenth is seen
+    fetch(tmp_path, server, archive, progress=None)  # capsys's stderr is not a terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if ARCHIVE in line]
+    size = tqdm.format_sizeof(len(archive), "B", 1024)
+    assert lines[0] == f"pcea: downloading {ARCHIVE} ({size})"
+    assert [line.split(": ")[2].split("%")[0] for line in lines[1:]] == [str(10 * i) for i in range(1, 11)]
+    assert lines[-1] == f"pcea: {ARCHIVE}: 100% ({size})"
+
+
 def test_html_already_on_disk_is_reported(tmp_path):
     page = tmp_path / ARCHIVE
     page.write_bytes(b"\n  <html><head><title>404</title></head></html>")
@@ -272,7 +285,7 @@ def test_html_already_on_disk_is_reported(tmp_path):
 
 
 def test_oversized_download_is_refused(tmp_path, server, archive):
-    with pytest.raises(PceaError, match="more than the 1000 B allowed"):
+    with pytest.raises(PceaError, match=r"more than the 0\.98kB allowed"):
         fetch(tmp_path, server, archive, max_download_bytes=1000)
     assert leftovers(tmp_path / "root") == []
 
@@ -339,7 +352,7 @@ HOSTILE = {
     "too-many-members": (make_zip({f"{INNER}/{i}.txt": b"" for i in range(50)}), {"max_members": 20},
                          "has 50 members, more than the 20 allowed"),
     "bomb": (make_zip({f"{INNER}/zeros.bin": bytes(5_000_000)}), {"max_extract_bytes": 1_000_000},
-             r"would expand to 4\.8 MiB, more than the 976\.6 KiB allowed"),
+             r"would expand to 4\.77MB, more than the 977kB allowed"),
     "duplicate": (make_zip({f"{INNER}/a.txt": b"a", f"{INNER}/a.txt/b": b"b"}), {}, "clashes"),
     "no-layout-dir": (make_zip({"something_else/a.txt": b"a"}), {},
                       f"does not contain the directory {INNER}/"),
