@@ -42,17 +42,28 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-_SPAWN_EVENTS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system",
-                 "os.exec"}
 _PATH_EVENTS = {"open", "os.listdir", "os.scandir"}
 _slow_deeds: list[set[str]] = []  # while an unmarked test runs in the fast tier: what it did that is slow
+
+
+def _starts_a_process(event: str, args: tuple) -> bool:
+    """A fork (DataLoader workers, process pools), or a Python interpreter or console script of this
+    environment started (seconds each: it imports torch). Probes that take milliseconds (the
+    standard library's ``uname -p`` and ``ldconfig -p``) are not counted."""
+    if event in ("os.fork", "os.forkpty"):
+        return True
+    if event not in ("subprocess.Popen", "os.posix_spawn"):
+        return False
+    program = os.fsdecode(args[0] or (args[1][0] if isinstance(args[1], list | tuple) and args[1] else ""))
+    folder, name = os.path.split(program)
+    return "python" in name or folder == os.path.dirname(sys.executable)
 
 
 def _audit(event: str, args: tuple) -> None:
     """sys.addaudithook's hook: note a process started or a ../shared/data file opened by a watched test."""
     if not _slow_deeds:
         return
-    if event in _SPAWN_EVENTS:
+    if _starts_a_process(event, args):
         _slow_deeds[-1].add(f"starts a process ({event})")
     elif (event in _PATH_EVENTS and args and isinstance(args[0], str | os.PathLike)
           and os.path.abspath(os.fsdecode(args[0])).startswith(f"{SHARED_DATA}{os.sep}")):

@@ -133,6 +133,7 @@ def test_h5_without_list_files_and_errors(tmp_path):
         ModelNet40H5(tmp_path, "val")
 
 
+@pytest.mark.slow
 def test_transform_rng_depends_on_seed_epoch_and_index_only(tmp_path):
     make_h5(tmp_path)
     dataset = ModelNet40H5(tmp_path, "train", num_points=16, transform=add_noise, seed=3)

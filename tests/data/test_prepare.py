@@ -93,6 +93,7 @@ def test_a_bad_mesh_is_skipped_and_reported(tmp_path):
     assert ModelNet40H5(out, "train", num_points=8).labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_and_matches_a_fresh_one(tmp_path, monkeypatch):
     src = make_princeton(tmp_path / "ModelNet")
     calls = []
@@ -143,6 +144,7 @@ def _sample_one_killing_its_worker(task):
     return _REAL_SAMPLE_ONE(task)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_an_error_not_a_hang(tmp_path, monkeypatch, capsys):
     src = make_princeton(tmp_path / "ModelNet")
     monkeypatch.setattr(prepare_module, "_sample_one", _sample_one_killing_its_worker)

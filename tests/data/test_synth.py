@@ -105,6 +105,7 @@ def test_off_files_parse_as_meshes_with_outward_normals(dataset):
         assert mesh.volume > 0  # every part's faces wound outwards
 
 
+@pytest.mark.slow
 def test_same_seed_same_files_other_seed_other_files(dataset, tmp_path):
     again = _files(_generate(tmp_path / "again", seed=0, workers=2))  # also: processes change nothing
     assert again == _files(dataset)

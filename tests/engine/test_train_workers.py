@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import torch
 from engine_tiny import tiny_config
 
@@ -13,6 +14,7 @@ from pcea.engine.splits import AugmentedSubset
 from pcea.engine.train import train
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_run_resumably_and_it_resumes(tiny_h5, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
     original = AugmentedSubset.__getitem__
