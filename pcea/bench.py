@@ -336,7 +336,7 @@ def measure_attention(case: dict) -> dict:
     cores = {"external": lambda: ExternalAttention(dim), "offset": lambda: OffsetAttention(dim),
              "self": lambda: SelfAttention(dim)}
     torch.manual_seed(0)
-    blocks = accelerate(nn.Sequential(*[OffsetBlock(cores[kind](), dim) for _ in range(4)])).to(device).eval()
+    blocks = accelerate(nn.Sequential(*[OffsetBlock(cores[kind](), dim) for _ in range(4)]).to(device)).eval()
     x = torch.randn(batch, tokens, dim, device=device)
     before = torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else _rss_mb()
     with torch.no_grad():

@@ -28,6 +28,7 @@ same results.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.metadata
 import json
 import os
@@ -50,6 +51,7 @@ from pcea.atomic import (
     write_atomic,
 )
 from pcea.errors import MAX_POINTS, PceaError, PceaFileError, check_memory, check_positive_int
+from pcea.fast import plain
 from pcea.fast.layers import fold_weights
 from pcea.geometry import CANONICAL_UP, to_canonical
 from pcea.io import MESH_EXTENSIONS, POINT_EXTENSIONS, default_up
@@ -229,21 +231,18 @@ def export_onnx(model: PCTClassifier, path: str | os.PathLike, *, num_points: in
 
 
 def _plain_copy(model: PCTClassifier, *, fold: bool = True) -> PCTClassifier:
-    """The plain model with ``model``'s weights (and its BatchNorms folded): float32, CPU, eval mode.
+    """A copy of ``model`` as the plain model (and its BatchNorms folded): float32, CPU, eval mode.
 
-    Rebuilt from the config and the state_dict, so an accelerated model
-    (:func:`pcea.fast.accelerate`, as :func:`pcea.load_model` returns) is exported as the
-    plain one: the fast modules are CPU speed-ups of eager PyTorch with the same results.
+    A copy, so the caller's model is left as it is; :func:`pcea.fast.plain` gives an
+    accelerated model (as :func:`pcea.load_model` returns) its plain classes back: the
+    fast modules are CPU speed-ups of eager PyTorch with the same results, and the graph
+    holds the plain operations.
     """
-    plain = PCTClassifier(model.config)
-    plain.load_state_dict({key: value.detach().float().cpu() for key, value in model.state_dict().items()})
-    plain.requires_grad_(False)
-    plain.class_names = list(model.class_names) if model.class_names else None
-    plain.eval()
-    for module in plain.modules():
+    exported = plain(copy.deepcopy(model)).float().cpu().eval().requires_grad_(False)
+    for module in exported.modules():
         if fold and isinstance(module, LBR):
             _fold_batchnorm(module)
-    return plain
+    return exported
 
 
 def _fold_batchnorm(lbr: LBR) -> None:

@@ -160,6 +160,7 @@ def test_the_same_predictions_at_every_batch_size(small):
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real ModelNet40 clouds not found at {REAL}")
+@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch_on_real_shapes(small):
     model, session, _ = small
     files = [sorted((REAL / name / "train").glob("*.npy"))[0] for name in REAL_SAMPLE]
@@ -217,6 +218,20 @@ def test_every_preset_and_option_exports(ort, tmp_path, name, options):
     assert result.max_abs_error is not None and result.max_abs_error <= 1e-4
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     points = clouds(2, 128, seed=5, channels=model.config.in_channels)
+    np.testing.assert_allclose(_run(session, points), _eager(model, points), rtol=0, atol=1e-4)
+
+
+def test_an_accelerated_model_is_exported_plain_and_stays_accelerated(ort, tmp_path):
+    torch.manual_seed(0)
+    model = pcea.accelerate(calibrated(pcea.build_model("pcea", num_classes=4, **TINY), seed=6))
+    classes = [type(module) for module in model.modules()]
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    result = export_onnx(model, tmp_path / "m.onnx")  # a copy, made plain by pcea.fast.plain
+    assert type(model).__name__ == "FastPCTClassifier"
+    assert [type(module) for module in model.modules()] == classes
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    points = clouds(2, 128, seed=7)
     np.testing.assert_allclose(_run(session, points), _eager(model, points), rtol=0, atol=1e-4)
 
 
@@ -344,6 +359,7 @@ def test_export_refuses_a_device_or_fifo_before_the_work(ort, tmp_path, capsys):
                                        "only to a regular file or a new name\n")
 
 
+@pytest.mark.slow
 def test_a_rerun_removes_what_a_killed_export_left(ort, tmp_path, monkeypatch):
     import os
     import signal
