@@ -10,7 +10,9 @@ One run writes into its directory::
     results.json    test figures at the end, each labelled with its protocol
     .lock           while a run is going: who holds the directory (:class:`RunLock`)
 
-Killed writers leave ``.NAME.*.tmp`` files; the next start removes them.
+Killed writers leave ``.NAME.*.tmp`` files; the next start removes them. The checks that
+protect these files live here too: the lock, the free space, whether ``best.pt`` still holds
+the selected epoch (and its repair from ``last.pt``), and whether a run is complete.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from pcea.atomic import remove_stale_temporaries, temporary_pattern, write_atomic
+from pcea.engine.checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint, previous_path, save_checkpoint
 from pcea.errors import PceaFileError
 from pcea.lock import HolderLock, Timeout
 
-__all__ = ["LOCK_FILE", "RUN_FILES", "RunLock", "check_run_dir", "clean_stale_temporaries", "curves_figure",
-           "prepare_run_dir", "run_state", "write_curves"]
+__all__ = ["LOCK_FILE", "RUN_FILES", "RunLock", "best_problem", "check_free_space", "check_run_dir",
+           "clean_stale_temporaries", "curves_figure", "is_complete", "prepare_run_dir", "rebuild_best",
+           "run_state", "write_curves"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "last.prev.pt", "best.pt",
              "results.json")
@@ -119,22 +123,20 @@ def clean_stale_temporaries(out: Path) -> list[Path]:
     return remove_stale_temporaries(out, patterns, lock_held=True)
 
 
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False,
-                    needed_bytes: int = 0) -> RunLock:
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool = False) -> RunLock:
     """Create the run directory, lock it, and make sure a run can write there, before any training.
 
     Args:
         out: the run directory.
         resume: the directory holds a run to continue.
         force: start over in a directory that already holds a run.
-        needed_bytes: free space required (a few checkpoints' worth).
 
     Returns:
         The directory's :class:`RunLock`, held; release it when the run ends.
 
     Raises:
         PceaError: another process holds the lock (naming it), it already holds a run
-            (without resume/force), it is not writable, or the disk is too full.
+            (without resume/force), or it is not writable.
     """
     out = Path(out)
     check_run_dir(out, resume=resume, force=force)
@@ -158,15 +160,85 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool = False, force: bool
     except BaseException:
         lock.release()
         raise
-    free = shutil.disk_usage(out).free
-    if free < needed_bytes:
-        lock.release()
-        raise PceaFileError(out, f"only {free / 1e6:.0f} MB free, a run needs about "
-                                 f"{needed_bytes / 1e6:.0f} MB for its checkpoints")
     if force and not resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     return lock
+
+
+def check_free_space(out: str | os.PathLike, checkpoint_bytes: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints (last, last.prev, best, a temp).
+
+    The checkpoints a resumed run already holds are replaced, not added to: their space counts.
+
+    Args:
+        out: the run directory (it exists).
+        checkpoint_bytes: about the size of one checkpoint of this run.
+
+    Raises:
+        PceaFileError: naming the free and the needed space.
+    """
+    out = Path(out)
+    total = 4 * checkpoint_bytes  # four files at a time
+    held, seen = 0, set()
+    for name in ("last.pt", "last.prev.pt", "best.pt"):
+        try:
+            info = (out / name).stat()
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) not in seen:  # last.prev.pt may be a hard link to last.pt
+            seen.add((info.st_dev, info.st_ino))
+            held += info.st_size
+    needed = max(total - held, checkpoint_bytes)  # a new file is always written next to the old one
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        reused = f" ({held / 1e6:.1f} MB of its {total / 1e6:.1f} MB are already there)" if held else ""
+        raise PceaFileError(out, f"only {free / 1e6:.1f} MB free, the checkpoints of this run "
+                                 f"need about {needed / 1e6:.1f} MB more{reused}")
+
+
+def is_complete(out: str | os.PathLike, last_epoch: int, epochs: int) -> bool:
+    """Whether a run whose ``last.pt`` holds ``last_epoch`` of ``epochs`` is finished: every epoch
+    trained and ``results.json`` written (its final evaluation done)."""
+    if last_epoch < epochs:
+        return False
+    try:
+        return isinstance(json.loads((Path(out) / "results.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False  # finished training, but not its final evaluation
+
+
+def best_problem(out: str | os.PathLike, epoch: int) -> str | None:
+    """Why ``best.pt`` does not hold the selected ``epoch``, or None when it does."""
+    best = Path(out) / "best.pt"
+    try:
+        found = load_checkpoint(best, require=MODEL_KEYS)["epoch"]
+    except PceaFileError as err:
+        return str(err)
+    return None if found == epoch else f"{best} holds epoch {found}, not {epoch}"
+
+
+def rebuild_best(out: str | os.PathLike, epoch: int, protocol: str) -> Path | None:
+    """Rewrite ``best.pt`` from ``last.pt`` or ``last.prev.pt`` when one holds ``epoch``.
+
+    Args:
+        out: the run directory, locked by the caller.
+        epoch: the selected epoch.
+        protocol: the selection's label stored in ``best.pt`` ("best on val", ...).
+
+    Returns:
+        The checkpoint it was rebuilt from, or None when neither holds ``epoch``.
+    """
+    last = Path(out) / "last.pt"
+    for candidate in (last, previous_path(last)):
+        try:
+            payload = load_checkpoint(candidate, require=RESUME_KEYS)
+        except PceaFileError:
+            continue
+        if payload["epoch"] == epoch:
+            save_checkpoint(Path(out) / "best.pt", {**payload, "protocol": protocol})
+            return candidate
+    return None
 
 
 # (key, label, colour, line style, marker): OA solid and thick, mAcc dashed and thin with other

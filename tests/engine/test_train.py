@@ -81,7 +81,7 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
+@pytest.mark.parametrize("workers", [0, 2])
 def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, workers):
     config = tiny_config(tiny_h5, epochs=3, workers=workers)
     quiet = {"log": lambda line: None}
@@ -210,7 +210,6 @@ def test_cli_trains_with_model_options(tiny_h5, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("signum, workers, status", [(signal.SIGINT, 0, 130), (signal.SIGTERM, 2, 143)])
-@pytest.mark.slow
 def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, status):
     out = tmp_path / "sig"
     opts = [f"--model-opt={key}={json.dumps(value)}" for key, value in TINY_MODEL.items()]
@@ -239,18 +238,19 @@ def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, st
 
 
 def test_amp_trains_under_bf16_autocast_where_the_cpu_has_it(tiny_h5, tmp_path, monkeypatch):
+    import pcea.engine.train as train_module
     from pcea import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     dtypes = []
-    build = Trainer._build_model
+    build = train_module.build_model
 
-    def build_and_watch(self, num_classes):
-        model = build(self, num_classes)
+    def build_and_watch(*args, **kwargs):
+        model = build(*args, **kwargs)
         model.head[-1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
         return model
 
-    monkeypatch.setattr(Trainer, "_build_model", build_and_watch)
+    monkeypatch.setattr(train_module, "build_model", build_and_watch)
     lines: list[str] = []
     trainer = Trainer(tiny_config(tiny_h5, epochs=1, amp=True), tmp_path / "amp", log=lines.append)
     results = trainer.run()
@@ -280,6 +280,27 @@ def test_compile_failure_falls_back_to_eager_and_amp_needs_native_bf16(tiny_h5, 
     assert "continuing in eager mode" in text
     assert "--amp ignored, training in float32: this CPU" in text and "no native bf16" in text
     assert 0 <= results["test"][0]["oa"] <= 1
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory"),
+], ids=["cuda", "cpu"])
+def test_out_of_memory_in_a_compiled_model_is_not_a_compile_failure(tiny_h5, tmp_path, monkeypatch, error):
+    # Only what torch.compile raises falls back to eager mode; running out of memory is the run's.
+    class OutOfMemory(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, points):
+            raise error
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: OutOfMemory(module))
+    lines: list[str] = []
+    with pytest.raises(type(error), match="allocate"):
+        train(tiny_config(tiny_h5, epochs=1, compile=True), tmp_path / "oom", log=lines.append)
+    assert not any("compile failed" in line for line in lines), lines
 
 
 # -- issues 15 and 16: runs that cannot be wedged, finished runs left alone -------------------------
@@ -382,7 +403,6 @@ time.sleep(60)
 """
 
 
-@pytest.mark.slow
 def test_a_second_run_into_a_locked_directory_is_refused_naming_the_holder(tiny_h5, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
@@ -409,15 +429,17 @@ def test_a_second_run_into_a_locked_directory_is_refused_naming_the_holder(tiny_
 def test_non_finite_weights_stop_the_run_and_are_never_saved(tiny_h5, tmp_path, monkeypatch):
     # As with `--lr 1e38` on the pcea-shapes recipe: the last step of the epoch overflows a weight
     # to inf while every loss was finite, so the loss check cannot see it.
-    epoch = Trainer._train_epoch
+    import pcea.engine.train as train_module
 
-    def overflowing_epoch(self, *args):
-        metrics = epoch(self, *args)
+    epoch = train_module.train_one_epoch
+
+    def overflowing_epoch(run, *args):
+        metrics = epoch(run, *args)
         with torch.no_grad():
-            self.model.embedding[0].linear.weight[0, 0] = math.inf
+            run.model.embedding[0].linear.weight[0, 0] = math.inf
         return metrics
 
-    monkeypatch.setattr(Trainer, "_train_epoch", overflowing_epoch)
+    monkeypatch.setattr(train_module, "train_one_epoch", overflowing_epoch)
     out = tmp_path / "inf"
     with pytest.raises(PceaError, match=r"non-finite weights \(embedding.0.linear.weight\) after epoch 1; "
                                         r"training stopped, .*last.pt keeps epoch 0"):
