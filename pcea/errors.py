@@ -134,19 +134,22 @@ def special_file_kind(mode: int) -> str:
     return "a socket" if stat.S_ISSOCK(mode) else "special"
 
 
-def open_regular(path: str | os.PathLike, max_bytes: int, what: str, limit_name: str) -> tuple[int, int]:
+def open_regular(path: str | os.PathLike, max_bytes: int | None, what: str,
+                 limit_name: str = "") -> tuple[int, int]:
     """Open a file the user names for reading, without blocking; ``(fd, size)`` if it is a regular file.
 
-    The one guard for files pcea reads whole (checkpoints, config files): a FIFO would block
+    The one guard for every file pcea reads (checkpoints, config files, point and mesh files,
+    dataset files, ``file://`` downloads; :func:`check_regular` for readers that open the file
+    themselves): a FIFO would block
     for ever and a device such as ``/dev/zero`` never ends, so only a regular file of at most
     ``max_bytes`` is opened. ``O_NONBLOCK`` lets a FIFO be opened (and refused) without waiting
     for a writer; the descriptor is made blocking again before it is returned.
 
     Args:
         path: the file.
-        max_bytes: larger files are refused before a byte is read.
-        what: what the file should be, for the messages ("checkpoint", "config file").
-        limit_name: where ``max_bytes`` is set, for the message.
+        max_bytes: larger files are refused before a byte is read; None: no limit.
+        what: what the file should be, for the messages ("checkpoint file", "config file").
+        limit_name: where ``max_bytes`` is set (or how to raise it), for the message.
 
     Raises:
         PceaFileError: missing, unreadable, a directory, not a regular file, or too large.
@@ -165,12 +168,24 @@ def open_regular(path: str | os.PathLike, max_bytes: int, what: str, limit_name:
         problem = f"is a directory, expected a {what}"
     elif not stat.S_ISREG(info.st_mode):
         problem = f"is {special_file_kind(info.st_mode)}, not a regular file; refusing to read it as a {what}"
-    elif info.st_size > max_bytes:
-        problem = (f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit of a {what} "
-                   f"({limit_name}); refusing to read it")
+    elif max_bytes is not None and info.st_size > max_bytes:
+        where = f" ({limit_name})" if limit_name else ""
+        problem = (f"{info.st_size:,} bytes, over the {max_bytes:,}-byte limit of a {what}{where}; "
+                   "refusing to read it")
     if problem:
         os.close(fd)
         raise PceaFileError(path, problem)
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return fd, info.st_size
+
+
+def check_regular(path: str | os.PathLike, max_bytes: int | None, what: str, limit_name: str = "") -> int:
+    """:func:`open_regular` for a reader that opens the file itself (h5py, trimesh): its size in bytes.
+
+    Raises:
+        PceaFileError: as :func:`open_regular`.
+    """
+    fd, size = open_regular(path, max_bytes, what, limit_name)
+    os.close(fd)
+    return size

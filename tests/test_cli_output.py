@@ -106,7 +106,8 @@ def test_an_unreadable_file_among_good_files_is_skipped(tiny_checkpoint, tmp_pat
     assert main(["classify", str(tiny_checkpoint), str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "a.xyz" in captured.out and "z.xyz" in captured.out and "secret" not in captured.out
-    assert captured.err == f"pcea: skipped {tmp_path / 'secret.xyz'}: cannot read (Permission denied)\n"
+    assert captured.err == (f"pcea: skipped {tmp_path / 'secret.xyz'}: cannot read the point or mesh file: "
+                            "Permission denied\n")
 
 
 def test_an_unreadable_checkpoint_is_one_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -144,7 +145,8 @@ def test_permissions_as_an_unprivileged_user(tiny_checkpoint):
         skipped = run("classify", "best.pt", "in")
         assert skipped.returncode == 1, skipped.stderr
         assert "in/a.xyz" in skipped.stdout
-        assert skipped.stderr == "pcea: skipped in/secret.xyz: cannot read (Permission denied)\n"
+        assert skipped.stderr == ("pcea: skipped in/secret.xyz: cannot read the point or mesh file: "
+                                  "Permission denied\n")
         for argv, name in ((["classify", "locked.pt", "in"], "locked.pt"),
                            (["eval", "best.pt", "--data", "closed"], "closed"),
                            (["train", "--data", "synthetic", "--out", "closed/run"], "closed/run")):

@@ -216,7 +216,7 @@ def _escape(path):
 
 
 def test_missing_directory_unknown_extension_and_empty(tmp_path):
-    with raises_naming(tmp_path / "nope.off", "no such file"):
+    with raises_naming(tmp_path / "nope.off", "no such point or mesh file"):
         load_points(tmp_path / "nope.off")
     folder = tmp_path / "dir.off"
     folder.mkdir()
@@ -233,7 +233,7 @@ def test_missing_directory_unknown_extension_and_empty(tmp_path):
 def test_symlink_loop(tmp_path):
     loop = tmp_path / "loop.off"
     os.symlink(loop, loop)
-    with raises_naming(loop, "cannot open"):
+    with raises_naming(loop, "cannot read the point or mesh file: "):
         load_points(loop)
 
 
@@ -241,7 +241,7 @@ def test_file_larger_than_the_limit(tmp_path):
     path = write(tmp_path / "m.off", tetra_off())
     with pytest.raises(PceaError, match="num_points=0: expected a positive integer"):
         load_points(path, 0)
-    with raises_naming(path, "over the limit of 50"):
+    with raises_naming(path, "over the 50-byte limit of a point or mesh file"):
         load_points(path, max_bytes=50)
 
 

@@ -194,7 +194,7 @@ def test_bad_files_are_skipped_in_one_line_and_the_others_classified(exported, t
     skipped = run.stderr.strip().splitlines()
     assert len(skipped) == len(bad) and all(line.startswith("pcea-onnx: skipped ") for line in skipped)
     assert "missing.off: no such file" in run.stderr and "pipe.npy: " in run.stderr
-    assert "fifo.glb: GLB buffer 'pipe.bin' is not a regular file" in run.stderr
+    assert "fifo.glb: GLB buffer 'pipe.bin': is a FIFO, not a regular file" in run.stderr
     assert run.stdout.splitlines()[0].startswith(str(good))  # the good file is still classified
 
 

@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import re
-import stat
 import sys
 import time
 import urllib.error
@@ -48,7 +47,7 @@ from tqdm import tqdm
 
 from pcea.atomic import replacing_dir, temporary_dir
 from pcea.data import default_root
-from pcea.errors import PceaError, PceaFileError
+from pcea.errors import PceaError, PceaFileError, open_regular
 from pcea.lock import HolderLock, Timeout
 
 CHECKSUMS_FILE = Path(__file__).resolve().with_name("checksums.json")
@@ -302,29 +301,18 @@ def _url_scheme(url: str) -> str:
 def _copy_local(url: str, part: Path, *, max_bytes: int) -> int:
     """Copy the regular file a ``file://`` URL names to ``part``; returns its size.
 
-    The file is opened non-blocking and checked with ``fstat`` before anything is read, so a FIFO
-    (which would block for ever) or a device (endless data) is refused at once.
+    :func:`pcea.errors.open_regular` refuses a FIFO (which would block for ever), a device
+    (endless data) or a file over ``max_bytes`` before anything is read.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise PceaError(f"{url}: a file URL must name a local file (file:///PATH), not host {parts.netloc!r}")
-    source = urllib.request.url2pathname(parts.path)
-    try:
-        handle = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as err:
-        raise UnreachableError(f"{source}: {err.strerror or err}") from None
-    info = os.fstat(handle)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(handle)
-        raise PceaError(f"{url}: {source} is not a regular file (a FIFO, device or directory)")
-    with open(handle, "rb") as stream:
-        if info.st_size > max_bytes:
-            raise PceaError(f"{url} is {_size(info.st_size)}, more than the {_size(max_bytes)} allowed; "
-                            f"raise the limit if this is expected")
-        with open(part, "wb") as out:
-            while chunk := stream.read(_CHUNK):
-                out.write(chunk)
-    return info.st_size
+    handle, size = open_regular(urllib.request.url2pathname(parts.path), max_bytes, "zip archive",
+                                "--max-gb, max_download_bytes")
+    with open(handle, "rb") as stream, open(part, "wb") as out:
+        while chunk := stream.read(_CHUNK):
+            out.write(chunk)
+    return size
 
 
 def download_file(url: str, dest: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,

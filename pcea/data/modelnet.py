@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -41,7 +40,14 @@ from torch.utils.data import Dataset
 
 from pcea.atomic import replacing
 from pcea.data.transforms import augment_item
-from pcea.errors import MissingSplitError, PceaError, PceaFileError, PceaWarning, check_positive_int
+from pcea.errors import (
+    MissingSplitError,
+    PceaError,
+    PceaFileError,
+    PceaWarning,
+    check_positive_int,
+    check_regular,
+)
 from pcea.geometry import UP_AXES, normalize_unit_sphere, to_canonical
 from pcea.io import DEFAULT_MAX_BYTES, MESH_EXTENSIONS, POINT_EXTENSIONS, load_points
 
@@ -141,22 +147,6 @@ class _PointCloudDataset(Dataset):
 LIST_MAX_BYTES = 64 * 1024**2  # name and list files are kilobytes; this stops a /dev/zero in their place
 
 
-def _check_regular(path: Path, max_bytes: int | None = None) -> None:
-    """Refuse anything but a regular file (a FIFO blocks, a device never ends) or one too big."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise PceaFileError(path, "no such file") from None
-    except OSError as err:  # a symlink loop, a permission problem
-        raise PceaFileError(path, f"cannot open ({err.strerror or err})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise PceaFileError(path, "is a directory, expected a file")
-    if not stat.S_ISREG(info.st_mode):
-        raise PceaFileError(path, "is not a regular file (a FIFO, device or socket)")
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise PceaFileError(path, f"file is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
-
-
 def _plain_name(listing: Path, name: str, line: str) -> str:
     """``name`` when it is a plain file name inside the dataset root; otherwise refuse ``listing``."""
     if not name or name in (".", "..") or any(char in name for char in "/\\\0"):
@@ -166,7 +156,7 @@ def _plain_name(listing: Path, name: str, line: str) -> str:
 
 
 def _read_names(path: Path) -> list[str]:
-    _check_regular(path, LIST_MAX_BYTES)
+    check_regular(path, LIST_MAX_BYTES, "dataset file", "pcea.data.modelnet.LIST_MAX_BYTES")
     try:
         names = [line.strip() for line in path.read_bytes().decode("utf-8").splitlines() if line.strip()]
     except OSError as err:
@@ -223,7 +213,7 @@ class ModelNet40H5(_PointCloudDataset):
         files = self._files()
         clouds, labels = [], []
         for path in files:
-            _check_regular(path)
+            check_regular(path, None, "dataset file")
             try:
                 with h5py.File(path, "r") as h5:
                     cloud, label = self._read(path, h5, len(names))
@@ -513,7 +503,7 @@ class ModelNet40Resampled(_PointCloudDataset):
 
     def _parse(self, path: Path) -> np.ndarray:
         """The first ``num_points`` ``x,y,z,nx,ny,nz`` lines of one shape, normalised."""
-        _check_regular(path, DEFAULT_MAX_BYTES)
+        check_regular(path, DEFAULT_MAX_BYTES, "dataset file", "pcea.io.DEFAULT_MAX_BYTES")
         try:
             with path.open("rb") as handle:
                 lines = list(islice(handle, self.num_points))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcea.errors import PceaError, PceaFileError, PceaWarning, check_positive_int
+from pcea.errors import PceaError, PceaFileError, PceaWarning, check_positive_int, check_regular
 from pcea.geometry import UP_AXES, normalize_unit_sphere, to_canonical
 from pcea.io.formats import (
     _check_finite,
@@ -356,30 +356,18 @@ def _sample_scaled(mesh, n: int, rng: np.random.Generator, path) -> tuple[np.nda
 
 
 def _check_file(path: Path, max_bytes: int, allowed: tuple[str, ...]) -> str:
-    """The file's lower-case extension, after checking it exists, is a file, and is not too big."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise PceaFileError(path, "no such file") from None
-    except OSError as err:  # a symlink loop, a permission problem, a name too long
-        raise PceaFileError(path, f"cannot open ({err.strerror or err})") from None
-    if path.is_dir():
-        raise PceaFileError(path, "is a directory, expected a file")
-    if not path.is_file():
-        raise PceaFileError(path, "is not a regular file")
+    """The file's lower-case extension, after :func:`pcea.errors.check_regular` and a non-empty check.
+
+    The file is opened once here, so one the user may not read (mode 600 of another owner) is refused
+    like a broken one.
+    """
+    size = check_regular(path, max_bytes, "point or mesh file", "raise max_bytes to read it")
     suffix = path.suffix.lower()
     if suffix not in allowed:
         raise PceaFileError(path, f"unknown extension {suffix or '(none)'!r}; "
                                   f"expected one of {' '.join(sorted(set(allowed)))}")
-    if info.st_size == 0:
+    if size == 0:
         raise PceaFileError(path, "file is empty")
-    if info.st_size > max_bytes:
-        raise PceaFileError(path, f"file is {info.st_size:,} bytes, over the limit of "
-                                  f"{max_bytes:,} (raise max_bytes to read it)")
-    try:  # a file the user may not read (mode 600 of another owner) is refused like a broken one
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-    except OSError as err:
-        raise PceaFileError(path, f"cannot read ({err.strerror or err})") from None
     return suffix
 
 

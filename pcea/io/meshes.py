@@ -17,14 +17,13 @@ import io
 import json
 import os
 import re
-import stat
 import struct
 from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 
-from pcea.errors import PceaFileError
+from pcea.errors import PceaFileError, check_regular
 from pcea.io.formats import _describe, _read_ply_header
 
 # trimesh spends about 0.5 ms on each primitive or node (issue 23: 200,000 primitives took 102 s)
@@ -242,15 +241,10 @@ def _external_buffer_size(path: Path, uri: str, max_bytes: int) -> int:
     for name in {uri, unquote(uri)}:
         for candidate in (name.strip(), name.strip().lstrip("/"), os.path.split(name)[-1]):
             target = path.parent / candidate
-            try:
-                info = target.stat()
-            except (OSError, ValueError):
+            if not os.path.exists(target):  # nor a name the OS refuses: trimesh skips those as well
                 continue
-            if not stat.S_ISREG(info.st_mode):
-                raise PceaFileError(path, f"GLB buffer {uri[:80]!r} is not a regular file (a FIFO, device, "
-                                          "socket or directory)")
-            if info.st_size > max_bytes:
-                raise PceaFileError(path, f"GLB buffer {uri[:80]!r} is {info.st_size:,} bytes, over the "
-                                          f"limit of {max_bytes:,} (raise max_bytes to read it)")
-            size = max(size, info.st_size)
+            try:
+                size = max(size, check_regular(target, max_bytes, "buffer file", "raise max_bytes"))
+            except PceaFileError as err:  # named by the GLB the user gave, as the other GLB checks are
+                raise PceaFileError(path, f"GLB buffer {uri[:80]!r}: {err.problem}") from None
     return size

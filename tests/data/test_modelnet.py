@@ -213,7 +213,7 @@ def test_resampled_layout_parses_once_and_reuses_the_cache(tmp_path):
     cached = ModelNet40Resampled(tmp_path, "train", num_points=32)
     assert torch.equal(cached[4][0], points[:, :3])
     # another num_points is another cache entry, parsed from the text files again
-    with pytest.raises(PceaFileError, match=r"bed_0002\.txt: no such file"):
+    with pytest.raises(PceaFileError, match=r"bed_0002\.txt: no such dataset file"):
         ModelNet40Resampled(tmp_path, "train", num_points=16)
     # a damaged cache is rebuilt rather than trusted
     for damage in (b"garbage", b""):
@@ -287,11 +287,11 @@ def test_special_files_and_unwritten_h5_datasets_are_refused(tmp_path):
     names = tmp_path / "h5" / "shape_names.txt"
     names.unlink()
     os.mkfifo(names)  # reading a FIFO without a writer would block forever
-    with pytest.raises(PceaFileError, match=r"shape_names\.txt: is not a regular file"):
+    with pytest.raises(PceaFileError, match=r"shape_names\.txt: is a FIFO, not a regular file"):
         ModelNet40H5(tmp_path / "h5", num_points=8)
     names.unlink()
     names.symlink_to("/dev/zero")  # endless bytes
-    with pytest.raises(PceaFileError, match=r"shape_names\.txt: is not a regular file"):
+    with pytest.raises(PceaFileError, match=r"shape_names\.txt: is a device, not a regular file"):
         ModelNet40H5(tmp_path / "h5", num_points=8)
     names.unlink()
     names.write_text("\n".join(CLASSES))
@@ -311,7 +311,7 @@ def test_special_files_and_unwritten_h5_datasets_are_refused(tmp_path):
     shape = tmp_path / "resampled" / "chair" / "chair_0001.txt"
     shape.unlink()
     shape.symlink_to("/dev/zero")
-    with pytest.raises(PceaFileError, match=r"chair_0001\.txt: is not a regular file"):
+    with pytest.raises(PceaFileError, match=r"chair_0001\.txt: is a device, not a regular file"):
         ModelNet40Resampled(tmp_path / "resampled", num_points=8)
 
 
