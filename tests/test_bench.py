@@ -24,6 +24,7 @@ def positive(row: dict, keys: list[str]) -> None:
         assert row[key] > 0, (key, row)
 
 
+@pytest.mark.slow
 def test_run_bench_tiny_in_process():
     result = run_bench(TINY)
     assert set(result["machine"]) >= {"cpu", "cores", "threads", "torch", "allocator", "date"}

@@ -267,6 +267,7 @@ def test_a_malformed_checkpoint_is_one_line_in_eval_classify_and_load_model(chec
         assert message in captured.err and captured.err.count("\n") == 1 and captured.out == ""
 
 
+@pytest.mark.slow
 def test_baseline_accepts_synthetic(tmp_path, capsys, monkeypatch):
     from pcea.data import synth
 

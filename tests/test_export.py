@@ -20,6 +20,8 @@ from pcea.cli import main
 from pcea.export import export_onnx
 from pcea.geometry import normalize_unit_sphere, to_canonical
 
+# Slow: each ONNX export takes seconds (tracing, the checker, ONNX Runtime); make test-fast leaves them out.
+pytestmark = pytest.mark.slow
 SMALL = {"num_classes": 10, "num_points": 256, "centers": (128, 64)}
 TINY = {"num_points": 128, "centers": (64, 32), "neighbors": (8, 8), "embed_dim": 16, "stage_dims": (32, 64),
         "fuse_dim": 128, "head_dims": (64, 32), "memory": 16}
@@ -160,7 +162,6 @@ def test_the_same_predictions_at_every_batch_size(small):
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real ModelNet40 clouds not found at {REAL}")
-@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch_on_real_shapes(small):
     model, session, _ = small
     files = [sorted((REAL / name / "train").glob("*.npy"))[0] for name in REAL_SAMPLE]
@@ -326,7 +327,6 @@ def test_cli_export_of_a_missing_checkpoint_or_to_a_missing_folder(ort, tmp_path
 # --- the default model ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_the_default_model_exports_and_matches(ort, tmp_path):
     torch.manual_seed(0)
     model = calibrated(pcea.build_model("pcea"), seed=5)
@@ -359,7 +359,6 @@ def test_export_refuses_a_device_or_fifo_before_the_work(ort, tmp_path, capsys):
                                        "only to a regular file or a new name\n")
 
 
-@pytest.mark.slow
 def test_a_rerun_removes_what_a_killed_export_left(ort, tmp_path, monkeypatch):
     import os
     import signal

@@ -137,6 +137,7 @@ def test_the_console_script_is_declared():
     assert any(dep.startswith("onnxruntime") for dep in project["optional-dependencies"]["export"])
 
 
+@pytest.mark.slow
 def test_folders_and_globs_are_expanded_like_pcea_classify(exported, tmp_path, capsys):
     _, onnx_path = exported
     (tmp_path / "scans" / "deep").mkdir(parents=True)

@@ -15,6 +15,8 @@ from pcea.engine.train import init_weights, train, train_transform
 from pcea.errors import PceaError, PceaFileError
 from pcea.model import build_model
 
+pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
+
 
 def _cloud() -> np.ndarray:
     rng = np.random.default_rng(0)

@@ -10,6 +10,8 @@ from engine_tiny import tiny_config
 
 from pcea.engine.seeds import train_seeds
 
+pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
+
 
 def test_seeds_table_reports_mean_std_and_best(tiny_h5, tmp_path):
     lines: list[str] = []

@@ -23,6 +23,7 @@ from pcea.engine.config import TrainConfig, load_config_file
 from pcea.engine.train import Trainer, train
 from pcea.errors import PceaError, PceaFileError
 
+pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
 REPO = Path(__file__).resolve().parents[2]
 
 

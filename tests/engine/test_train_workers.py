@@ -13,8 +13,9 @@ from pcea.engine.checkpoint import load_checkpoint
 from pcea.engine.splits import AugmentedSubset
 from pcea.engine.train import train
 
+pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
 
-@pytest.mark.slow
+
 def test_a_killed_worker_stops_the_run_resumably_and_it_resumes(tiny_h5, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
     original = AugmentedSubset.__getitem__
