@@ -10,10 +10,10 @@ Resuming is exact: every epoch's shuffling and augmentation depend only on
 RNG states, so on the CPU an interrupted and resumed run ends with the same
 weights as one that never stopped.
 
-Reading order: :func:`build_run` makes a :class:`Run` (data, model, optimiser,
-schedule, the resumed state); :func:`train_one_epoch` and :func:`evaluate_loader`
-are one pass each; :meth:`Trainer.run` is the loop over epochs, from the checks
-before anything is written to ``results.json``.
+Reading order: :func:`pcea.engine.run.build_run` makes a :class:`~pcea.engine.run.Run`
+(data, model, optimiser, schedule, the resumed state); :func:`train_one_epoch` and
+:func:`evaluate_loader` are one pass each; :meth:`Trainer.run` is the loop over epochs,
+from the checks before anything is written to ``results.json``.
 """
 
 from __future__ import annotations
@@ -21,42 +21,32 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pcea.atomic import write_atomic
-from pcea.data import open_dataset
-from pcea.data.corruptions import Occlude
-from pcea.data.synth import ensure_synthetic
-from pcea.data.transforms import Compose, RotateUp, Transform, pct_train_transform
-from pcea.engine.checkpoint import (
-    RESUME_KEYS,
-    check_resumed_state,
-    load_checkpoint,
-    load_latest,
-    model_payload,
-    open_checkpoint,
-    previous_path,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from pcea.engine.config import RUNTIME_KEYS, TrainConfig, load_config_file, max_threads, max_workers
-from pcea.engine.distributed import DistEnv, ShardSampler, average_batchnorm_buffers, resolve_device
+from pcea.engine.checkpoint import load_checkpoint, model_payload, previous_path, rng_state, save_checkpoint
+from pcea.engine.config import TrainConfig
+from pcea.engine.distributed import DistEnv, average_batchnorm_buffers, resolve_device
 from pcea.engine.metrics import accuracy_from_counts
+from pcea.engine.run import (
+    Run,
+    build_run,
+    forward,
+    init_weights,
+    resume_config,
+    train_transform,
+    warmup_cosine,
+)
 from pcea.engine.rundir import (
     RunLock,
     best_problem,
@@ -68,80 +58,17 @@ from pcea.engine.rundir import (
     run_state,
     write_curves,
 )
-from pcea.engine.splits import AugmentedSubset, epoch_seed, split_train_val
-from pcea.errors import MissingSplitError, PceaError, PceaFileError
-from pcea.fast import accelerate
-from pcea.model import build_model
-from pcea.precision import use_amp
-from pcea.runtime import keep_freed_memory
+from pcea.engine.splits import epoch_seed
+from pcea.errors import PceaError, PceaFileError
 
+# build_run and its parts (init_weights, train_transform, warmup_cosine) live in pcea.engine.run;
+# they are re-exported here, where callers of the training loop have imported them from.
 __all__ = ["PROTOCOLS", "Run", "Trainer", "build_run", "evaluate_loader", "init_weights", "resume_config",
-           "train", "train_one_epoch", "train_transform"]
+           "train", "train_one_epoch", "train_transform", "warmup_cosine"]
 
 PROTOCOLS = {"val": "best on val", "test": "best on test", "last": "last epoch"}
 def _format_pct(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
-
-
-class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's state saves)
-    """LambdaLR factor at step t: linear from 0.01 to 1 over ``warmup`` steps, then cosine down
-    to ``floor`` at step ``total``."""
-
-    def __init__(self, total: int, warmup: int, floor: float):
-        self.total, self.warmup, self.floor = max(total, 1), warmup, floor
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return 0.01 + 0.99 * step / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(self.total - self.warmup, 1))
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def train_transform(config: TrainConfig) -> Transform | None:
-    """The per-cloud training augmentation of a recipe: occlusion, then yaw, then PCT's.
-
-    With ``yaw`` and ``occlusion`` at 0 this is exactly PCT's augmentation (the same draws
-    from the same generator), so older recipes train as before.
-    """
-    steps: list[Transform] = []
-    if config.occlusion > 0:
-        steps.append(Occlude(config.occlusion))
-    if config.yaw > 0:
-        steps.append(RotateUp("y", math.radians(config.yaw)))  # pcea's frame is y-up
-    if config.augment == "pct":
-        steps.extend(pct_train_transform().transforms)
-    return Compose(steps) if steps else None
-
-
-def init_weights(model: nn.Module, source: str, class_names: list[str],
-                 log: Callable[[str], None] = print) -> None:
-    """Load the weights of checkpoint ``source`` into ``model`` (``--init``), for fine-tuning.
-
-    Every layer is copied when the source was trained on the same classes in the same
-    order; otherwise every layer but the classifier's last Linear, which keeps its fresh
-    initialisation (timm's ``reset_classifier`` convention). The frame is checked by
-    :func:`pcea.engine.checkpoint.open_checkpoint` (a model of another frame is refused).
-
-    Raises:
-        PceaFileError: the source cannot be opened, or its layers do not fit ``model``.
-    """
-    source_model, _, path = open_checkpoint(source)
-    state = source_model.state_dict()
-    same_classes = [str(name) for name in source_model.class_names] == list(class_names)
-    if not same_classes:
-        last = f"head.{len(model.head) - 1}."
-        state = {key: value for key, value in state.items() if not key.startswith(last)}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
-        raise PceaFileError(path, f"--init: its layers do not fit this model ({first})") from None
-    if unexpected or (missing and same_classes) or any(not key.startswith("head.") for key in missing):
-        raise PceaFileError(path, f"--init: its layers do not fit this model (missing {len(missing)}, "
-                                  f"unexpected {len(unexpected)} tensors)")
-    what = "every layer" if same_classes else (
-        f"every layer but the classifier ({len(source_model.class_names)} classes -> {len(class_names)})")
-    log(f"init: {what} from {path}")
 
 
 class _StopRequest:
@@ -167,252 +94,7 @@ class _StopRequest:
             signal.signal(signum, handler)
 
 
-@dataclass(eq=False)
-class Run:
-    """What one training run works with: built once by :func:`build_run`, then read and updated by
-    :func:`train_one_epoch`, :func:`evaluate_loader` and the loop in :meth:`Trainer.run`."""
-
-    config: TrainConfig
-    out: Path
-    env: DistEnv
-    device: torch.device
-    log: Callable[[str], None]  # progress lines, rank 0 only
-    class_names: list[str]
-    train_set: AugmentedSubset
-    val_set: AugmentedSubset | None
-    test_set: AugmentedSubset | None
-    train_loader: DataLoader
-    val_loader: DataLoader | None
-    test_loader: DataLoader | None
-    loader_generator: torch.Generator  # the training order's: its state is in every checkpoint
-    model: nn.Module  # the classifier whose weights are saved
-    net: nn.Module  # what batches go through: the model, wrapped by DDP and/or torch.compile
-    compiled: bool
-    amp: bool  # bf16 autocast
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    step_schedule: bool  # the scheduler steps after every batch (warm-up), else after every epoch
-    criterion: nn.Module
-    history: list[dict] = field(default_factory=list)  # one row per completed epoch
-    best: dict = field(default_factory=lambda: {"epoch": None, "score": -math.inf})
-    start_epoch: int = 0  # the last epoch a resumed run had completed
-    curves_ok: bool = False  # curves.png was drawn (matplotlib is installed)
-    curves_written: float = 0.0  # when: the plot is refreshed at most every 30 s
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-# -- building a run ---------------------------------------------------------------------------------
-
-
-def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device, log: Callable[[str], None],
-              *, resume: dict | None = None, resume_path: Path | None = None) -> Run:
-    """Data, model, optimiser and schedule of a run, restored from a checkpoint when resuming.
-
-    Nothing is written: the caller creates and locks the run directory once this succeeded.
-
-    Args:
-        config: the recipe.
-        out: the run directory (named in messages).
-        env: the process group (one process when not distributed).
-        device: where the model trains.
-        log: where progress lines go (rank 0 only).
-        resume: the payload of ``resume_path`` (a ``last.pt``) to continue from.
-
-    Raises:
-        PceaError: the data, the model options or the checkpoint do not fit the recipe.
-    """
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == "cpu":
-        keep_freed_memory()  # the malloc settings `pcea train` restarts with, for a library caller
-    if env.enabled and config.batch_size // env.world_size < 2:
-        raise PceaError(f"batch_size={config.batch_size} over {env.world_size} processes leaves "
-                        "fewer than 2 clouds per process (BatchNorm needs 2)")
-    amp = use_amp(config.amp, device, lambda why: log(f"note: --amp ignored, training in float32: {why}"))
-
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    train_base, test = _datasets(config, env, log)
-    class_names = [str(name) for name in train_base.class_names]
-    train_idx, val_idx = split_train_val(np.asarray(train_base.labels), config.val_split, config.seed,
-                                         log=log)
-    if len(train_idx) < config.batch_size:
-        raise PceaError(f"{config.data}: {len(train_idx)} training clouds, fewer than one batch "
-                        f"of {config.batch_size}; use a smaller --batch-size")
-    train_set = AugmentedSubset(train_base, train_idx, transform=train_transform(config), seed=config.seed)
-    val_set = AugmentedSubset(train_base, val_idx) if len(val_idx) else None
-    test_set = AugmentedSubset(test, np.arange(len(test))) if test is not None else None
-    loader_generator, eval_generator = torch.Generator(), torch.Generator()
-    train_loader = _loader(train_set, config, env, device, train=True, generator=loader_generator)
-    val_loader, test_loader = (_loader(subset, config, env, device, train=False, generator=eval_generator)
-                               if subset is not None else None for subset in (val_set, test_set))
-
-    model = _new_model(config, len(class_names))
-    if config.init and resume is None:  # a resumed run has its own weights
-        init_weights(model, config.init, class_names, log=log)
-    model = accelerate(model)  # the CPU speed-ups, before the optimiser
-    model.class_names = class_names
-    model = model.to(device)
-    optimizer = _optimizer(config, model)
-    run = Run(config=config, out=out, env=env, device=device, log=log, class_names=class_names,
-              train_set=train_set, val_set=val_set, test_set=test_set, train_loader=train_loader,
-              val_loader=val_loader, test_loader=test_loader, loader_generator=loader_generator,
-              model=model, net=model, compiled=False, amp=amp, optimizer=optimizer,
-              scheduler=_scheduler(config, optimizer, steps_per_epoch=len(train_loader)),
-              step_schedule=config.warmup_epochs > 0,
-              criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
-    if resume is not None:
-        _restore(run, resume, resume_path)
-    run.net, run.compiled = _wrap(model, config, env, device, log)
-    return run
-
-
-def _datasets(config: TrainConfig, env: DistEnv,
-              log: Callable[[str], None]) -> tuple[Dataset, Dataset | None]:
-    """The train and test splits of ``config.data`` (no test split: None, unless selecting on it)."""
-    data = config.data
-    if data == "synthetic":
-        if env.is_main:
-            data = str(ensure_synthetic())
-        env.barrier()
-        data = str(ensure_synthetic())
-    kwargs = {"num_points": config.points, "normals": config.normals, "seed": config.seed}
-    train_base = open_dataset(data, split="train", transform=None, **kwargs)
-    try:
-        test = open_dataset(data, split="test", transform=None, **kwargs)
-    except MissingSplitError as err:
-        if config.select_on == "test":
-            raise PceaError(f"--select-on test needs a test split: {err}") from None
-        log(f"note: {err}; training and selecting on the validation split, no test figures")
-        return train_base, None
-    if list(test.class_names) != list(train_base.class_names):
-        raise PceaError(f"{data}: the train and test splits name different classes")
-    return train_base, test
-
-
-def _loader(dataset: Dataset, config: TrainConfig, env: DistEnv, device: torch.device, *, train: bool,
-            generator: torch.Generator) -> DataLoader:
-    per_rank = config.batch_size // env.world_size
-    if train and env.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                     shuffle=True, seed=config.seed, drop_last=True)
-    elif train:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
-    else:
-        sampler = ShardSampler(len(dataset), env)
-    # More workers than cores only competes with the model for the CPU; the
-    # batches do not depend on the worker count (each item has its own rng).
-    workers = min(config.workers, os.cpu_count() or 1)
-    return DataLoader(
-        dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", drop_last=train, generator=generator,
-        # Not persistent: each epoch's workers must start from the dataset with the new epoch set.
-        persistent_workers=False,
-    )
-
-
-def _new_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    options = {"num_points": config.points, "in_channels": 6 if config.normals else 3, **config.model_options}
-    try:
-        return build_model(config.model, num_classes=num_classes, **options)
-    except (ValueError, TypeError) as err:
-        raise PceaError(f"model {config.model!r}: {err}") from None
-
-
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.momentum, 0.999),
-                                 weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
-
-
-def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
-               steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """With warm-up epochs, a per-step warm-up then cosine; else PCT's one cosine step per epoch."""
-    if config.warmup_epochs > 0:
-        warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-        lr_lambda = warmup_cosine(config.epochs * steps_per_epoch, warmup_steps, config.min_lr / config.lr)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.min_lr)
-
-
-def _restore(run: Run, payload: dict, path: Path) -> None:
-    """Continue from a ``last.pt`` payload: weights, optimiser, schedule, RNG and history."""
-    if list(payload["class_names"]) != run.class_names:
-        raise PceaError(f"{run.out}: the checkpoint's classes differ from those of {run.config.data}")
-    try:
-        run.model.load_state_dict(payload["model"])
-        run.optimizer.load_state_dict(payload["optimizer"])
-        run.scheduler.load_state_dict(payload["scheduler"])
-        set_rng_state(payload["rng"], run.loader_generator)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
-        text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise PceaFileError(path, f"malformed checkpoint: its states do not fit this run "
-                                  f"({type(err).__name__}: {text})") from None
-    check_resumed_state(run.optimizer, run.scheduler, path)  # loaded is not yet usable
-    run.history = list(payload["metrics"]["history"])
-    run.best = dict(payload["metrics"]["best"])
-    run.start_epoch = int(payload["epoch"])
-    run.log(f"resuming {run.out} after epoch {run.start_epoch}/{run.config.epochs}")
-
-
-def _wrap(model: nn.Module, config: TrainConfig, env: DistEnv, device: torch.device,
-          log: Callable[[str], None]) -> tuple[nn.Module, bool]:
-    """The module batches go through (DDP when distributed, then torch.compile) and whether it is compiled."""
-    net = model
-    if env.enabled:
-        if device.type == "cuda":
-            # PCT's accuracy collapses when BatchNorm sees only one GPU's slice of the batch.
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        try:
-            return torch.compile(net), True
-        except RuntimeError as err:  # its refusal of this Python; compiling itself waits for the first call
-            _compile_failed(err, log)
-    return net, False
-
-
-def _compile_failed(err: RuntimeError, log: Callable[[str], None]) -> None:
-    first = (str(err).splitlines() or [""])[0][:160]
-    message = f"torch.compile failed ({type(err).__name__}: {first}); continuing in eager mode"
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-    log(f"warning: {message}")
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    """An allocation failure: torch.cuda.OutOfMemoryError (torch.OutOfMemoryError), or the CPU
-    allocator's plain RuntimeError, also when a compiler backend wrapped it (BackendCompilerFailed)."""
-    inner = getattr(err, "inner_exception", None)
-    return (isinstance(err, torch.cuda.OutOfMemoryError) or "DefaultCPUAllocator" in str(err)
-            or (isinstance(inner, BaseException) and _out_of_memory(inner)))
-
-
 # -- one epoch, one evaluation ---------------------------------------------------------------------
-
-
-def _forward(run: Run, points: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
-    """The logits of a batch under the run's autocast; if torch.compile fails, eager from then on."""
-    with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=run.amp):
-        if net is not None or not run.compiled:
-            return (run.net if net is None else net)(points)
-        try:
-            return run.net(points)
-        # Compiling happens on the first call of each new shape. Everything dynamo and inductor
-        # raise is a RuntimeError (TorchDynamoException, BackendCompilerFailed, InductorError,
-        # CppCompileError, InvalidCxxCompiler); a model's own error raises again in eager mode below.
-        except RuntimeError as err:
-            if _out_of_memory(err):
-                raise  # too large a batch for this machine, compiled or not: not a compile failure
-            _compile_failed(err, run.log)
-            run.net, run.compiled = getattr(run.net, "_orig_mod", run.net), False
-            return run.net(points)
 
 
 def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
@@ -444,7 +126,7 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
         for step, (points, labels) in enumerate(bar, start=1):
             points = points.to(device, non_blocking=True)  # (B, N, C)
             labels = labels.to(device, non_blocking=True)  # (B,)
-            logits = _forward(run, points)  # (B, num_classes)
+            logits = forward(run, points)  # (B, num_classes)
             loss = run.criterion(logits.float(), labels)
             # One all-reduce per step tells every rank about a bad loss or a stop signal,
             # so that all of them stop at the same step instead of hanging.
@@ -497,7 +179,7 @@ def evaluate_loader(run: Run, loader: DataLoader) -> tuple[float, float]:
     total = torch.zeros(run.num_classes, dtype=torch.int64, device=run.device)
     for points, labels in loader:
         labels = labels.to(run.device)
-        predictions = _forward(run, points.to(run.device), net).argmax(dim=1)  # (B,)
+        predictions = forward(run, points.to(run.device), net).argmax(dim=1)  # (B,)
         total += torch.bincount(labels, minlength=run.num_classes)
         correct += torch.bincount(labels[predictions == labels], minlength=run.num_classes)
     run.env.sum_(correct)
@@ -604,45 +286,6 @@ def _repair_best(out: Path, config: TrainConfig, epoch: int, problem: str,
 
 
 # -- one run, start to end ----------------------------------------------------------------------------
-
-
-def resume_config(out: Path, overrides: dict, log: Callable[[str], None]
-                  ) -> tuple[TrainConfig, dict | None, Path | None]:
-    """The recipe of the run in ``out`` with the runtime options of ``overrides``, and the
-    checkpoint to continue from (``last.pt``, else ``last.prev.pt``; None for a run stopped
-    before its first checkpoint) with its path.
-
-    Raises:
-        PceaError: ``overrides`` changes the recipe, or there is nothing to resume.
-    """
-    last = out / "last.pt"
-    payload = used = None
-    if not last.exists() and not previous_path(last).exists():
-        if run_state(out) != "unstarted":
-            raise PceaFileError(out, "no run to resume here (no last.pt)")
-        # Stopped before its first checkpoint was written: nothing was trained, start it again.
-        source = out / "config.yaml"
-        values = load_config_file(source)
-        log(f"note: {out} was stopped before its first checkpoint; starting it from scratch "
-            "with its config.yaml")
-    else:
-        used, payload, problems = load_latest(last, require=RESUME_KEYS)
-        for problem in problems:
-            log(f"warning: {problem}")
-        if problems:
-            log(f"resuming from the previous checkpoint {used} instead")
-        values, source = dict(payload["train_config"]), f"{used} (train_config)"
-    changed = sorted(k for k, v in overrides.items() if k not in RUNTIME_KEYS and v != values.get(k))
-    if changed:
-        raise PceaError(f"--resume continues {out} with its own recipe; "
-                        f"cannot change {', '.join(changed)} (only {', '.join(RUNTIME_KEYS)})")
-    values.update({k: v for k, v in overrides.items() if k in RUNTIME_KEYS})
-    # A run from a larger machine: its thread and worker counts are only runtime options.
-    for key, bound in (("threads", max_threads()), ("workers", max_workers())):
-        if key not in overrides and isinstance(values.get(key), int) and values[key] > bound:
-            log(f"note: {key}={values[key]} is more than this machine allows; using {bound}")
-            values[key] = bound
-    return TrainConfig.from_dict(values, source=str(source)), payload, used
 
 
 def _on_main_for_all(env: DistEnv, check: Callable[[], object]) -> None:

@@ -239,19 +239,19 @@ def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, st
 
 
 def test_amp_trains_under_bf16_autocast_where_the_cpu_has_it(tiny_h5, tmp_path, monkeypatch):
-    import pcea.engine.train as train_module
+    import pcea.engine.run as run_module
     from pcea import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     dtypes = []
-    build = train_module.build_model
+    build = run_module.build_model
 
     def build_and_watch(*args, **kwargs):
         model = build(*args, **kwargs)
         model.head[-1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
         return model
 
-    monkeypatch.setattr(train_module, "build_model", build_and_watch)
+    monkeypatch.setattr(run_module, "build_model", build_and_watch)
     lines: list[str] = []
     trainer = Trainer(tiny_config(tiny_h5, epochs=1, amp=True), tmp_path / "amp", log=lines.append)
     results = trainer.run()
