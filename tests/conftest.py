@@ -2,10 +2,11 @@
 
 Also the two test tiers. ``make test`` runs everything; ``make test-fast`` (``pytest -m "not slow"``)
 leaves out the tests marked ``slow``: those that start processes, read the real data in
-../shared/data, or are property-based (hypothesis). Hypothesis tests are marked here, by the
-decorator hypothesis sets; the other two kinds are marked in their modules (``pytest.mark.slow``),
-and a fast-tier run fails an unmarked test that starts a process or opens a file in ../shared/data,
-so a new test of either kind cannot slow the fast tier unnoticed.
+../shared/data, are property-based (hypothesis), or take seconds on their own (training runs, ONNX
+export, the full-size model at 1,024 points and more). Hypothesis tests are marked here, by the
+attribute hypothesis sets; the others are marked in their modules (``pytest.mark.slow``), and a
+fast-tier run fails an unmarked test that starts a process or opens a file in ../shared/data, so a
+new test of either kind cannot slow the fast tier unnoticed.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ def test_external_attention_preset_is_smaller_than_pct():
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-@pytest.mark.parametrize("num_points", [512, 1024, 2048])
+# 1,024 and 2,048 points: the full-size model for seconds each, left to `make test` (slow)
+@pytest.mark.parametrize("num_points", [512, pytest.param(1024, marks=pytest.mark.slow),
+                                        pytest.param(2048, marks=pytest.mark.slow)])
 def test_presets_forward_in_train_and_eval_mode(name, num_points):
     torch.manual_seed(0)
     model = pcea.build_model(name, num_classes=10, num_points=num_points)
@@ -52,6 +54,7 @@ def test_backward_gives_finite_gradients_for_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.slow
 def test_logits_do_not_depend_on_the_batch(name):
     """In eval mode a cloud gets the same logits alone or in a batch of 16."""
     torch.manual_seed(0)
@@ -68,6 +71,7 @@ def test_logits_do_not_depend_on_the_batch(name):
             torch.testing.assert_close(model(points[i : i + 1])[0], batched[i], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_batch_is_overfitted(tiny_model):
     model = tiny_model("pcea", num_classes=4, dropout=0.0)
     points = torch.randn(8, 128, 3)

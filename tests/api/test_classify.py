@@ -73,6 +73,7 @@ def test_library_classify_matches_predict_and_reports_errors(checkpoint, mixed_d
     assert dict(voted) != pytest.approx(dict(results[0]["top_k"]), abs=1e-7)
 
 
+@pytest.mark.slow
 def test_thousand_files_with_broken_ones(checkpoint, tmp_path, capsys):
     rng = np.random.default_rng(1)
     broken = set(rng.choice(1000, size=25, replace=False).tolist())

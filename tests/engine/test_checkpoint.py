@@ -390,6 +390,7 @@ def _resumed_states(optimizer_name: str = "sgd", warmup: bool = False):
 
 
 @pytest.mark.parametrize("optimizer_name, warmup", [("sgd", False), ("adamw", True)])
+@pytest.mark.slow
 def test_good_resumed_states_pass_and_are_left_as_they_were(optimizer_name, warmup):
     optimizer_state, scheduler_state, build = _resumed_states(optimizer_name, warmup)
     _, optimizer, scheduler = build()
@@ -421,6 +422,7 @@ def _break_momentum(state: dict) -> None:
     (True, lambda o, s: s["lr_lambdas"][0].update(total="x"), r"TypeError"),
     (True, lambda o, s: s["lr_lambdas"][0].update(warmup=0, total=2, floor=float("inf")), r"next learning"),
 ])
+@pytest.mark.slow
 def test_a_resumed_state_that_loads_but_would_break_is_refused(warmup, breaks, message):
     optimizer_state, scheduler_state, build = _resumed_states("sgd", warmup)
     breaks(optimizer_state, scheduler_state)
@@ -432,6 +434,7 @@ def test_a_resumed_state_that_loads_but_would_break_is_refused(warmup, breaks, m
         check_resumed_state(optimizer, scheduler, "last.pt")
 
 
+@pytest.mark.slow
 def test_resume_from_a_rehashed_checkpoint_with_a_broken_optimizer_is_one_error(tiny_h5, tmp_path):
     """End to end, as ``pcea train --resume`` meets it: the file's hash is right, its contents are not."""
     out = tmp_path / "run"

@@ -262,6 +262,7 @@ def test_the_confusion_image_is_the_single_pass_and_the_csv_holds_the_matrix(tmp
     assert matrix == report["results"]["single_pass"]["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_a_thousand_class_matrix_is_not_drawn_but_written_whole(tmp_path):
     """Issue 23 item 6: 1,500 classes drew a 46,000-pixel image and were killed at 16.8 GB."""
     from pcea.engine.evaluate import MAX_DRAWN_CLASSES, write_report
