@@ -31,7 +31,7 @@ import pytest
 import trimesh
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_io import pcd_bytes
+from io_files import pcd_bytes
 from tiny_models import CLASS_NAMES, SMALLEST
 
 from pcea.errors import PceaError, PceaWarning

@@ -13,7 +13,15 @@ import pytest
 import trimesh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from io_files import TETRA_VERTICES, assert_normalised, random_cloud, tetra_off, write
+from io_files import (
+    TETRA_VERTICES,
+    assert_normalised,
+    lzf_compress,
+    pcd_bytes,
+    random_cloud,
+    tetra_off,
+    write,
+)
 
 from pcea.data.transforms import to_canonical
 from pcea.errors import PceaError, PceaFileError
@@ -267,67 +275,6 @@ def test_huge_but_finite_coordinates_and_swapped_endianness(tmp_path):
 # --- PCD ------------------------------------------------------------------------------------
 
 PCD_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "samples" / "pcd"
-PCD_FIELDS = ("x", "y", "z", "normal_x", "normal_y", "normal_z")
-
-
-def lzf_compress(data: bytes, window: int = 64) -> bytes:
-    """A naive LZF encoder (literal runs, and back references found by brute force) for test files."""
-    out, literal, i = bytearray(), bytearray(), 0
-
-    def flush():
-        for start in range(0, len(literal), 32):
-            chunk = literal[start:start + 32]
-            out.append(len(chunk) - 1)
-            out.extend(chunk)
-        literal.clear()
-
-    while i < len(data):
-        best, distance = 0, 0
-        for dist in range(1, min(i, window) + 1):
-            length = 0
-            while length < 264 and i + length < len(data) and data[i + length - dist] == data[i + length]:
-                length += 1
-            if length > best:
-                best, distance = length, dist
-        if best < 3:
-            literal.append(data[i])
-            i += 1
-            continue
-        flush()
-        length, offset = best - 2, distance - 1
-        out.extend([(min(length, 7) << 5) | (offset >> 8)] + ([length - 7] if length >= 7 else [])
-                   + [offset & 0xFF])
-        i += best
-    flush()
-    return bytes(out)
-
-
-def pcd_bytes(cloud, data="binary", *, fields=PCD_FIELDS) -> bytes:
-    """A PCD v0.7 file of float32 fields (plus a uchar 'label' and a 3-float padding field '_')."""
-    cloud = np.asarray(cloud, dtype=np.float32)
-    count = len(cloud)
-    names = list(fields[:cloud.shape[1]])
-    text = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
-                      f"FIELDS {' '.join(names)} label _\nSIZE {'4 ' * len(names)}1 4\n"
-                      f"TYPE {'F ' * len(names)}U F\nCOUNT {'1 ' * len(names)}1 3\n"
-                      f"WIDTH {count}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {count}\n")
-    labels = (np.arange(count) % 7).astype(np.uint8)
-    padding = np.zeros((count, 3), np.float32)
-    if data == "ascii":
-        rows = [" ".join(repr(float(v)) for v in row) + f" {label} 0 0 0"
-                for row, label in zip(cloud, labels, strict=True)]
-        return (text + "DATA ascii\n" + "\n".join(rows) + "\n").encode()
-    if data == "binary":
-        records = np.zeros(count, dtype=[("xyz", "<f4", cloud.shape[1]), ("label", "u1"), ("pad", "<f4", 3)])
-        records["xyz"], records["label"] = cloud, labels
-        return (text + "DATA binary\n").encode() + records.tobytes()
-    body = b"".join(cloud[:, j].astype("<f4").tobytes() for j in range(cloud.shape[1]))
-    body += labels.tobytes() + padding.tobytes()
-    packed = lzf_compress(body)
-    return ((text + "DATA binary_compressed\n").encode() + len(packed).to_bytes(4, "little")
-            + len(body).to_bytes(4, "little") + packed)
-
-
 def test_lzf_round_trip_and_a_hand_made_stream(tmp_path):
     from pcea.io.formats import _lzf_decompress
 
