@@ -246,7 +246,10 @@ _KEY_TYPES = {
     "optimizer": (lambda v: _str_dict(v) and isinstance(v.get("state"), dict)
                   and isinstance(v.get("param_groups"), list), "an optimizer state (state, param_groups)"),
     "scheduler": (_str_dict, "a scheduler state"),
-    "rng": (lambda v: _str_dict(v) and {"python", "numpy", "torch", "loader"} <= set(v),
+    # The parts' kinds too, so that a malformed file falls back to last.prev.pt before resuming.
+    "rng": (lambda v: _str_dict(v) and {"python", "numpy", "torch", "loader"} <= set(v)
+            and isinstance(v["python"], tuple | list) and _str_dict(v["numpy"])
+            and isinstance(v["torch"], torch.Tensor) and isinstance(v["loader"], torch.Tensor),
             "the random states (python, numpy, torch, loader)"),
     "metrics": (_metrics_ok, "metrics with a history of epochs and the best epoch"),
     "protocol": (lambda v: isinstance(v, str), "a string"),
