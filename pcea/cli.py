@@ -473,11 +473,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     import time
 
     from pcea.data import default_root
-    from pcea.data.synth import existing_dataset, generate
+    from pcea.data.synth import check_settings, existing_dataset, generate
 
     start = time.perf_counter()
     out = Path(args.out) if args.out else default_root() / "pcea-shapes"
     settings = dict(classes=args.classes, per_class=args.per_class, seed=args.seed, points=args.points)
+    check_settings(args.classes, args.per_class, args.points)  # a bad value first, whatever --out holds
     found = None if args.force else existing_dataset(out, **settings)
     if found == "same":  # the same options give the same files: nothing to write
         print(f"pcea-shapes: {out} already holds this dataset ({args.classes} classes x {args.per_class} "

@@ -36,7 +36,7 @@ from pcea.io import sample_surface
 if TYPE_CHECKING:
     from trimesh import Trimesh as Mesh
 
-__all__ = ["CLASS_NAMES", "FORMAT", "generate", "ensure_synthetic", "make_shape"]
+__all__ = ["CLASS_NAMES", "FORMAT", "check_settings", "generate", "ensure_synthetic", "make_shape"]
 
 FORMAT = "pcea-shapes/2"  # 2: the OFF meshes are z-up, as in the Princeton release
 PARAMS_FILE = "pcea-shapes.json"
@@ -112,7 +112,7 @@ def _class_names(classes: int) -> list[str]:
     return sorted(CLASS_NAMES[:classes])
 
 
-def _check(classes: int, per_class: int, points: int) -> None:
+def check_settings(classes: int, per_class: int, points: int) -> None:
     """Refuse bad counts before any work: the whole dataset's clouds are held in memory at once."""
     if not 2 <= classes <= len(CLASS_NAMES):
         raise PceaError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {classes}")
@@ -146,7 +146,7 @@ def generate(out: str | os.PathLike, *, classes: int = 10, per_class: int = 100,
     Returns:
         ``out`` as a Path.
     """
-    _check(classes, per_class, points)
+    check_settings(classes, per_class, points)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PARAMS_FILE).is_file())):
         raise PceaError(f"{out}: exists and is not a pcea-shapes dataset; refusing to overwrite it")

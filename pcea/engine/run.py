@@ -195,9 +195,9 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
     model = _new_model(config, len(class_names))
     if config.init and resume is None:  # a resumed run has its own weights
         init_weights(model, config.init, class_names, log=log)
-    model = accelerate(model)  # the CPU speed-ups, before the optimiser
     model.class_names = class_names
-    model = model.to(device)
+    # The CPU speed-ups, decided by where the model lives (a no-op off the CPU), before the optimiser.
+    model = accelerate(model.to(device))
     optimizer = _optimizer(config, model)
     run = Run(config=config, out=out, env=env, device=device, log=log, class_names=class_names,
               train_set=train_set, val_set=val_set, test_set=test_set, train_loader=train_loader,

@@ -46,8 +46,8 @@ def test_yaw_keeps_the_up_coordinate_and_distances_and_turns_the_rest(severity):
 
 def test_yaw_at_severity_5_reaches_every_angle_and_1_stays_within_36_degrees():
     points = np.array([[1.0, 0.0, 0.0]] * 3, dtype=np.float32)
-    angles = [np.degrees(np.arctan2(-corrupt(points, "yaw", s, rng=i)[0, 2], corrupt(points, "yaw", s, rng=i)[0, 0]))
-              for s in (1, 5) for i in range(200)]
+    turned = [corrupt(points, "yaw", s, rng=i)[0] for s in (1, 5) for i in range(200)]
+    angles = [np.degrees(np.arctan2(-z, x)) for x, _, z in turned]
     mild, any_angle = np.abs(angles[:200]), np.abs(angles[200:])
     assert mild.max() <= 36.0 + 1e-4
     assert any_angle.max() > 170 and any_angle.min() < 10
@@ -84,7 +84,8 @@ def test_adding_corruptions_keep_every_input_point(name, severity):
 def test_drop_local_removes_holes_not_scattered_points():
     points = _cloud(512)
     kept = corrupt(points, "drop_local", 3, rng=4)
-    removed = np.array([row for row in points.tolist() if tuple(row) not in {tuple(r) for r in kept.tolist()}])
+    kept_rows = {tuple(r) for r in kept.tolist()}
+    removed = np.array([row for row in points.tolist() if tuple(row) not in kept_rows])
     # Each removed point's nearest removed neighbour is closer than its nearest kept one, on average.
     to_removed = np.sort(_pairwise(np.vstack([removed]))[:, :], axis=1)[:, 1]
     to_kept = np.linalg.norm(removed[:, None] - kept[None], axis=-1).min(axis=1)

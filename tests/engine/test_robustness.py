@@ -61,8 +61,8 @@ def test_corrupted_clouds_come_back_at_the_model_size_except_density():
         out = corrupted_clouds(clouds, name, 5, seed=0, num_points=64, min_points=32)
         expected = 32 if name == "density" else 64     # density keeps 37.5 % = 24, filled up to 32
         assert out.shape == (3, expected, 3), name
-        np.testing.assert_allclose(np.linalg.norm(out - out.mean(axis=1, keepdims=True), axis=2).max(axis=1), 1,
-                                   atol=1e-5)
+        radius = np.linalg.norm(out - out.mean(axis=1, keepdims=True), axis=2).max(axis=1)
+        np.testing.assert_allclose(radius, 1, atol=1e-5)
     again = corrupted_clouds(clouds, "jitter", 2, seed=0, num_points=64, min_points=32)
     np.testing.assert_array_equal(again, corrupted_clouds(clouds, "jitter", 2, seed=0, num_points=64,
                                                           min_points=32))
