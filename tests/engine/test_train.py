@@ -82,7 +82,7 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, workers):
     config = tiny_config(tiny_h5, epochs=3, workers=workers)
     quiet = {"log": lambda line: None}
@@ -211,6 +211,7 @@ def test_cli_trains_with_model_options(tiny_h5, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("signum, workers, status", [(signal.SIGINT, 0, 130), (signal.SIGTERM, 2, 143)])
+@pytest.mark.slow
 def test_a_signal_saves_and_exits_cleanly(tiny_h5, tmp_path, signum, workers, status):
     out = tmp_path / "sig"
     opts = [f"--model-opt={key}={json.dumps(value)}" for key, value in TINY_MODEL.items()]
@@ -404,6 +405,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_locked_directory_is_refused_naming_the_holder(tiny_h5, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
