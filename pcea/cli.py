@@ -73,11 +73,19 @@ def builtin_weights_lines() -> str:
         except PceaError as err:
             lines.append(f"  {name:<11} not available: {err}")
             continue
-        val = (f"val OA {100 * card['val_oa']:.2f} %, mAcc {100 * card['val_macc']:.2f} % "
-               f"({card['val_protocol']})")
-        lines.append(f"  {name:<11} {card['model']}, {card['num_points']} points, {card['up']}-up; {val}")
-        lines.append(f"  {'':<11} data: {card['data']}; recipe {card['recipe']}, "
-                     f"{card['epochs']} epochs, best epoch {card['epoch']}")
+        pad = " " * 20
+        lines.append(f"  {name:<18} {card['model']}, {card['num_points']} points, {card['up']}-up; "
+                     f"{card['val_protocol']}:")
+        lines.append(f"{pad}aligned: val OA {100 * card['val_oa']:.2f} %, "
+                     f"mAcc {100 * card['val_macc']:.2f} %")
+        suite = card.get("robustness")
+        if suite:
+            lines.append(f"{pad}any yaw: val OA {100 * suite['yaw_5_oa']:.2f} %, mAcc "
+                         f"{100 * suite['yaw_5_macc']:.2f} %; mean over the robustness suite "
+                         f"{100 * suite['mean_oa']:.1f} % (docs/robustness.md)")
+        lines.append(f"{pad}data: {card['data']}; recipe {card['recipe']}, "
+                     f"{card['epochs']} epochs, best epoch {card['epoch']}"
+                     + (f", started from {card['init']}" if card.get("init") else ""))
     return "\n".join(lines)
 
 

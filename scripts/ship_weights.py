@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="configs/modelnet40_cpu.yaml", help="the recipe, for the card")
     parser.add_argument("--half", action="store_true", help="store the floating-point tensors as float16")
     parser.add_argument("--robustness", type=Path, help="robustness.json of pcea eval --corrupt on the file")
+    parser.add_argument("--init-as", help="the name the --init weights ship under now, if renamed")
     args = parser.parse_args()
     best = load_checkpoint(args.run / "best.pt")
     results = json.loads((args.run / "results.json").read_text())
@@ -58,7 +59,7 @@ def main() -> None:
         "split": f"trained on the other {1 - config['val_split']:.0%} of the train split; selected on a "
                  f"stratified {config['val_split']:.0%} validation hold-out of it (seed {config['seed']})",
         "recipe": args.recipe,
-        "train_config": config,
+        "train_config": {**config, "data": Path(config["data"]).name},  # not the training machine's path
         "epoch": epoch,
         "epochs": config["epochs"],
         "selection": best["protocol"],
@@ -71,7 +72,7 @@ def main() -> None:
         "storage": "float16" if args.half else "float32",
     }
     if config.get("init"):
-        card["init"] = config["init"]
+        card["init"] = args.init_as or config["init"]
     if args.robustness:
         suite = json.loads(args.robustness.read_text())
         rows = suite["corruptions"]
@@ -83,6 +84,7 @@ def main() -> None:
             "mean_oa_by_corruption": {name: sum(r["oa"] for r in cells.values()) / len(cells)
                                       for name, cells in rows.items()},
             "yaw_5_oa": rows["yaw"]["5"]["oa"] if "5" in rows.get("yaw", {}) else None,
+            "yaw_5_macc": rows["yaw"]["5"]["macc"] if "5" in rows.get("yaw", {}) else None,
         }
     (HERE / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {out} ({card['bytes']:,} bytes) and {args.name}.json: val OA {100 * card['val_oa']:.2f} %")

@@ -28,6 +28,9 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "modelne
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real ModelNet40 npy release not found at {REAL} "
                                                           "(only the project's workplace has it)")
 MARGIN = 0.03  # the sample holds a third of the validation split: its OA varies by about +-2 points
+# Under a random yaw each shape also gets its own angle (not the suite's), and a model that has not
+# learnt yaw is right on a shape at some angles only: about +-2.7 points of binomial noise at 60 %.
+YAW_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +43,23 @@ def card():
     return pcea.weights.builtin_card("modelnet40")
 
 
-def test_the_card_describes_the_file(card):
+@pytest.mark.parametrize("name", pcea.weights.BUILTIN)
+def test_the_card_describes_the_file(name):
+    card = pcea.weights.builtin_card(name)
     path = pcea.weights.HERE / card["file"]
+    assert card["name"] == name and path.name == f"{name}.pt"
     assert path.stat().st_size == card["bytes"] <= 12 * 1024**2
     assert card["up"] == "y" and card["model"] == "pcea"
     assert 0 < card["val_macc"] <= 1 and 0 < card["val_oa"] <= 1
     assert "val" in card["val_protocol"] and "test" in card["test"]
+    assert 0 < card["robustness"]["yaw_5_oa"] <= 1 and 0 < card["robustness"]["mean_oa"] <= 1
+    assert "/shared/" not in json.dumps(card)                      # no path of the project's machines
+
+
+def test_the_default_weights_are_the_yaw_robust_ones():
+    default, aligned = (pcea.weights.builtin_card(name) for name in ("modelnet40", "modelnet40-aligned"))
+    assert default["train_config"]["yaw"] == 180 and default["init"] == "modelnet40-aligned"
+    assert default["robustness"]["yaw_5_oa"] > aligned["robustness"]["yaw_5_oa"] + 0.15
 
 
 def test_loads_by_name_with_its_classes_and_frame(model, card):
@@ -75,15 +89,39 @@ def _val_files(step: int) -> list[tuple[Path, int]]:
     return [files[i] for i in val[::step]]
 
 
+def _yawed(files: list[tuple[Path, int]], root: Path) -> list[Path]:
+    """Copies of real z-up shapes, each turned about its up axis (z) by its own seeded random angle."""
+    rng = np.random.default_rng(0)
+    out = []
+    for path, _ in files:
+        angle = rng.uniform(-np.pi, np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        target = root / path.relative_to(REAL)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, (np.load(path) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T).astype(np.float32))
+        out.append(target)
+    return out
+
+
 @needs_real
 @pytest.mark.slow
-def test_classifies_real_validation_shapes_at_the_stated_accuracy(model, card):
+@pytest.mark.parametrize("name", pcea.weights.BUILTIN)
+def test_classifies_real_validation_shapes_at_the_stated_accuracy_aligned_and_in_any_yaw(name, tmp_path):
+    card = pcea.weights.builtin_card(name)
+    model = pcea.load_model(name)
     sample = _val_files(step=3)                                   # 329 shapes, all 40 classes
-    results = pcea.classify([path for path, _ in sample], model, top_k=1, up="z")  # the release's axis
-    predicted = [model.class_names.index(result["top_k"][0][0]) for result in results]
-    accuracy = float(np.mean(np.array(predicted) == np.array([label for _, label in sample])))
+    labels = np.array([label for _, label in sample])
+
+    def accuracy(files) -> float:
+        results = pcea.classify(files, model, top_k=1, up="z")   # the release's axis
+        return float(np.mean([model.class_names.index(r["top_k"][0][0]) for r in results] == labels))
+
     assert len(sample) > 300
-    assert abs(accuracy - card["val_oa"]) <= MARGIN, (accuracy, card["val_oa"])
+    aligned = accuracy([path for path, _ in sample])
+    assert abs(aligned - card["val_oa"]) <= MARGIN, (aligned, card["val_oa"])
+    any_yaw = accuracy(_yawed(sample, tmp_path))
+    stated = card["robustness"]["yaw_5_oa"]
+    assert abs(any_yaw - stated) <= YAW_MARGIN, (any_yaw, stated)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +157,9 @@ def test_both_orientations_give_the_same_predictions_in_python(model, both_frame
 
     right = accuracy(as_published, files_z)
     wrong = accuracy(pcea.classify(files_y, model, top_k=1, up="z"), files_y)  # the y-up copy read as z-up
-    assert right >= 0.75 and right > wrong + 0.2, (right, wrong)  # the frame matters this much
+    # One shape per class: 40 shapes, so about +-6 points of noise (2 standard errors 13) on the card's OA.
+    stated = pcea.weights.builtin_card("modelnet40")["val_oa"]
+    assert right >= stated - 0.15 and right > wrong + 0.2, (right, wrong)  # the frame matters this much
 
 
 @needs_real

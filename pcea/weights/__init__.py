@@ -19,7 +19,10 @@ from pcea.errors import PceaFileError
 __all__ = ["BUILTIN", "builtin_card", "builtin_path", "is_builtin"]
 
 HERE = Path(__file__).parent
-BUILTIN = ("modelnet40",)  # names; the files are HERE / f"{name}.pt" and f"{name}.json"
+# Names; the files are HERE / f"{name}.pt" and f"{name}.json". "modelnet40" is the default for a
+# user's files (trained for any yaw and partial views); "modelnet40-aligned" is the ModelNet40
+# protocol's model (aligned clouds only), for comparison with papers.
+BUILTIN = ("modelnet40", "modelnet40-aligned")
 
 
 def is_builtin(name: object) -> bool:

@@ -113,7 +113,7 @@ def test_a_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
 
 def test_list_models_names_the_presets_and_the_builtin_weights():
     assert pcea.list_models() == ["pcea", "pct", "pct-sa"]
-    assert pcea.list_models(pretrained=True) == ["modelnet40"]
+    assert pcea.list_models(pretrained=True) == ["modelnet40", "modelnet40-aligned"]
     assert "list_models" in pcea.__all__
     for name in pcea.list_models():
         assert pcea.build_model(name, num_classes=2, **TINY).config.num_classes == 2
