@@ -155,8 +155,7 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
     except RuntimeError as err:
         if stop.signum is not None:  # a DataLoader worker died from the same Ctrl-C
             return None
-        if str(err).startswith("DataLoader worker"):  # kill -9, the OOM killer: resumable as a stop
-            run.log(f"a data-loading worker died: {str(err).strip()}")
+        if _worker_died(run, err):  # kill -9, the OOM killer: resumable as a stop
             return None
         raise
     finally:
@@ -169,22 +168,45 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
 
 
 @torch.no_grad()
-def evaluate_loader(run: Run, loader: DataLoader) -> tuple[float, float]:
-    """(OA, mAcc) of the run's current weights on a loader's split, exact across ranks."""
+def _worker_died(run: Run, err: RuntimeError) -> bool:
+    """Whether ``err`` is the DataLoader's report of a worker killed from outside (said in one line)."""
+    if not str(err).startswith("DataLoader worker"):
+        return False
+    run.log(f"a data-loading worker died: {str(err).strip()}")
+    return True
+
+
+def evaluate_loader(run: Run, loader: DataLoader) -> tuple[float, float] | None:
+    """(OA, mAcc) of the run's current weights on a loader's split, exact across ranks; None when
+    a DataLoader worker was killed during the pass (the caller stops the run resumably)."""
     run.net.eval()
     # Under DDP, evaluate the unwrapped module: the DDP wrapper may broadcast buffers on a
     # forward, a collective that ranks with different numbers of batches would not match.
     net = run.model if run.env.enabled else None
     correct = torch.zeros(run.num_classes, dtype=torch.int64, device=run.device)
     total = torch.zeros(run.num_classes, dtype=torch.int64, device=run.device)
-    for points, labels in loader:
-        labels = labels.to(run.device)
-        predictions = forward(run, points.to(run.device), net).argmax(dim=1)  # (B,)
-        total += torch.bincount(labels, minlength=run.num_classes)
-        correct += torch.bincount(labels[predictions == labels], minlength=run.num_classes)
+    try:
+        for points, labels in loader:
+            labels = labels.to(run.device)
+            predictions = forward(run, points.to(run.device), net).argmax(dim=1)  # (B,)
+            total += torch.bincount(labels, minlength=run.num_classes)
+            correct += torch.bincount(labels[predictions == labels], minlength=run.num_classes)
+    except RuntimeError as err:
+        if _worker_died(run, err):
+            return None
+        raise
     run.env.sum_(correct)
     run.env.sum_(total)
     return accuracy_from_counts(correct.cpu().numpy(), total.cpu().numpy())
+
+
+def _final_scores(run: Run, loader: DataLoader) -> tuple[float, float]:
+    """The end of run's test figures; a killed worker is one line, and --resume evaluates again."""
+    scores = evaluate_loader(run, loader)
+    if scores is None:
+        raise PceaError(f"the final test evaluation stopped; the weights are saved, continue with: "
+                        f"pcea train --resume {run.out}")
+    return scores
 
 
 def _check_finite_weights(run: Run, epoch: int) -> None:
@@ -405,10 +427,13 @@ class Trainer:
                 if not run.step_schedule:
                     run.scheduler.step()
                 row = {"epoch": epoch, "lr": lr, **train_metrics}
-                if run.val_loader is not None:
-                    row["val_oa"], row["val_macc"] = evaluate_loader(run, run.val_loader)
-                if config.select_on == "test":
-                    row["test_oa"], row["test_macc"] = evaluate_loader(run, run.test_loader)
+                for split, loader in (("val", run.val_loader), ("test", run.test_loader)):
+                    if loader is None or (split == "test" and config.select_on != "test"):
+                        continue
+                    scores = evaluate_loader(run, loader)
+                    if scores is None:  # a killed worker: this epoch is redone on resume
+                        return _interrupted(run, epoch, stop.signum, finished=False)
+                    row[f"{split}_oa"], row[f"{split}_macc"] = scores
                 row["time_s"] = round(time.time() - t0, 3)
                 run.history.append(row)
                 if config.select_on == "last":
@@ -496,14 +521,14 @@ def _finish(run: Run, seconds: float) -> dict:
             run.log(f"wrote {out}: {_written(run)}")
         env.barrier()
         return results
-    last_oa, last_macc = evaluate_loader(run, run.test_loader)
+    last_oa, last_macc = _final_scores(run, run.test_loader)
     results["test"].append({"protocol": "last epoch", "epoch": config.epochs,
                             "oa": last_oa, "macc": last_macc})
     if config.select_on != "last" and run.best["epoch"] is not None:
         env.barrier()
         best = load_checkpoint(out / "best.pt", map_location=run.device)
         run.model.load_state_dict(best["model"])
-        oa, macc = evaluate_loader(run, run.test_loader)
+        oa, macc = _final_scores(run, run.test_loader)
         entry = {"protocol": PROTOCOLS[config.select_on], "epoch": best["epoch"], "oa": oa, "macc": macc}
         row = run.history[best["epoch"] - 1]
         if "val_oa" in row:

@@ -46,3 +46,26 @@ def test_the_first_epoch_prints_an_estimate_of_the_rest(tiny_h5, tmp_path):
     train(tiny_config(tiny_h5, epochs=3), tmp_path / "run", log=lines.append)
     estimates = [line for line in lines if "for the remaining" in line]
     assert len(estimates) == 1 and "for the remaining 2 epochs (ETA " in estimates[0]
+
+
+def test_a_worker_killed_during_the_validation_pass_stops_the_run_resumably(tiny_h5, tmp_path, monkeypatch):
+    marker = tmp_path / "killed-once"
+    original = AugmentedSubset.__getitem__
+
+    def get_or_die(self, i):
+        # The validation subset has no augmentation; kill -9 one of its workers, once.
+        if self.transform is None and torch.utils.data.get_worker_info() is not None and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, i)
+
+    monkeypatch.setattr(AugmentedSubset, "__getitem__", get_or_die)
+    lines: list[str] = []
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_h5, epochs=2, workers=2), out, log=lines.append)
+    assert marker.exists()
+    assert result == {"interrupted": True, "signal": None, "epochs_completed": 0}
+    assert len([line for line in lines if line.startswith("a data-loading worker died: ")]) == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0                 # epoch 1 is redone on resume
+    train(None, out, resume=True, log=lines.append)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2 and (out / "results.json").exists()
