@@ -720,6 +720,18 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("pcea: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:  # the counts are bounded; a model's peak memory is not
+        if not (isinstance(err, MemoryError) or _out_of_memory(err)):
+            raise
+        detail = (str(err).strip().splitlines() or ["MemoryError"])[0][:160]
+        _print_error(f"out of memory in pcea {args.command} ({detail}); "
+                     "fewer --points or a smaller --batch-size needs less")
+        return 1
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """torch's out-of-memory errors: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError."""
+    return type(err).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator: not enough memory" in str(err)
 
 
 def _print_error(message: str) -> None:

@@ -233,3 +233,34 @@ def test_a_bad_option_value_is_a_usage_error_as_the_readme_says(tiny_checkpoint,
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "an option value out of range" in readme and "exit with status 2" in readme
 
+
+
+CPU_ALLOCATOR_GAVE_UP = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                                     "not enough memory: you tried to allocate 7 TB")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), CPU_ALLOCATOR_GAVE_UP])
+def test_running_out_of_memory_anywhere_is_one_line(error, monkeypatch, capsys):
+    """Issue 23 item 6: counts are bounded before allocating, but a model's own peak is not; a
+    MemoryError (or torch's CPU allocator giving up) anywhere in a command is one line, status 1."""
+    import pcea.cli
+
+    def explode(args):
+        raise error
+
+    monkeypatch.setattr(pcea.cli, "_cmd_info", explode)
+    assert pcea.cli.main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcea: error: out of memory in pcea info (") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_other_runtime_errors_are_not_reported_as_memory(monkeypatch):
+    import pcea.cli
+
+    def explode(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pcea.cli, "_cmd_info", explode)
+    with pytest.raises(RuntimeError, match="a bug"):
+        pcea.cli.main(["info"])
