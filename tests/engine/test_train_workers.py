@@ -16,18 +16,23 @@ from pcea.engine.train import train
 pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
 
 
-def test_a_killed_worker_stops_the_run_resumably_and_it_resumes(tiny_h5, tmp_path, monkeypatch):
-    marker = tmp_path / "killed-once"
+def _kill_a_worker_once(monkeypatch, marker, when) -> None:
+    """kill -9 one DataLoader worker, once, while it loads an item of a subset for which ``when(subset)``
+    holds (the workers are forked, so they run the patched method too)."""
     original = AugmentedSubset.__getitem__
 
     def get_or_die(self, i):
-        # kill -9 of one worker in epoch 2, once (the workers are forked, so they run this too).
-        if self.epoch == 2 and torch.utils.data.get_worker_info() is not None and not marker.exists():
+        if when(self) and torch.utils.data.get_worker_info() is not None and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, i)
 
     monkeypatch.setattr(AugmentedSubset, "__getitem__", get_or_die)
+
+
+def test_a_killed_worker_stops_the_run_resumably_and_it_resumes(tiny_h5, tmp_path, monkeypatch):
+    marker = tmp_path / "killed-once"
+    _kill_a_worker_once(monkeypatch, marker, lambda subset: subset.epoch == 2)      # training, epoch 2
     lines: list[str] = []
     out = tmp_path / "run"
     result = train(tiny_config(tiny_h5, epochs=3, workers=2), out, log=lines.append)
@@ -50,16 +55,7 @@ def test_the_first_epoch_prints_an_estimate_of_the_rest(tiny_h5, tmp_path):
 
 def test_a_worker_killed_during_the_validation_pass_stops_the_run_resumably(tiny_h5, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
-    original = AugmentedSubset.__getitem__
-
-    def get_or_die(self, i):
-        # The validation subset has no augmentation; kill -9 one of its workers, once.
-        if self.transform is None and torch.utils.data.get_worker_info() is not None and not marker.exists():
-            marker.touch()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, i)
-
-    monkeypatch.setattr(AugmentedSubset, "__getitem__", get_or_die)
+    _kill_a_worker_once(monkeypatch, marker, lambda subset: subset.transform is None)  # validation
     lines: list[str] = []
     out = tmp_path / "run"
     result = train(tiny_config(tiny_h5, epochs=2, workers=2), out, log=lines.append)
