@@ -97,7 +97,9 @@ def test_prepare_converts_point_files_to_the_h5_layout(mini, tmp_path):
 
 @needs_real
 def test_prepare_refuses_more_points_than_the_files_hold(mini, tmp_path):
-    expected = r"no shape could be read.*only 1,024 points, 2048 requested; use a smaller --points"
+    # Checked on the first, middle and last files before the others are read (issue 22 item 8).
+    expected = (r"--points 2048 is more than the files hold \(.*only 1,024 points, 2048 requested"
+                r".*use a smaller --points")
     with pytest.raises(Exception, match=expected):
         prepare_modelnet40(mini, tmp_path / "h5", points=2048, workers=1, log=lambda line: None)
 
