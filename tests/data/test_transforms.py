@@ -38,6 +38,7 @@ def _fit_linear(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.n
 RANDOM = [
     T.AnisotropicScale(), T.Translate(), T.ScaleTranslate(), T.Jitter(), T.RotateUp(), T.RotateSO3(),
     T.PointDropout(), T.Subsample(64), T.Shuffle(), T.pct_train_transform(), T.vote_transform(),
+    T.PointWOLF(),
 ]
 GEOMETRIC = [T.AnisotropicScale(), T.ScaleTranslate(), T.RotateUp(), T.RotateUp(axis="z"), T.RotateSO3(),
              T.vote_transform(), T.Compose([T.RotateSO3(), T.AnisotropicScale(0.5, 2.0)])]
@@ -206,6 +207,10 @@ def test_pct_train_transform_shuffles_a_scaled_and_shifted_cloud():
     (lambda: T.RotateUp(axis="w"), "axis must be"),
     (lambda: T.PointDropout(1.0), "max_ratio"),
     (lambda: T.Subsample(0), "num_points"),
+    (lambda: T.PointWOLF(1.5), "p must be in"),
+    (lambda: T.PointWOLF(sigma=0), "need sigma > 0"),
+    (lambda: T.PointWOLF(max_scale=0.5), "max_scale >= 1"),
+    (lambda: T.PointWOLF(num_anchors=0), "num_anchors"),
 ])
 def test_bad_arguments(make, message):
     with pytest.raises(ValueError, match=message):
@@ -215,3 +220,74 @@ def test_bad_arguments(make, message):
 def test_bad_cloud_shape():
     with pytest.raises(ValueError, match=r"expected an \(N, C >= 3\) cloud, got shape \(10, 2\)"):
         T.Shuffle()(np.zeros((10, 2)), 0)
+
+
+# -- PointWOLF ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anchors", [1, 4])
+def test_pointwolf_without_rotation_scaling_or_shift_is_only_the_normalisation(anchors):
+    cloud = _cloud()
+    still = T.PointWOLF(num_anchors=anchors, max_rotation=0, max_scale=1, max_shift=0)
+    out = still(cloud, 0)
+    np.testing.assert_allclose(out, T.normalize_unit_sphere(cloud), atol=1e-5)
+    assert not np.allclose(out[:, :3], cloud[:, :3], atol=1e-2)  # the normalisation did change the cloud
+
+
+def test_pointwolf_keeps_the_point_count_deforms_non_rigidly_and_lands_in_the_unit_sphere():
+    cloud = _cloud()
+    outs = [T.PointWOLF()(cloud, seed) for seed in range(10)]
+    assert all(out.shape == cloud.shape for out in outs)
+    for out in outs:
+        np.testing.assert_allclose(out[:, :3].mean(axis=0), 0.0, atol=1e-5)
+        assert np.linalg.norm(out[:, :3], axis=1).max() == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(out[:, 3:6], axis=1), 1.0, atol=1e-5)
+    # Not one affine map of the cloud (as scaling or rotating is): the best affine fit leaves residuals.
+    residuals = []
+    for out in outs:
+        linear, shift = _fit_linear(cloud[:, :3], out[:, :3])
+        residuals.append(np.abs(cloud[:, :3] @ linear.T + shift - out[:, :3]).max())
+    assert max(residuals) > 0.05
+
+
+def test_pointwolf_deforms_a_fraction_p_of_the_clouds():
+    cloud = T.normalize_unit_sphere(_cloud())
+    wolf = T.PointWOLF(0.5)
+    untouched = [np.array_equal(wolf(cloud, seed), cloud) for seed in range(40)]
+    assert 0.25 < np.mean(untouched) < 0.75
+    assert all(np.array_equal(T.PointWOLF(0.0)(cloud, seed), cloud) for seed in range(5))
+
+
+def test_points_near_an_anchor_follow_its_transformation_and_far_ones_do_not():
+    anchors = np.array([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    turn = T.rotation_about("x", np.radians(30))
+    matrices = np.stack([turn, np.eye(3)])
+    shifts = np.array([[0.0, 0.3, 0.0], [0.0, 0.0, 0.0]])
+    xs = np.linspace(-1.0, 1.0, 9)
+    line = np.stack([xs, np.full(9, 0.2), np.zeros(9)], axis=1).astype(np.float32)
+    out = T.weighted_local_transform(line, anchors, matrices, shifts, sigma=0.5)
+    own = (line - anchors[0]) @ turn.T + anchors[0] + shifts[0]                 # anchor 0's transformation
+    np.testing.assert_allclose(out[0], own[0], atol=1e-3)                        # at anchor 0: its transform
+    np.testing.assert_allclose(out[-1], line[-1], atol=1e-3)                     # at anchor 1: unmoved
+    follow = np.linalg.norm(out - line, axis=1)
+    assert (np.diff(follow) < 0).all()                                           # less and less towards 1
+
+
+def test_pointwolf_normals_stay_perpendicular_to_the_deformed_surface():
+    rng = np.random.default_rng(3)
+    cloud = _cloud(100, seed=3)
+    anchors = rng.uniform(-1, 1, size=(4, 3))
+    matrices = np.stack([T.rotation_about("z", 0.3 * rng.standard_normal()) @ np.diag(rng.uniform(1, 3, 3))
+                         for _ in range(4)])
+    shifts = rng.uniform(-0.25, 0.25, size=(4, 3))
+    out = T.weighted_local_transform(cloud, anchors, matrices, shifts, sigma=0.5)
+    normals = out[:, 3:6].astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+    # Two tangents per point (perpendicular to its normal), carried through the map by central differences.
+    tangent = np.cross(cloud[:, 3:6], rng.standard_normal((100, 3)))
+    for direction in (tangent, np.cross(cloud[:, 3:6], tangent)):
+        step = 1e-3 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+        ahead, behind = (T.weighted_local_transform(cloud[:, :3] + sign * step, anchors, matrices, shifts,
+                                                    sigma=0.5).astype(np.float64) for sign in (1, -1))
+        moved = (ahead - behind) / np.linalg.norm(ahead - behind, axis=1, keepdims=True)
+        np.testing.assert_allclose(np.einsum("nc,nc->n", moved, normals), 0.0, atol=2e-3)
