@@ -162,6 +162,17 @@ class TrainConfig:
                                 "of the robustness suite (pcea.data.corruptions.Occlude); 0: never",
                                 group=AUGMENTATION, check=_between(0, 1, unit=" (a probability)"),
                                 metavar="P")
+    wolf: float = _setting(0.0, "probability that a training cloud is deformed by PointWOLF (Kim et al. "
+                           "2021): 4 anchors, each with its own small rotation, scaling and shift, blended "
+                           "smoothly over the cloud (pcea.data.transforms.PointWOLF); with --rsmix, "
+                           "ModelNet-C's WOLFMix against corruptions; 0: never", group=AUGMENTATION,
+                           check=_between(0, 1, unit=" (a probability)"), metavar="P")
+    rsmix: float = _setting(0.0, "probability that a training batch is mixed by RSMix (Lee et al. 2021): "
+                            "each cloud gets a ball of points from another cloud of the batch, and its "
+                            "target is both labels weighted by their shares of the points "
+                            "(pcea.data.mixing.rsmix; the training accuracy counts the cloud's own label); "
+                            "0: never", group=AUGMENTATION, check=_between(0, 1, unit=" (a probability)"),
+                            metavar="P")
     init: str | None = _setting(None, "start from the weights of this checkpoint, run directory or built-in "
                                 "name (e.g. modelnet40) instead of random ones; the classifier layer is "
                                 "replaced when the classes differ (default: random initialisation)",

@@ -25,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from pcea.data import open_dataset
 from pcea.data.corruptions import Occlude
 from pcea.data.synth import ensure_synthetic
-from pcea.data.transforms import Compose, RotateUp, Transform, pct_train_transform
+from pcea.data.transforms import Compose, PointWOLF, RotateUp, Transform, pct_train_transform
 from pcea.engine.checkpoint import (
     RESUME_KEYS,
     check_resumed_state,
@@ -62,14 +62,18 @@ class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's st
 
 
 def train_transform(config: TrainConfig) -> Transform | None:
-    """The per-cloud training augmentation of a recipe: occlusion, then yaw, then PCT's.
+    """The per-cloud training augmentation of a recipe: occlusion, then PointWOLF, then yaw, then PCT's.
 
-    With ``yaw`` and ``occlusion`` at 0 this is exactly PCT's augmentation (the same draws
-    from the same generator), so older recipes train as before.
+    With ``yaw``, ``occlusion`` and ``wolf`` at 0 this is exactly PCT's augmentation (the same
+    draws from the same generator), so older recipes train as before. PointWOLF comes before
+    PCT's scaling and shift because it ends by normalising into the unit sphere, which would
+    undo them.
     """
     steps: list[Transform] = []
     if config.occlusion > 0:
         steps.append(Occlude(config.occlusion))
+    if config.wolf > 0:
+        steps.append(PointWOLF(config.wolf))
     if config.yaw > 0:
         steps.append(RotateUp("y", math.radians(config.yaw)))  # pcea's frame is y-up
     if config.augment == "pct":

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from pcea.atomic import write_atomic
+from pcea.data.mixing import mix_batch
 from pcea.engine.checkpoint import load_checkpoint, model_payload, previous_path, rng_state, save_checkpoint
 from pcea.engine.config import TrainConfig
 from pcea.engine.distributed import DistEnv, average_batchnorm_buffers, resolve_device
@@ -126,8 +127,12 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
         for step, (points, labels) in enumerate(bar, start=1):
             points = points.to(device, non_blocking=True)  # (B, N, C)
             labels = labels.to(device, non_blocking=True)  # (B,)
+            targets = labels  # --rsmix: (B, num_classes) mixed targets; train_acc still counts `labels`
+            if run.config.rsmix > 0:
+                points, targets = mix_batch(points, labels, run.num_classes, p=run.config.rsmix,
+                                            stream=(run.config.seed, epoch, env.rank, step))
             logits = forward(run, points)  # (B, num_classes)
-            loss = run.criterion(logits.float(), labels)
+            loss = run.criterion(logits.float(), targets)
             # One all-reduce per step tells every rank about a bad loss or a stop signal,
             # so that all of them stop at the same step instead of hanging.
             check = torch.stack([loss.detach().to(wide),

@@ -54,9 +54,23 @@ def test_occlusion_removes_part_of_some_clouds_and_keeps_their_size():
     assert 0.25 < np.mean(occluded) < 0.75                                            # about half
 
 
+def test_wolf_deforms_some_clouds_before_pcts_augmentation_and_keeps_their_size():
+    cloud = _cloud()
+    transform = train_transform(TrainConfig(wolf=0.5))
+    assert [type(step).__name__ for step in transform.transforms] == [
+        "PointWOLF", *(type(step).__name__ for step in pct_train_transform().transforms)]
+    alone = train_transform(TrainConfig(augment="none", wolf=0.5))
+    outs = [augment_item(cloud, alone, seed=0, epoch=1, index=i) for i in range(40)]
+    assert all(out.shape == cloud.shape for out in outs)
+    deformed = [not np.array_equal(out, cloud) for out in outs]
+    assert 0.25 < np.mean(deformed) < 0.75                                            # about half
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("yaw", 181, "yaw=181: need 0 <= x <= 180"),
     ("occlusion", 1.5, "occlusion=1.5: need 0 <= x <= 1"),
+    ("wolf", 1.5, "wolf=1.5: need 0 <= x <= 1"),
+    ("rsmix", -0.5, "rsmix=-0.5: need 0 <= x <= 1"),
     ("init", "", "init='': expected a non-empty string or null"),
 ])
 def test_bad_values_are_refused_with_the_config_wording(field, value, message):

@@ -18,6 +18,7 @@ import yaml
 from engine_tiny import TINY_MODEL, tiny_config
 
 from pcea.cli import main
+from pcea.data.mixing import mix_batch
 from pcea.engine.checkpoint import FORMAT, load_checkpoint, previous_path, save_checkpoint
 from pcea.engine.config import TrainConfig, load_config_file
 from pcea.engine.train import Trainer, train
@@ -82,9 +83,23 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
-def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, workers):
-    config = tiny_config(tiny_h5, epochs=3, workers=workers)
+@pytest.mark.parametrize(("workers", "recipe"), [
+    (0, {}),
+    (0, {"wolf": 0.5, "rsmix": 0.5}),  # WOLFMix: batches mixed from a (seed, epoch, rank, step) stream
+    pytest.param(2, {}, marks=pytest.mark.slow),  # 2: worker processes
+], ids=["plain", "wolfmix", "workers"])
+def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, workers, recipe, monkeypatch):
+    import pcea.engine.train as train_module
+
+    mixed = []
+
+    def counting_mix_batch(points, labels, *args, **kwargs):
+        out, targets = mix_batch(points, labels, *args, **kwargs)
+        mixed.append(targets is not labels)
+        return out, targets
+
+    monkeypatch.setattr(train_module, "mix_batch", counting_mix_batch)
+    config = tiny_config(tiny_h5, epochs=3, workers=workers, **recipe)
     quiet = {"log": lambda line: None}
     train(config, tmp_path / "straight", **quiet)
     stopped = train(config, tmp_path / "resumed", stop_after=1, **quiet)
@@ -107,6 +122,7 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, worke
     assert other["seed"] == 1
     other_weights = _weights(tmp_path / "other" / "last.pt")
     assert not torch.equal(other_weights["head.4.weight"], straight["head.4.weight"])
+    assert (0 < sum(mixed) < len(mixed)) if "rsmix" in recipe else not mixed      # some batches were mixed
 
 
 def test_resume_falls_back_to_the_previous_checkpoint_when_last_is_corrupt(tiny_h5, tmp_path):
