@@ -24,7 +24,7 @@ from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.evaluate import vote_probabilities
 from pcea.errors import MAX_POINTS, MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
-from pcea.geometry import UP_AXES, choose_up, quarter_turns
+from pcea.geometry import OUTLIER_OPTIONS, UP_AXES, choose_up, quarter_turns
 from pcea.io import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POINTS,
@@ -89,7 +89,7 @@ def _top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[
 def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], model: PCTClassifier, *,
                   top_k: int = 5, num_points: int | None = None, votes: int = 1, batch_size: int = 32,
                   seed: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
-                  amp: bool = False, up: str = DEFAULT_UP) -> Iterator[dict]:
+                  amp: bool = False, up: str = DEFAULT_UP, outliers: str = "keep") -> Iterator[dict]:
     """Classify files or point arrays batch by batch, yielding one result per input in order.
 
     Args:
@@ -109,6 +109,8 @@ def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
             (:func:`pcea.io.declared_up`), and for an input that declares none (most files, every
             array) the axis the model chooses (:func:`pcea.geometry.choose_up`). Each cloud is turned into the
             y-up frame the model was trained in.
+        outliers: "keep", or "remove" the stray points of point files and arrays first (see
+            :func:`classify`).
 
     Yields:
         ``{"path": str, "up": "y" | "z", "up_from": "option" | "file" | "model", "top_k": [(class,
@@ -116,7 +118,7 @@ def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
         that cannot be read, ``{"path": str, "error": "PATH: problem"}``.
     """
     num_points = _check_options(model, top_k=top_k, votes=votes, batch_size=batch_size, num_points=num_points,
-                                up=up)
+                                up=up, outliers=outliers)
     normals = model.config.in_channels >= 6
     class_names = model.class_labels()
     k = min(top_k, len(class_names))
@@ -129,7 +131,7 @@ def iter_classify(files: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
             try:
                 cloud, result["up"], result["up_from"] = _read(
                     item, index, num_points=num_points, seed=seed, normals=normals, max_bytes=max_bytes,
-                    max_points=max_points, up=up)
+                    max_points=max_points, up=up, outliers=outliers)
                 clouds.append(cloud)
             except PceaFileError as err:
                 result = {**result, "error": str(err)}
@@ -158,7 +160,7 @@ def _is_array(item: object) -> bool:
 
 
 def _read(item, index: int, *, num_points: int, seed: int, normals: bool, max_bytes: int, max_points: int,
-          up: str) -> tuple[np.ndarray, str | None, str]:
+          up: str, outliers: str) -> tuple[np.ndarray, str | None, str]:
     """One input as a cloud in pcea's frame, its up axis (None: for the model to choose, the cloud then
     read y-up) and where the axis came from ("option", "file" or "model")."""
     if _is_array(item):
@@ -166,11 +168,12 @@ def _read(item, index: int, *, num_points: int, seed: int, normals: bool, max_by
             item = item.detach().cpu()
             item = item if item.is_complex() else item.to(torch.float64)  # bf16 has no NumPy type
         axis = None if up == "auto" else up
-        cloud = points_from_array(item, num_points, seed, normals, up=axis or "y", name=f"array {index}")
+        cloud = points_from_array(item, num_points, seed, normals, up=axis or "y", name=f"array {index}",
+                                  outliers=outliers)
         return cloud, axis, "option" if axis else "model"
     axis, source = (declared_up(item), "file") if up == "auto" else (up, "option")
     cloud = load_points(item, num_points, seed, normals, max_bytes=max_bytes, max_points=max_points,
-                        up=axis or "y")
+                        up=axis or "y", outliers=outliers)
     return cloud, axis, source if axis else "model"
 
 
@@ -189,12 +192,14 @@ def _probabilities(model: PCTClassifier, clouds: list[np.ndarray], *, votes: int
 
 
 def _check_options(model: PCTClassifier, *, top_k: int = 5, votes: int = 1, batch_size: int = 32,
-                   num_points: int | None = None, up: str = DEFAULT_UP, **_) -> int:
+                   num_points: int | None = None, up: str = DEFAULT_UP, outliers: str = "keep", **_) -> int:
     """Refuse bad classify options before any output; returns the points per cloud to sample."""
     for name, value in (("top_k", top_k), ("votes", votes), ("batch_size", batch_size)):
         check_positive_int(name, value, at_most=MAX_VOTES if name == "votes" else None)
     if up not in ("auto", *UP_AXES):
         raise PceaError(f"up={up!r}: expected auto, {' or '.join(UP_AXES)}")
+    if outliers not in OUTLIER_OPTIONS:
+        raise PceaError(f"outliers={outliers!r}: expected {' or '.join(OUTLIER_OPTIONS)}")
     num_points = model.config.num_points if num_points is None else check_positive_int(
         "num_points", num_points, at_most=MAX_POINTS)
     if num_points < model.config.centers[0]:
@@ -208,7 +213,8 @@ def classify(paths: str | os.PathLike | np.ndarray | torch.Tensor
              checkpoint: str | os.PathLike | PCTClassifier, *, top_k: int = 5,
              num_points: int | None = None, votes: int = 1, batch_size: int = 32, seed: int = 0,
              max_bytes: int = DEFAULT_MAX_BYTES, max_points: int = DEFAULT_MAX_POINTS,
-             device: str | torch.device = "cpu", amp: bool = False, up: str = DEFAULT_UP) -> list[dict]:
+             device: str | torch.device = "cpu", amp: bool = False, up: str = DEFAULT_UP,
+             outliers: str = "keep") -> list[dict]:
     """Classify point-cloud or mesh files, or raw point arrays, with a trained model.
 
     The one way from raw points to a prediction: an array goes through the same sampling,
@@ -237,6 +243,9 @@ def classify(paths: str | os.PathLike | np.ndarray | torch.Tensor
             confident reading picks the axis (:func:`pcea.geometry.choose_up`), so that a y-up and a z-up copy
             of a shape get the same axis. Give the axis when you know it: it costs a quarter of
             the work and cannot be fooled by a shape that looks like a surer class on its side.
+        outliers: "keep" (the default), or "remove": drop the stray points of point files and
+            arrays before sampling (:func:`pcea.geometry.outlier_mask`), for scans with stray
+            returns; measured with the robustness suite in docs/robustness.md.
 
     Returns:
         One dict per input, in order: ``{"path": str, "up": "y" | "z", "up_from": "option" | "file"
@@ -260,7 +269,7 @@ def classify(paths: str | os.PathLike | np.ndarray | torch.Tensor
         f"amp=True ignored, classifying in float32: {why}", PceaWarning, stacklevel=4))
     results = list(iter_classify(files, model, top_k=top_k, num_points=num_points, votes=votes,
                                  batch_size=batch_size, seed=seed, max_bytes=max_bytes,
-                                 max_points=max_points, amp=amp, up=up))
+                                 max_points=max_points, amp=amp, up=up, outliers=outliers))
     return results + [{"path": text, "error": unmatched_problem(text)}
                       for text in unmatched]
 

@@ -1,14 +1,17 @@
-"""The geometry every cloud gets before the model sees it: the unit-sphere normalisation and the y-up frame.
+"""The geometry every cloud gets before the model sees it: the unit-sphere normalisation and the y-up frame,
+and, on request, the removal of stray points.
 
 Both the readers of a user's files (:mod:`pcea.io`) and the datasets (:mod:`pcea.data`)
-apply these, so they live here, below both, with nothing but NumPy under them.
+apply these, so they live here, below both, with nothing but NumPy under them (and
+scikit-learn's k-d tree, imported only when outliers are removed).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CANONICAL_UP", "UP_AXES", "choose_up", "normalize_unit_sphere", "quarter_turns", "to_canonical"]
+__all__ = ["CANONICAL_UP", "OUTLIER_OPTIONS", "UP_AXES", "choose_up", "normalize_unit_sphere", "outlier_mask",
+           "quarter_turns", "to_canonical"]
 
 
 def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
@@ -34,6 +37,53 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
         xyz /= radius
     return out
 
+
+
+# --- stray points ----------------------------------------------------------------------------
+#
+# A scan's stray returns (dust, reflections, a wall behind the object) are few, but the model
+# over-weights them: the unit-sphere scale is set by the farthest point, and farthest point
+# sampling picks isolated points first, so each stray becomes a group centre. The filter is the
+# field's usual statistical outlier removal (PCL's StatisticalOutlierRemoval, Open3D's
+# remove_statistical_outlier): a point whose mean distance to its k nearest neighbours lies more
+# than ``std_ratio`` standard deviations above the cloud's mean is dropped. The strays inflate the
+# standard deviation they are measured against, so a second pass on what is left finds most of
+# those the first one missed. Parameters chosen on 150 real ModelNet40 shapes (512 points) under
+# the robustness suite's add_global at severity 5 (25 strays): 8 neighbours, 3 deviations, two
+# passes drop 88 % of the strays farther than 0.1 radius from the surface and 1.4 % of a clean
+# cloud's points (one pass with 16 neighbours and 2 deviations, a usual setting: 76 % and 3.6 %).
+# Accuracies with and without it: docs/robustness.md.
+
+OUTLIER_OPTIONS = ("keep", "remove")
+
+
+def outlier_mask(points: np.ndarray, neighbours: int = 8, std_ratio: float = 3.0,
+                 passes: int = 2) -> np.ndarray:
+    """Which points statistical outlier removal keeps.
+
+    Args:
+        points: (N, C) array, C >= 3; only the coordinates count.
+        neighbours: k of the k-nearest-neighbour mean distance.
+        std_ratio: a point is dropped when its mean distance exceeds the mean of all by this many
+            standard deviations.
+        passes: times the test is repeated on the points kept.
+
+    Returns:
+        (N,) bool, True for the points kept; all True for a cloud of at most ``neighbours`` points.
+    """
+    from sklearn.neighbors import KDTree  # scikit-learn is a dependency; imported late for `import pcea.io`
+
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    kept = np.arange(len(xyz))
+    for _ in range(passes):
+        if len(kept) <= neighbours:
+            break
+        distance, _ = KDTree(xyz[kept]).query(xyz[kept], k=neighbours + 1)   # (n, k + 1), self first
+        spread = distance[:, 1:].mean(axis=1)                                 # (n,)
+        kept = kept[spread <= spread.mean() + std_ratio * spread.std()]
+    mask = np.zeros(len(xyz), dtype=bool)
+    mask[kept] = True
+    return mask
 
 # --- the one frame the model sees ------------------------------------------------------------
 #

@@ -248,7 +248,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
                         votes: int = 1, seed: int = 0, batch_size: int = 32, device: str = "auto",
                         out: str | os.PathLike | None = None, write: bool = True, amp: bool = False,
                         log=None, up: str | None = None, corruptions: Sequence[str] | None = None,
-                        severities: Sequence[int] = SEVERITIES) -> dict:
+                        severities: Sequence[int] = SEVERITIES, outliers: str = "keep") -> dict:
     """Evaluate a checkpoint on a dataset split and write the report next to it.
 
     Args:
@@ -277,6 +277,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
             corruptions of :data:`pcea.data.corruptions.CORRUPTIONS`, seeded by ``seed``;
             its report is ``report["robustness"]`` and ``robustness.json``/``.png``.
         severities: the suite's severities (1 to 5).
+        outliers: the suite's clouds (clean and corrupted) keep their stray points, or "remove"
+            them first, as ``pcea classify --outliers remove`` does; the plain evaluation (the
+            ModelNet40 protocol) is not changed by it.
 
     Returns:
         The report (the contents of ``eval.json``); ``report["files"]`` lists what was written.
@@ -348,7 +351,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         robustness = evaluate_robustness(
             model_predictor(model, batch_size=batch_size, amp=amp, columns=columns), clouds, preds["labels"],
             num_classes=len(class_names), corruptions=corruptions, severities=severities, seed=seed,
-            num_points=config.num_points, min_points=config.centers[0], log=log)
+            num_points=config.num_points, min_points=config.centers[0], outliers=outliers, log=log)
         where = ("checkpoint", "data", "split", "up", "num_shapes", "num_points", "precision")
         report["robustness"] = {key: report[key] for key in where} | robustness
     if write:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pcea.errors import PceaError, PceaFileError, PceaWarning, check_positive_int, check_regular
-from pcea.geometry import UP_AXES, normalize_unit_sphere, to_canonical
+from pcea.geometry import OUTLIER_OPTIONS, UP_AXES, normalize_unit_sphere, outlier_mask, to_canonical
 from pcea.io.formats import (
     _check_finite,
     _check_stl_header,
@@ -153,6 +153,7 @@ def load_points(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_points: int = DEFAULT_MAX_POINTS,
     up: str = DEFAULT_UP,
+    outliers: str = "keep",
 ) -> np.ndarray:
     """Read a mesh or point file into a normalised, y-up cloud of ``num_points`` points.
 
@@ -175,6 +176,9 @@ def load_points(
         up: the file's up axis, "y" or "z", or "auto": what the file declares
             (:func:`declared_up`), else its format's usual axis (:func:`default_up`: y for OBJ and
             glTF, z otherwise), a guess; the cloud is turned from it into pcea's y-up frame.
+        outliers: "keep", or "remove" to drop a point file's stray points first
+            (:func:`pcea.geometry.outlier_mask` on up to twice ``num_points`` points of the file);
+            for scans with stray returns. Meshes are sampled on their surface and have none.
 
     Returns:
         (num_points, 3) float32, or (num_points, 6) with normals, centred, scaled
@@ -186,6 +190,7 @@ def load_points(
         PceaError: num_points is below 1.
     """
     check_positive_int("num_points", num_points)
+    _check_outliers(outliers)
     path = Path(path)
     up = resolve_up(path, up)
     suffix = _check_file(path, max_bytes, MESH_EXTENSIONS + POINT_EXTENSIONS)
@@ -208,12 +213,12 @@ def load_points(
         points, face_normals, _ = _sample_scaled(mesh, num_points, rng, path)
         cloud = np.concatenate([points, face_normals], axis=1) if normals else points
     else:
-        cloud = _subsample_scaled(path, cloud, num_points, rng)
+        cloud = _subsample_scaled(path, cloud, num_points, rng, outliers)
     return _normalized(path, cloud, up)
 
 
 def points_from_array(points: np.ndarray, num_points: int = 1024, seed: int = 0, normals: bool = False, *,
-                      up: str = "y", name: str = "array") -> np.ndarray:
+                      up: str = "y", name: str = "array", outliers: str = "keep") -> np.ndarray:
     """Raw points in memory into the cloud :func:`load_points` makes of a point file holding them.
 
     The same checks (a finite ``(N, C)`` array, C >= 3, at least 3 points off one line), the
@@ -228,6 +233,7 @@ def points_from_array(points: np.ndarray, num_points: int = 1024, seed: int = 0,
         normals: also return normals (columns 3:6); the array then needs 6 columns.
         up: the array's up axis, "y" or "z" (no file, so nothing declares one).
         name: how errors and warnings name the array.
+        outliers: "keep", or "remove" to drop stray points first (as :func:`load_points`).
 
     Returns:
         (num_points, 3) or (num_points, 6) float32, centred, scaled into the unit sphere, y up.
@@ -237,6 +243,7 @@ def points_from_array(points: np.ndarray, num_points: int = 1024, seed: int = 0,
         PceaError: num_points below 1, or ``up`` not "y" or "z".
     """
     check_positive_int("num_points", num_points)
+    _check_outliers(outliers)
     if up not in UP_AXES:
         raise PceaError(f"up={up!r}: expected {' or '.join(UP_AXES)} for an array")
     try:
@@ -251,17 +258,40 @@ def points_from_array(points: np.ndarray, num_points: int = 1024, seed: int = 0,
                                   "(the transpose, array.T)")
     cloud = _point_columns(name, array, normals)
     _check_extent(name, cloud)
-    return _normalized(name, _subsample_scaled(name, cloud, num_points, np.random.default_rng(seed)), up)
+    cloud = _subsample_scaled(name, cloud, num_points, np.random.default_rng(seed), outliers)
+    return _normalized(name, cloud, up)
 
 
-def _subsample_scaled(path, cloud: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """:func:`_subsample`, then a uniform scale, in float64, so that huge but finite coordinates
-    (1e300) neither overflow float32 nor the squares in the normalisation."""
-    cloud = _subsample(path, cloud, num_points, rng)
-    scale = np.abs(cloud[:, :3]).max()
+def _subsample_scaled(path, cloud: np.ndarray, num_points: int, rng: np.random.Generator,
+                      outliers: str = "keep") -> np.ndarray:
+    """:func:`_subsample` and a uniform scale, in float64, so that huge but finite coordinates
+    (1e300) neither overflow float32 nor the squares in the normalisation.
+
+    With ``outliers="remove"`` the stray points of a pool of at most twice ``num_points`` points
+    are dropped before the subsample: the pool keeps the filter's cost bounded on a scan of
+    millions of points, and is dense enough that each point's neighbours are its surface's.
+    """
+    if outliers == "remove":
+        pool_size = 2 * num_points
+        pool = cloud if len(cloud) <= pool_size else cloud[rng.choice(len(cloud), pool_size, replace=False)]
+        pool = _scaled(pool)
+        keep = outlier_mask(pool)
+        return _subsample(path, pool[keep], num_points, rng, removed=int((~keep).sum()))
+    return _scaled(_subsample(path, cloud, num_points, rng))
+
+
+def _scaled(cloud: np.ndarray) -> np.ndarray:
+    """A float64 copy whose coordinates are at most 1 in absolute value."""
+    cloud = np.array(cloud, dtype=np.float64)
+    scale = np.abs(cloud[:, :3]).max() if len(cloud) else 0.0
     if scale > 0:
         cloud[:, :3] /= scale
     return cloud
+
+
+def _check_outliers(outliers: str) -> None:
+    if outliers not in OUTLIER_OPTIONS:
+        raise PceaError(f"outliers={outliers!r}: expected {' or '.join(OUTLIER_OPTIONS)}")
 
 
 def _normalized(path, cloud: np.ndarray, up: str) -> np.ndarray:
@@ -371,13 +401,16 @@ def _check_file(path: Path, max_bytes: int, allowed: tuple[str, ...]) -> str:
     return suffix
 
 
-def _subsample(path: Path, cloud: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """``num_points`` rows of ``cloud``: without replacement when there are enough."""
+def _subsample(path: Path, cloud: np.ndarray, num_points: int, rng: np.random.Generator, *,
+               removed: int = 0) -> np.ndarray:
+    """``num_points`` rows of ``cloud``: without replacement when there are enough (``removed``: the
+    outliers already dropped, for the warning)."""
     count = len(cloud)
     if count == 0:
         raise PceaFileError(path, "file contains no points")
     if count < num_points:
-        warnings.warn(f"{path}: only {_count(count, 'point')}, {num_points} requested; "
+        after = f" after removing {_count(removed, 'outlier')}" if removed else ""
+        warnings.warn(f"{path}: only {_count(count, 'point')}{after}, {num_points} requested; "
                       "sampling with replacement", PceaWarning, stacklevel=4)  # the caller of load_points
         index = rng.choice(count, size=num_points, replace=True)
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_models import CLASS_NAMES
 
 import pcea
@@ -271,3 +272,22 @@ def test_real_shapes_in_both_orientations_with_the_shipped_weights(tmp_path, cap
     cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(row["up"], row["top_k"][0]["class"]) for row in cli] == [(r["up"], r["top_k"][0][0])
                                                                        for r in as_y]
+
+
+def test_outliers_remove_reaches_the_reader_from_python_and_the_command_line(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    scan = rng.standard_normal((500, 3))
+    scan = np.concatenate([scan / np.linalg.norm(scan, axis=1, keepdims=True), [[40.0, 0, 0], [0, 0, -40.0]]])
+    path = tmp_path / "scan.xyz"
+    np.savetxt(path, scan)
+    model = pcea.load_model(checkpoint)
+    (result,) = pcea.classify(path, model, up="y", outliers="remove")
+    cloud = pcea.io.load_points(path, model.config.num_points, up="y", outliers="remove")
+    expected = model.predict(torch.from_numpy(cloud)[None])[0].numpy()
+    assert dict(result["top_k"]) == pytest.approx(dict(zip(CLASS_NAMES, expected.tolist(), strict=True)))
+    assert main(["classify", str(checkpoint), str(path), "--up", "y", "--outliers", "remove", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    printed_top_k = {row["class"]: row["probability"] for row in printed["top_k"]}
+    assert printed_top_k == pytest.approx(dict(result["top_k"]), abs=1e-5)     # JSON keeps 6 digits
+    with pytest.raises(pcea.PceaError, match="outliers='yes'"):
+        pcea.classify(path, model, outliers="yes")

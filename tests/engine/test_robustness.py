@@ -91,3 +91,34 @@ def test_bad_names_and_severities_are_one_usage_line(tiny_checkpoint, flag, valu
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _spheres(count: int, points: int) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    clouds = rng.standard_normal((count, points, 3))
+    return (clouds / np.linalg.norm(clouds, axis=2, keepdims=True)).astype(np.float32)
+
+
+def test_removing_outliers_takes_the_added_strays_out_of_the_suite_clouds():
+    clouds = _spheres(4, 512)
+    inside = {}
+    for outliers in ("keep", "remove"):
+        out = corrupted_clouds(clouds, "add_global", 5, seed=0, num_points=512, min_points=256,
+                               outliers=outliers)
+        radius = np.linalg.norm(out - out.mean(axis=1, keepdims=True), axis=2)    # (4, 512)
+        inside[outliers] = (radius < 0.6).mean()    # the sphere's own points are all near radius 1
+    assert inside["keep"] > 0.01 and inside["remove"] < inside["keep"] / 5, inside
+
+
+def test_the_suite_with_outliers_removed_says_so(tiny_checkpoint, tiny_h5, tmp_path, capsys):
+    assert main(["eval", str(tiny_checkpoint), "--data", str(tiny_h5), "--corrupt", "add_global",
+                 "--severities", "5", "--outliers", "remove", "--out", str(tmp_path)]) == 0
+    assert "stray points removed from every cloud first" in capsys.readouterr().out
+    assert json.loads((tmp_path / "robustness.json").read_text())["outliers"] == "remove"
+
+
+def test_outliers_without_the_suite_is_a_usage_error(tiny_checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tiny_checkpoint), "--data", "x", "--outliers", "remove"])
+    assert exit_info.value.code == 2
+    assert "--outliers applies to the robustness suite" in capsys.readouterr().err
