@@ -16,10 +16,11 @@ Payload keys (the contract with ``pcea.load_model`` and ``pcea eval``):
 "format" ("pcea-checkpoint/1"), "model" (state_dict), "model_name",
 "model_config" (dict), "class_names" (list[str]), "train_config" (dict),
 "epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "metrics"
-(dict), "protocol" (str). :func:`check_payload` checks the keys the code reads as they are
-(names, epoch, metrics) and the outline of the states that ``load_state_dict`` and
-:func:`set_rng_state` check in full, so :func:`load_latest` falls back from a malformed file;
-the model config is checked by building it, and the weights' shapes against it.
+(dict), "protocol" (str); a run with ``ema`` adds "train_model" (the weights being trained, a
+state_dict; "model" is then their average) and "ema_updates" (int). :func:`check_payload` checks
+the keys the code reads as they are (names, epoch, metrics) and the outline of the states that
+``load_state_dict`` and :func:`set_rng_state` check in full, so :func:`load_latest` falls back from
+a malformed file; the model config is checked by building it, and the weights' shapes against it.
 
 Only regular files of at most :data:`MAX_CHECKPOINT_BYTES` (4 GiB; a checkpoint of the
 ``pcea`` preset, 2.67 M parameters with their SGD momentum, is 21.5 MB) are read: a FIFO,
@@ -224,6 +225,10 @@ def _str_dict(value) -> bool:
     return isinstance(value, dict) and all(isinstance(key, str) for key in value)
 
 
+def _state_dict(value) -> bool:
+    return _str_dict(value) and all(isinstance(tensor, torch.Tensor) for tensor in value.values())
+
+
 def _metrics_ok(value) -> bool:
     if not _str_dict(value):
         return False
@@ -236,9 +241,10 @@ def _metrics_ok(value) -> bool:
 # What each payload key must hold: (test, description for the error). "format" is compared by
 # load_checkpoint, "model_config" checked by ModelConfig, "up" compared by open_checkpoint.
 _KEY_TYPES = {
-    "model": (lambda v: _str_dict(v) and all(isinstance(t, torch.Tensor) for t in v.values()),
-              "a mapping of parameter names to tensors"),
+    "model": (_state_dict, "a mapping of parameter names to tensors"),
     "model_name": (lambda v: isinstance(v, str), "a string"),
+    "train_model": (_state_dict, "a mapping of parameter names to tensors"),
+    "ema_updates": (lambda v: is_int(v) and v >= 0, "a non-negative integer"),
     "class_names": (lambda v: isinstance(v, list | tuple) and all(isinstance(n, str) for n in v),
                     "a list of strings"),
     "train_config": (_str_dict, "a mapping of training settings"),
@@ -254,7 +260,8 @@ _KEY_TYPES = {
     "metrics": (_metrics_ok, "metrics with a history of epochs and the best epoch"),
     "protocol": (lambda v: isinstance(v, str), "a string"),
 }
-_ALWAYS_CHECKED = ("model", "model_name", "class_names", "train_config", "epoch", "protocol")
+_ALWAYS_CHECKED = ("model", "model_name", "class_names", "train_config", "epoch", "protocol", "train_model",
+                   "ema_updates")
 
 
 def check_payload(payload: dict, path: str | os.PathLike, require: tuple[str, ...] = ()) -> dict:

@@ -151,6 +151,13 @@ class TrainConfig:
                                    group=OPTIMISATION, check=_at_least_zero)
     label_smoothing: float = _setting(0.2, "cross-entropy label smoothing", group=OPTIMISATION,
                                       check=_between(0, 1, below_high=True))
+    ema: float = _setting(0.0, "decay of an exponential moving average of the weights and BatchNorm "
+                          "statistics, updated after every step (e.g. 0.999); validation, best.pt, the test "
+                          "figures and the saved model use the average (0: off)", group=OPTIMISATION,
+                          check=_between(0, 1, below_high=True), metavar="DECAY")
+    balanced: bool = _setting(False, "class-balanced sampling: each epoch draws as many training clouds as "
+                              "the split holds, with replacement, each class equally often (for datasets "
+                              "whose classes differ in size; raises mAcc)", group=OPTIMISATION)
     augment: Literal["pct", "none"] = _setting("pct", "pct (anisotropic scale + translation, then "
                                                "shuffling) or none", group=AUGMENTATION)
     yaw: float = _setting(0.0, "rotate every training cloud about the up axis by an angle drawn from "

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -37,7 +38,7 @@ from pcea.engine.checkpoint import (
 from pcea.engine.config import RUNTIME_KEYS, TrainConfig, load_config_file, max_threads, max_workers
 from pcea.engine.distributed import DistEnv, ShardSampler
 from pcea.engine.rundir import run_state
-from pcea.engine.splits import AugmentedSubset, split_train_val
+from pcea.engine.splits import AugmentedSubset, BalancedSampler, split_train_val
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.fast import accelerate
 from pcea.model import build_model
@@ -138,6 +139,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     step_schedule: bool  # the scheduler steps after every batch (warm-up), else after every epoch
     criterion: nn.Module
+    ema: AveragedModel | None = None  # --ema: the running average of the model's weights and statistics
     history: list[dict] = field(default_factory=list)  # one row per completed epoch
     best: dict = field(default_factory=lambda: {"epoch": None, "score": -math.inf})
     start_epoch: int = 0  # the last epoch a resumed run had completed
@@ -147,6 +149,12 @@ class Run:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, tested and saved as the model: the average with --ema,
+        else the model being trained."""
+        return self.model if self.ema is None else self.ema.module
 
 
 # -- building it -------------------------------------------------------------------------------
@@ -209,7 +217,7 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
               model=model, net=model, compiled=False, amp=amp, optimizer=optimizer,
               scheduler=_scheduler(config, optimizer, steps_per_epoch=len(train_loader)),
               step_schedule=config.warmup_epochs > 0,
-              criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
+              criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), ema=_ema(config, model))
     if resume is not None:
         _restore(run, resume, resume_path)
     run.net, run.compiled = _wrap(model, config, env, device, log)
@@ -242,7 +250,10 @@ def _datasets(config: TrainConfig, env: DistEnv,
 def _loader(dataset: Dataset, config: TrainConfig, env: DistEnv, device: torch.device, *, train: bool,
             generator: torch.Generator) -> DataLoader:
     per_rank = config.batch_size // env.world_size
-    if train and env.enabled:
+    if train and config.balanced:  # every rank draws the same sequence and keeps its share
+        labels = np.asarray(dataset.base.labels)[dataset.indices]
+        sampler = BalancedSampler(labels, generator, rank=env.rank, world_size=env.world_size)
+    elif train and env.enabled:
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
                                      shuffle=True, seed=config.seed, drop_last=True)
     elif train:
@@ -286,12 +297,32 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.min_lr)
 
 
+def _ema(config: TrainConfig, model: nn.Module) -> AveragedModel | None:
+    """``--ema``: torch's exponential moving average of ``model``, its BatchNorm statistics included,
+    or None when off. Built from the plain module, before DDP or torch.compile wrap it."""
+    if config.ema == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True).eval()
+
+
 def _restore(run: Run, payload: dict, path: Path) -> None:
-    """Continue from a ``last.pt`` payload: weights, optimiser, schedule, RNG and history."""
+    """Continue from a ``last.pt`` payload: weights, optimiser, schedule, RNG and history.
+
+    With ``--ema`` the payload's "model" is the average (what ``pcea eval`` and ``--init`` read) and
+    "train_model" the weights being trained, with "ema_updates" the number of updates averaged.
+    """
     if list(payload["class_names"]) != run.class_names:
         raise PceaError(f"{run.out}: the checkpoint's classes differ from those of {run.config.data}")
+    if run.ema is not None and not {"train_model", "ema_updates"} <= set(payload):
+        raise PceaFileError(path, f"malformed checkpoint: a run with ema={run.config.ema} but no "
+                                  "'train_model' or 'ema_updates' entry (the weights being trained)")
     try:
-        run.model.load_state_dict(payload["model"])
+        if run.ema is None:
+            run.model.load_state_dict(payload["model"])
+        else:
+            run.model.load_state_dict(payload["train_model"])
+            run.ema.module.load_state_dict(payload["model"])
+            run.ema.n_averaged.fill_(payload["ema_updates"])
         run.optimizer.load_state_dict(payload["optimizer"])
         run.scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"], run.loader_generator)
@@ -383,7 +414,10 @@ def resume_config(out: Path, overrides: dict, log: Callable[[str], None]
         if problems:
             log(f"resuming from the previous checkpoint {used} instead")
         values, source = dict(payload["train_config"]), f"{used} (train_config)"
-    changed = sorted(k for k, v in overrides.items() if k not in RUNTIME_KEYS and v != values.get(k))
+    # A setting newer than the checkpoint (ema in a run from before it) has its default there.
+    defaults = TrainConfig().to_dict()
+    changed = sorted(k for k, v in overrides.items()
+                     if k not in RUNTIME_KEYS and v != values.get(k, defaults.get(k)))
     if changed:
         raise PceaError(f"--resume continues {out} with its own recipe; "
                         f"cannot change {', '.join(changed)} (only {', '.join(RUNTIME_KEYS)})")

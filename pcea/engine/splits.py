@@ -9,16 +9,16 @@ workers and an interruption with ``--resume`` leave the run unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from pcea.data.transforms import augment_item
 from pcea.errors import PceaError
 
-__all__ = ["AugmentedSubset", "epoch_seed", "split_train_val"]
+__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "split_train_val"]
 
 def split_train_val(labels: np.ndarray, val_split: float, seed: int, *,
                     log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -112,12 +112,57 @@ class AugmentedSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
+        # i = item + k * len(self): the k-th repeat of an item drawn again in an epoch (BalancedSampler),
+        # augmented from a random source of its own; k = 0 for every other item.
+        repeat, i = divmod(i, len(self.indices))
         index = int(self.indices[i])
         points, label = self.base[index]
         if self.transform is not None:
             points = torch.from_numpy(augment_item(points, self.transform, seed=self.seed, epoch=self.epoch,
-                                                   index=index))
+                                                   index=index + repeat * len(self.base)))
         return points, int(label)
+
+
+class BalancedSampler(Sampler[int]):
+    """Class-balanced draws (``--balanced``): each epoch, as many items as there are, drawn with
+    replacement, item ``i`` with a probability proportional to 1 / (the size of its class), so each
+    class is drawn equally often on average.
+
+    The draws are torch's :class:`~torch.utils.data.WeightedRandomSampler` from ``generator``, the
+    run's loader generator, which the loop seeds per epoch (:func:`epoch_seed`): they depend on
+    (seed, epoch) only, and a resumed run draws what an uninterrupted one would. An item drawn again
+    in the same epoch is yielded as ``item + k * len(labels)`` for its ``k``-th repeat, which
+    :class:`AugmentedSubset` augments from a random source of its own: a repeat is another
+    augmentation of the cloud, not a copy of the first.
+
+    Under DDP every rank draws the same sequence (its generator is seeded alike) and keeps every
+    ``world_size``-th draw from its ``rank``, the last incomplete round dropped (as
+    ``DistributedSampler(drop_last=True)``).
+
+    Args:
+        labels: (n,) the class of each item of the subset.
+        generator: the source of the draws.
+        rank, world_size: this process and how many train together.
+    """
+
+    def __init__(self, labels: np.ndarray, generator: torch.Generator, *, rank: int = 0, world_size: int = 1):
+        labels = np.asarray(labels, dtype=np.int64)
+        weights = torch.from_numpy(1.0 / np.bincount(labels)[labels])  # (n,): every class sums to 1
+        self.draws = WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
+        self.size, self.rank, self.world_size = len(labels), rank, world_size
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        repeats = np.zeros(self.size, dtype=np.int64)  # how often each item was drawn so far
+        kept = len(self) * self.world_size
+        for position, item in enumerate(self.draws):
+            if position >= kept:
+                break
+            if position % self.world_size == self.rank:
+                yield item + int(repeats[item]) * self.size
+            repeats[item] += 1
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -147,6 +147,8 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
+            if run.ema is not None:
+                run.ema.update_parameters(run.model)
             if run.step_schedule:
                 run.scheduler.step()
             loss_sum += loss.detach().to(wide)
@@ -169,6 +171,8 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
                                    torch.tensor(float(steps), dtype=wide, device=device)]))
     loss_total, correct_total, seen_total, steps_total = totals.tolist()
     average_batchnorm_buffers(run.model, env)
+    if run.ema is not None:
+        average_batchnorm_buffers(run.ema.module, env)
     return {"train_loss": loss_total / max(steps_total, 1), "train_acc": correct_total / max(seen_total, 1)}
 
 
@@ -187,7 +191,8 @@ def evaluate_loader(run: Run, loader: DataLoader) -> tuple[float, float] | None:
     run.net.eval()
     # Under DDP, evaluate the unwrapped module: the DDP wrapper may broadcast buffers on a
     # forward, a collective that ranks with different numbers of batches would not match.
-    net = run.model if run.env.enabled else None
+    # With --ema, the average (never wrapped) is what is evaluated.
+    net = run.eval_model if run.env.enabled or run.ema is not None else None
     correct = torch.zeros(run.num_classes, dtype=torch.int64, device=run.device)
     total = torch.zeros(run.num_classes, dtype=torch.int64, device=run.device)
     try:
@@ -239,7 +244,10 @@ def _epoch_line(run: Run, row: dict, improved: bool) -> str:
 
 def _payload(run: Run, epoch: int, protocol: str) -> dict:
     return {
-        **model_payload(run.model, model_name=run.config.model),  # what open_checkpoint reads
+        # What open_checkpoint reads: with --ema the average, and the weights being trained beside it.
+        **model_payload(run.eval_model, model_name=run.config.model),
+        **({} if run.ema is None else {"train_model": run.model.state_dict(),
+                                       "ema_updates": int(run.ema.n_averaged)}),
         "train_config": run.config.to_dict(),
         "epoch": epoch,
         "optimizer": run.optimizer.state_dict(),
@@ -255,7 +263,7 @@ def _checkpoint_bytes(run: Run) -> int:
     state = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
     params = sum(p.numel() * p.element_size() for p in run.model.parameters())
     moments = 2 if run.config.optimizer == "adamw" else 1
-    return state + moments * params + 2**18
+    return (1 if run.ema is None else 2) * state + moments * params + 2**18
 
 
 def _write_epoch_files(run: Run, epoch: int, improved: bool) -> None:
@@ -532,7 +540,7 @@ def _finish(run: Run, seconds: float) -> dict:
     if config.select_on != "last" and run.best["epoch"] is not None:
         env.barrier()
         best = load_checkpoint(out / "best.pt", map_location=run.device)
-        run.model.load_state_dict(best["model"])
+        run.eval_model.load_state_dict(best["model"])
         oa, macc = _final_scores(run, run.test_loader)
         entry = {"protocol": PROTOCOLS[config.select_on], "epoch": best["epoch"], "oa": oa, "macc": macc}
         row = run.history[best["epoch"] - 1]

@@ -5,6 +5,7 @@ A module of its own (not conftest.py) so that test files can import it by a uniq
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -38,9 +39,10 @@ def _shape(label: int, count: int, rng: np.random.Generator) -> np.ndarray:
     return (points / np.linalg.norm(points, axis=1).max()).astype(np.float32)
 
 
-def write_tiny_h5(root: Path, *, train_per_class: int = 12, test_per_class: int = 4, points: int = 160,
-                  seed: int = 0) -> Path:
-    """Write the ``modelnet40_ply_hdf5_2048`` layout (data, label, normal) with 4 classes.
+def write_tiny_h5(root: Path, *, train_per_class: int | Sequence[int] = 12, test_per_class: int = 4,
+                  points: int = 160, seed: int = 0) -> Path:
+    """Write the ``modelnet40_ply_hdf5_2048`` layout (data, label, normal) with 4 classes
+    (``train_per_class`` clouds of each, or one count per class for an imbalanced set).
 
     Returns:
         ``root``, ready for ``pcea.data.open_dataset``.

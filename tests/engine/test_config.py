@@ -43,6 +43,8 @@ def test_yaml_round_trip_and_unknown_keys(tmp_path):
     ({"select_on": "best"}, "select_on='best'"),
     ({"label_smoothing": 1.0}, "label_smoothing=1.0"),
     ({"epochs": 0}, "epochs=0"),
+    ({"ema": 1.0}, r"ema=1.0: need 0 <= x < 1"),
+    ({"ema": -0.1}, r"ema=-0.1: need 0 <= x < 1"),
 ])
 def test_invalid_values_are_refused(values, message):
     with pytest.raises(PceaError, match=message):

@@ -24,29 +24,39 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, data: str, out: str, scratch: str) -> None:
+def _rank_main(rank: int, world_size: int, port: int, data: str, out: str, scratch: str,
+               recipe: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     lines: list[str] = []
     # 9 validation clouds: shards of 5 and 4, so the ranks run different numbers of eval batches.
-    trainer = Trainer(tiny_config(data, epochs=1, batch_size=8, val_split=9 / 48), out, log=lines.append)
+    trainer = Trainer(tiny_config(data, epochs=1, batch_size=8, val_split=9 / 48, **recipe), out,
+                      log=lines.append)
     results = trainer.run()
     torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()},
                Path(scratch) / f"rank{rank}.pt")
+    torch.save({k: v.clone() for k, v in trainer.state.eval_model.state_dict().items()},
+               Path(scratch) / f"rank{rank}.eval.pt")  # what was validated and saved: with --ema, the average
     (Path(scratch) / f"rank{rank}.json").write_text(json.dumps({"log": lines, "results": results}))
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_one_model(tiny_h5, tmp_path):
+@pytest.mark.parametrize("recipe", [{}, {"ema": 0.5, "balanced": True}], ids=["plain", "ema-balanced"])
+def test_two_gloo_processes_train_one_model(tiny_h5, tmp_path, recipe):
     out, scratch = tmp_path / "ddp", tmp_path / "scratch"
     scratch.mkdir()
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tiny_h5), str(out), str(scratch)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, _free_port(), str(tiny_h5), str(out), str(scratch), recipe), nprocs=2,
+             join=True)
 
-    rank0 = torch.load(scratch / "rank0.pt", weights_only=True)
-    rank1 = torch.load(scratch / "rank1.pt", weights_only=True)
-    assert rank0.keys() == rank1.keys()
-    for key in rank0:  # parameters (DDP) and BatchNorm statistics (averaged) agree on both ranks
-        assert torch.equal(rank0[key], rank1[key]), key
+    for suffix in ("pt", "eval.pt"):
+        rank0 = torch.load(scratch / f"rank0.{suffix}", weights_only=True)
+        rank1 = torch.load(scratch / f"rank1.{suffix}", weights_only=True)
+        assert rank0.keys() == rank1.keys()
+        for key in rank0:  # parameters (DDP) and BatchNorm statistics (averaged) agree on both ranks
+            assert torch.equal(rank0[key], rank1[key]), (suffix, key)
+    evaluated = torch.load(scratch / "rank0.eval.pt", weights_only=True)
+    saved = load_checkpoint(out / "best.pt")["model"]  # the one epoch's: the average with --ema
+    assert all(torch.equal(saved[key], evaluated[key]) for key in evaluated)
 
     # Only rank 0 wrote files and logged; every file exists once, in the run directory.
     names = sorted(p.name for p in out.iterdir())
