@@ -188,6 +188,12 @@ def test_config_file_unknown_key_and_precedence(tmp_path):
     assert TrainConfig.from_dict(shipped) == TrainConfig(data=shipped["data"])
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_recipe_is_a_valid_train_config(path):
+    config = TrainConfig.from_dict(load_config_file(path))   # checks every value, as pcea train does
+    assert config.epochs >= 1 and config.to_dict() == TrainConfig.from_dict(config.to_dict()).to_dict()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 3\nbogus: 1\n")
