@@ -68,9 +68,10 @@ def corrupted_clouds(clouds: np.ndarray, name: str, severity: int, *, seed: int,
     for index, cloud in enumerate(clouds):
         rng = np.random.default_rng((seed, code, severity, index))
         changed = corrupt(cloud, name, severity, rng)
+        # density's count is the corruption's own, the same for every cloud, so that they stack
+        count = max(len(changed), min_points) if name == "density" else num_points
         if outliers == "remove":
             changed = changed[outlier_mask(changed)]
-        count = max(len(changed), min_points) if name == "density" else num_points
         out.append(normalize_unit_sphere(Subsample(count).apply(changed, rng)))
     return np.stack(out)
 

@@ -54,13 +54,17 @@ def test_the_same_seed_gives_the_same_figures_whatever_the_batch_size(tiny_check
     assert runs[0]["corruptions"] == runs[1]["corruptions"]
 
 
-def test_corrupted_clouds_come_back_at_the_model_size_except_density():
+@pytest.mark.parametrize("outliers", ["keep", "remove"])
+def test_corrupted_clouds_come_back_at_the_model_size_except_density(outliers):
     rng = np.random.default_rng(0)
     clouds = rng.standard_normal((3, 64, 3)).astype(np.float32)
-    for name in CORRUPTIONS:
-        out = corrupted_clouds(clouds, name, 5, seed=0, num_points=64, min_points=32)
+    for name in CORRUPTIONS:   # removing outliers drops a different number of points from each cloud
+        out = corrupted_clouds(clouds, name, 5, seed=0, num_points=64, min_points=32, outliers=outliers)
         expected = 32 if name == "density" else 64     # density keeps 37.5 % = 24, filled up to 32
         assert out.shape == (3, expected, 3), name
+        # With fewer centres than density keeps, it keeps its 24 points, filtered or not.
+        assert corrupted_clouds(clouds, name, 5, seed=0, num_points=64, min_points=8,
+                                outliers=outliers).shape == (3, 24 if name == "density" else 64, 3)
         radius = np.linalg.norm(out - out.mean(axis=1, keepdims=True), axis=2).max(axis=1)
         np.testing.assert_allclose(radius, 1, atol=1e-5)
     again = corrupted_clouds(clouds, "jitter", 2, seed=0, num_points=64, min_points=32)
