@@ -24,7 +24,7 @@ from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.evaluate import vote_probabilities
 from pcea.errors import MAX_POINTS, MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
-from pcea.geometry import OUTLIER_OPTIONS, UP_AXES, choose_up, quarter_turns
+from pcea.geometry import UP_AXES, check_outliers, choose_up, quarter_turns
 from pcea.io import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_POINTS,
@@ -198,8 +198,7 @@ def _check_options(model: PCTClassifier, *, top_k: int = 5, votes: int = 1, batc
         check_positive_int(name, value, at_most=MAX_VOTES if name == "votes" else None)
     if up not in ("auto", *UP_AXES):
         raise PceaError(f"up={up!r}: expected auto, {' or '.join(UP_AXES)}")
-    if outliers not in OUTLIER_OPTIONS:
-        raise PceaError(f"outliers={outliers!r}: expected {' or '.join(OUTLIER_OPTIONS)}")
+    check_outliers(outliers, PceaError)
     num_points = model.config.num_points if num_points is None else check_positive_int(
         "num_points", num_points, at_most=MAX_POINTS)
     if num_points < model.config.centers[0]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CANONICAL_UP", "OUTLIER_OPTIONS", "UP_AXES", "choose_up", "normalize_unit_sphere", "outlier_mask",
-           "quarter_turns", "to_canonical"]
+__all__ = ["CANONICAL_UP", "OUTLIER_OPTIONS", "UP_AXES", "check_outliers", "choose_up",
+           "normalize_unit_sphere", "outlier_mask", "quarter_turns", "to_canonical"]
 
 
 def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
@@ -55,6 +55,12 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 # Accuracies with and without it: docs/robustness.md.
 
 OUTLIER_OPTIONS = ("keep", "remove")
+
+
+def check_outliers(outliers: str, error: type[Exception] = ValueError) -> None:
+    """Refuse an ``outliers=`` value other than "keep" or "remove" (the one wording for every caller)."""
+    if outliers not in OUTLIER_OPTIONS:
+        raise error(f"outliers={outliers!r}: expected {' or '.join(OUTLIER_OPTIONS)}")
 
 
 def outlier_mask(points: np.ndarray, neighbours: int = 8, std_ratio: float = 3.0,

@@ -32,7 +32,7 @@ from pcea.atomic import write_atomic
 from pcea.data.corruptions import CORRUPTIONS, SEVERITIES, SEVERITY_TABLE, corrupt
 from pcea.data.transforms import Subsample
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy
-from pcea.geometry import OUTLIER_OPTIONS, normalize_unit_sphere, outlier_mask
+from pcea.geometry import check_outliers, normalize_unit_sphere, outlier_mask
 from pcea.precision import autocast
 
 __all__ = ["NOT_PUBLISHED_FILES", "corrupted_clouds", "evaluate_robustness", "format_robustness",
@@ -114,8 +114,7 @@ def evaluate_robustness(predict: Predict, clouds: np.ndarray, labels: np.ndarray
         "mean_oa", "mean_macc", ...}``: fractions in [0, 1], severities as string keys;
         the means are over every corruption and severity evaluated.
     """
-    if outliers not in OUTLIER_OPTIONS:
-        raise ValueError(f"outliers={outliers!r}: expected {' or '.join(OUTLIER_OPTIONS)}")
+    check_outliers(outliers)
     labels = np.asarray(labels)
     num_points = num_points or clouds.shape[1]
     clean = clouds if outliers == "keep" else _without_outliers(clouds, seed=seed, num_points=num_points)

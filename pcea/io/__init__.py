@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pcea.errors import PceaError, PceaFileError, PceaWarning, check_positive_int, check_regular
-from pcea.geometry import OUTLIER_OPTIONS, UP_AXES, normalize_unit_sphere, outlier_mask, to_canonical
+from pcea.geometry import UP_AXES, check_outliers, normalize_unit_sphere, outlier_mask, to_canonical
 from pcea.io.formats import (
     _check_finite,
     _check_stl_header,
@@ -190,7 +190,7 @@ def load_points(
         PceaError: num_points is below 1.
     """
     check_positive_int("num_points", num_points)
-    _check_outliers(outliers)
+    check_outliers(outliers, PceaError)
     path = Path(path)
     up = resolve_up(path, up)
     suffix = _check_file(path, max_bytes, MESH_EXTENSIONS + POINT_EXTENSIONS)
@@ -243,7 +243,7 @@ def points_from_array(points: np.ndarray, num_points: int = 1024, seed: int = 0,
         PceaError: num_points below 1, or ``up`` not "y" or "z".
     """
     check_positive_int("num_points", num_points)
-    _check_outliers(outliers)
+    check_outliers(outliers, PceaError)
     if up not in UP_AXES:
         raise PceaError(f"up={up!r}: expected {' or '.join(UP_AXES)} for an array")
     try:
@@ -287,11 +287,6 @@ def _scaled(cloud: np.ndarray) -> np.ndarray:
     if scale > 0:
         cloud[:, :3] /= scale
     return cloud
-
-
-def _check_outliers(outliers: str) -> None:
-    if outliers not in OUTLIER_OPTIONS:
-        raise PceaError(f"outliers={outliers!r}: expected {' or '.join(OUTLIER_OPTIONS)}")
 
 
 def _normalized(path, cloud: np.ndarray, up: str) -> np.ndarray:
