@@ -1,0 +1,109 @@
+"""scripts/train_robust.sh: the shipped weights' four segments from one command, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_models import SMALLEST
+
+from pcea.data import synth
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_robust.sh"
+SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix")
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+
+def _tiny_flags() -> str:
+    """The smallest model and 64 points: a segment of one epoch on 30 clouds takes a second."""
+    flags = ["--points 64", "--batch-size 8"]
+    for key, value in SMALLEST.items():
+        if key != "num_points":
+            text = f"[{','.join(map(str, value))}]" if isinstance(value, tuple) else str(value)
+            flags.append(f"--model-opt {key}={text}")
+    return " ".join(flags)
+
+
+def _script(tmp_path: Path, pcea: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PCEA": pcea, "RUNS": str(tmp_path / "runs"), "PCEA_ALLOCATOR": "system", **env}
+    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _recorder(tmp_path: Path, body: str = "") -> str:
+    """A stand-in for pcea that appends its arguments to calls.txt (then runs ``body``)."""
+    stub = tmp_path / "fake-pcea"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{tmp_path}/calls.txt"\n{body}\n')
+    stub.chmod(0o755)
+    return str(stub)
+
+
+@pytest.mark.slow
+def test_four_segments_each_from_the_one_before_then_the_suite(tmp_path):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
+    env = dict(DATA=str(data), EPOCHS="1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
+    pcea = str(Path(sys.executable).with_name("pcea"))
+    first = _script(tmp_path, pcea, **env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for previous, name in zip((None, *SEGMENTS), SEGMENTS, strict=False):
+        assert json.loads((runs / name / "results.json").read_text())  # trained and finished
+        config = (runs / name / "config.yaml").read_text()
+        assert "epochs: 1\n" in config and "points: 64\n" in config
+        if previous:  # each segment starts from the weights of the one before
+            assert f"init: {runs / previous}\n" in config
+    assert "wolf: 0.5\n" in (runs / "wolfmix" / "config.yaml").read_text()
+    assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
+    suite = json.loads((runs / "suite" / "robustness.json").read_text())
+    assert "jitter" in json.dumps(suite)
+    assert f"scripts/ship_weights.py {runs / 'wolfmix'} --name modelnet40" in first.stdout
+
+
+def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
+    (tmp_path / "runs" / "aligned").mkdir(parents=True)
+    (tmp_path / "runs" / "aligned" / "config.yaml").write_text("epochs: 13\n")  # stopped early
+    result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", EXTRA="--threads 1")
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    runs = tmp_path / "runs"
+    assert calls[0] == f"train --resume {runs / 'aligned'} --threads 1"
+    assert calls[1] == (f"train --config configs/modelnet40_robust.yaml --data synthetic "
+                        f"--out {runs / 'robust1'} --epochs 2 --init {runs / 'aligned'} --threads 1")
+    assert calls[2].endswith(f"--epochs 10 --init {runs / 'robust1'} --lr 0.0003 --threads 1")
+    assert calls[3].startswith("train --config configs/modelnet40_wolfmix.yaml")
+    assert calls[3].endswith(f"--epochs 20 --init {runs / 'robust2'} --threads 1")
+    assert calls[4] == (f"eval {runs / 'wolfmix'} --data synthetic --split val --corrupt all "
+                        f"--out {runs / 'suite'}")
+
+
+def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
+    # The stand-in exits 143 on SIGTERM, as pcea train does after keeping its last epoch.
+    pcea = _recorder(tmp_path, "sleep 60 & trap 'kill $!; echo stopped >> \"$(dirname \"$0\")/calls.txt\"; "
+                               "exit 143' TERM\nwait")
+    started = time.monotonic()
+    result = _script(tmp_path, pcea, timeout=30, DATA="synthetic", DEADLINE="2")
+    assert result.returncode == 143
+    assert time.monotonic() - started < 20
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[0].startswith("train --config configs/modelnet40_cpu.yaml") and calls[1:] == ["stopped"]
+
+
+@pytest.mark.parametrize("env, message", [
+    (dict(EPOCHS="13 2 10"), "EPOCHS must be four whole numbers"),
+    (dict(EPOCHS="13 2 x 20"), "EPOCHS must be four whole numbers"),
+    (dict(EPOCHS="13 0 10 20"), "EPOCHS must be four whole numbers"),
+    (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
+])
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
+    result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", **env)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "calls.txt").exists()
