@@ -2,6 +2,7 @@
 
     python scripts/ship_weights.py runs/modelnet40_cpu [--name modelnet40] [--cpu "AMD EPYC (family 23)"]
         [--recipe configs/modelnet40_robust.yaml] [--half] [--robustness DIR/robustness.json]
+        [--checkpoint last]
 
 The shipped file keeps what inference and the model card need (weights, model config,
 class names, frame, the training config and per-epoch metrics) and drops the optimiser,
@@ -11,6 +12,9 @@ after its header's SHA-256 check, and the card records the file's own SHA-256 to
 With --half the weights are stored in float16 (half the file; they load back into the
 float32 model); check the validation OA of the shipped file before committing it.
 --robustness copies the robustness suite's figures of the shipped file into the card.
+--checkpoint last ships the run's last epoch instead of its best.pt: the end of the schedule,
+where a run with an average of the weights (--ema) or a trade between clean and corrupted
+accuracy is judged on the whole suite rather than on validation OA alone; the card says so.
 """
 
 import argparse
@@ -18,6 +22,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from pcea.atomic import write_atomic
 from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
 from pcea.weights import HERE
 
@@ -34,27 +39,30 @@ def main() -> None:
     parser.add_argument("--half", action="store_true", help="store the floating-point tensors as float16")
     parser.add_argument("--robustness", type=Path, help="robustness.json of pcea eval --corrupt on the file")
     parser.add_argument("--init-as", help="the name the --init weights ship under now, if renamed")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="ship best.pt (the epoch selected on val) or last.pt (the last epoch)")
+    parser.add_argument("--out-dir", type=Path, default=HERE, help="where NAME.pt and NAME.json go")
     args = parser.parse_args()
-    best = load_checkpoint(args.run / "best.pt")
+    payload = load_checkpoint(args.run / f"{args.checkpoint}.pt")
     results = json.loads((args.run / "results.json").read_text())
-    shipped = {key: best[key] for key in KEEP if key in best}
+    shipped = {key: payload[key] for key in KEEP if key in payload}
     if args.half:
         shipped["model"] = {key: value.half() if value.is_floating_point() else value
                             for key, value in shipped["model"].items()}
-    out = save_checkpoint(HERE / f"{args.name}.pt", shipped)
-    epoch = best["epoch"]
-    row = best["metrics"]["history"][epoch - 1]
-    config = best["train_config"]
+    out = save_checkpoint(args.out_dir / f"{args.name}.pt", shipped)
+    epoch = payload["epoch"]
+    row = payload["metrics"]["history"][epoch - 1]
+    config = payload["train_config"]
     card = {
         "name": args.name,
         "file": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "bytes": out.stat().st_size,
-        "model": best["model_name"],
-        "parameters": sum(t.numel() for k, t in best["model"].items() if not k.endswith(
+        "model": payload["model_name"],
+        "parameters": sum(t.numel() for k, t in payload["model"].items() if not k.endswith(
             ("running_mean", "running_var", "num_batches_tracked"))),
-        "num_points": best["model_config"]["num_points"],
-        "up": best.get("up", "y"),
+        "num_points": payload["model_config"]["num_points"],
+        "up": payload.get("up", "y"),
         "data": "ModelNet40 official train split (9,843 shapes, 40 classes), 1024-point npy release",
         "split": f"trained on the other {1 - config['val_split']:.0%} of the train split; selected on a "
                  f"stratified {config['val_split']:.0%} validation hold-out of it (seed {config['seed']})",
@@ -62,12 +70,13 @@ def main() -> None:
         "train_config": {**config, "data": Path(config["data"]).name},  # not the training machine's path
         "epoch": epoch,
         "epochs": config["epochs"],
-        "selection": best["protocol"],
+        "selection": payload["protocol"],
         "val_oa": row["val_oa"],
         "val_macc": row["val_macc"],
-        "val_protocol": "validation split, single pass, best epoch on val",
+        "val_protocol": ("validation split, single pass, best epoch on val" if args.checkpoint == "best"
+                         else "validation split, single pass, last epoch of the schedule"),
         # the epochs' own times: a run stopped and resumed across sessions counts every epoch once
-        "train_seconds": round(sum(r.get("time_s", 0.0) for r in best["metrics"]["history"]), 1)
+        "train_seconds": round(sum(r.get("time_s", 0.0) for r in payload["metrics"]["history"]), 1)
         or results.get("train_seconds_this_session"),
         "cpu": args.cpu,
         "test": "not measured: the ModelNet40 test split was not available",
@@ -88,7 +97,7 @@ def main() -> None:
             "yaw_5_oa": rows["yaw"]["5"]["oa"] if "5" in rows.get("yaw", {}) else None,
             "yaw_5_macc": rows["yaw"]["5"]["macc"] if "5" in rows.get("yaw", {}) else None,
         }
-    (HERE / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_atomic(args.out_dir / f"{args.name}.json", json.dumps(card, indent=2) + "\n")
     print(f"wrote {out} ({card['bytes']:,} bytes) and {args.name}.json: val OA {100 * card['val_oa']:.2f} %")
 
 

@@ -1,7 +1,9 @@
-"""scripts/train_robust.sh: the shipped weights' four segments from one command, resumable."""
+"""scripts/train_robust.sh: the shipped weights' four segments from one command, resumable;
+scripts/ship_weights.py: a run's chosen epoch into the shipped file and its card."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import SMALLEST
 
 from pcea.data import synth
+from pcea.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
@@ -107,3 +111,40 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
     result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", **env)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "calls.txt").exists()
+
+
+SHIP = ROOT / "scripts" / "ship_weights.py"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path, which):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
+    run = tmp_path / "run"
+    pcea = str(Path(sys.executable).with_name("pcea"))
+    train = subprocess.run([pcea, "train", "--data", str(data), "--out", str(run), "--epochs", "2",
+                            "--lr", "0.01", "--ema", "0.9", *_tiny_flags().split()],
+                           capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert load_checkpoint(run / "last.prev.pt")["epoch"] == 1
+    shutil.copy(run / "last.prev.pt", run / "best.pt")  # best.pt and last.pt hold different epochs
+    out = tmp_path / "shipped"
+    out.mkdir()
+    ship = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--half",
+                           "--checkpoint", which, "--out-dir", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ship.returncode == 0, ship.stderr[-3000:]
+    source = load_checkpoint(run / f"{which}.pt")
+    card = json.loads((out / "tiny.json").read_text())
+    assert card["epoch"] == source["epoch"] == {"best": 1, "last": 2}[which]
+    assert card["selection"] == source["protocol"]
+    assert card["val_oa"] == source["metrics"]["history"][source["epoch"] - 1]["val_oa"]
+    assert ("last epoch" in card["val_protocol"]) == (which == "last")
+    shipped = load_checkpoint(out / "tiny.pt")
+    assert card["sha256"] == hashlib.sha256((out / "tiny.pt").read_bytes()).hexdigest()
+    assert "optimizer" not in shipped and "rng" not in shipped  # only what inference needs
+    for key, value in source["model"].items():  # the averaged weights, stored in float16
+        if value.is_floating_point():
+            assert shipped["model"][key].dtype == torch.float16
+            assert torch.equal(shipped["model"][key], value.half())
+    assert {p.name for p in out.iterdir()} == {"tiny.pt", "tiny.json"}  # no temporary left behind
