@@ -84,7 +84,7 @@ def builtin_weights_lines() -> str:
                          f"{100 * suite['yaw_5_macc']:.2f} %; mean over the robustness suite "
                          f"{100 * suite['mean_oa']:.1f} % (docs/robustness.md)")
         lines.append(f"{pad}data: {card['data']}; recipe {card['recipe']}, "
-                     f"{card['epochs']} epochs, best epoch {card['epoch']}"
+                     f"{card['epochs']} epochs, shipped epoch {card['epoch']} ({card['selection']})"
                      + (f", started from {card['init']}" if card.get("init") else ""))
     return "\n".join(lines)
 

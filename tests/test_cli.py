@@ -28,6 +28,19 @@ def test_info_describes_a_model(capsys):
         assert stage in out
 
 
+def test_info_lists_the_builtin_weights_with_their_cards_figures(capsys):
+    from pcea.weights import BUILTIN, builtin_card
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in BUILTIN:
+        card = builtin_card(name)
+        assert f"  {name} " in out
+        assert f"val OA {100 * card['val_oa']:.2f} %, mAcc {100 * card['val_macc']:.2f} %" in out
+        # the epoch shipped and how it was chosen: best on val, or the last of the schedule
+        assert f"shipped epoch {card['epoch']} ({card['selection']})" in out
+
+
 def test_unknown_model_is_one_line_and_exit_1(capsys):
     assert main(["info", "--model", "pointnet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
