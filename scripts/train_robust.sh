@@ -14,8 +14,9 @@
 #   robust1   configs/modelnet40_robust.yaml    + any yaw about the up axis, 30 % of clouds occluded
 #   robust2   configs/modelnet40_robust.yaml    the same again, lr 3e-4 over 10 epochs
 #   wolfmix   configs/modelnet40_wolfmix.yaml   + PointWOLF and RSMix, an average of the weights
-# then `pcea eval RUNS/wolfmix --split val --corrupt all --out RUNS/suite`, and the command that
-# ships the result (not run here: shipping replaces the weights in git, a decision for a person).
+# then `pcea eval RUNS/wolfmix/last.pt --split val --corrupt all --out RUNS/suite` (the last epoch:
+# the averaged weights at the end of the schedule, what the shipped modelnet40 is), and the command
+# that ships it (not run here: shipping replaces the weights in git, a decision for a person).
 #
 # Environment (all optional):
 #   DATA      ModelNet40 in any layout pcea reads (default: $PCEA_DATA or datasets/, downloaded if absent)
@@ -96,8 +97,8 @@ if [ -f "$RUNS/suite/robustness.json" ]; then
     echo "== suite: $RUNS/suite/robustness.json is there already"
 else
     echo "== suite: $SUITE on the validation split"
-    run_pcea eval "$RUNS/wolfmix" --data "$DATA" --split val --corrupt "$SUITE" --out "$RUNS/suite"
+    run_pcea eval "$RUNS/wolfmix/last.pt" --data "$DATA" --split val --corrupt "$SUITE" --out "$RUNS/suite"
 fi
 
 echo "== done. To ship (replaces the weights in git; compare with docs/modelnet40.md first):"
-echo "   .venv/bin/python scripts/ship_weights.py $RUNS/wolfmix --name modelnet40 --recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json"
+echo "   .venv/bin/python scripts/ship_weights.py $RUNS/wolfmix --name modelnet40 --checkpoint last --recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json"

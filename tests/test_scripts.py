@@ -69,7 +69,7 @@ def test_four_segments_each_from_the_one_before_then_the_suite(tmp_path):
     assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
     suite = json.loads((runs / "suite" / "robustness.json").read_text())
     assert "jitter" in json.dumps(suite)
-    assert f"scripts/ship_weights.py {runs / 'wolfmix'} --name modelnet40" in first.stdout
+    assert f"scripts/ship_weights.py {runs / 'wolfmix'} --name modelnet40 --checkpoint last" in first.stdout
 
 
 def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
@@ -85,7 +85,7 @@ def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
     assert calls[2].endswith(f"--epochs 10 --init {runs / 'robust1'} --lr 0.0003 --threads 1")
     assert calls[3].startswith("train --config configs/modelnet40_wolfmix.yaml")
     assert calls[3].endswith(f"--epochs 20 --init {runs / 'robust2'} --threads 1")
-    assert calls[4] == (f"eval {runs / 'wolfmix'} --data synthetic --split val --corrupt all "
+    assert calls[4] == (f"eval {runs / 'wolfmix' / 'last.pt'} --data synthetic --split val --corrupt all "
                         f"--out {runs / 'suite'}")
 
 
