@@ -117,8 +117,7 @@ SHIP = ROOT / "scripts" / "ship_weights.py"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["best", "last"])
-def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path, which):
+def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
     run = tmp_path / "run"
     pcea = str(Path(sys.executable).with_name("pcea"))
@@ -128,23 +127,24 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path, which):
     assert train.returncode == 0, train.stderr[-3000:]
     assert load_checkpoint(run / "last.prev.pt")["epoch"] == 1
     shutil.copy(run / "last.prev.pt", run / "best.pt")  # best.pt and last.pt hold different epochs
-    out = tmp_path / "shipped"
-    out.mkdir()
-    ship = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--half",
-                           "--checkpoint", which, "--out-dir", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert ship.returncode == 0, ship.stderr[-3000:]
-    source = load_checkpoint(run / f"{which}.pt")
-    card = json.loads((out / "tiny.json").read_text())
-    assert card["epoch"] == source["epoch"] == {"best": 1, "last": 2}[which]
-    assert card["selection"] == source["protocol"]
-    assert card["val_oa"] == source["metrics"]["history"][source["epoch"] - 1]["val_oa"]
-    assert ("last epoch" in card["val_protocol"]) == (which == "last")
-    shipped = load_checkpoint(out / "tiny.pt")
-    assert card["sha256"] == hashlib.sha256((out / "tiny.pt").read_bytes()).hexdigest()
-    assert "optimizer" not in shipped and "rng" not in shipped  # only what inference needs
-    for key, value in source["model"].items():  # the averaged weights, stored in float16
-        if value.is_floating_point():
-            assert shipped["model"][key].dtype == torch.float16
-            assert torch.equal(shipped["model"][key], value.half())
-    assert {p.name for p in out.iterdir()} == {"tiny.pt", "tiny.json"}  # no temporary left behind
+    for which in ("best", "last"):  # one run, shipped both ways
+        out = tmp_path / f"shipped-{which}"
+        out.mkdir()
+        ship = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--half",
+                               "--checkpoint", which, "--out-dir", str(out)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert ship.returncode == 0, ship.stderr[-3000:]
+        source = load_checkpoint(run / f"{which}.pt")
+        card = json.loads((out / "tiny.json").read_text())
+        assert card["epoch"] == source["epoch"] == {"best": 1, "last": 2}[which]
+        assert card["selection"] == source["protocol"]
+        assert card["val_oa"] == source["metrics"]["history"][source["epoch"] - 1]["val_oa"]
+        assert ("last epoch" in card["val_protocol"]) == (which == "last")
+        shipped = load_checkpoint(out / "tiny.pt")
+        assert card["sha256"] == hashlib.sha256((out / "tiny.pt").read_bytes()).hexdigest()
+        assert "optimizer" not in shipped and "rng" not in shipped  # only what inference needs
+        for key, value in source["model"].items():  # the averaged weights, stored in float16
+            if value.is_floating_point():
+                assert shipped["model"][key].dtype == torch.float16
+                assert torch.equal(shipped["model"][key], value.half())
+        assert {p.name for p in out.iterdir()} == {"tiny.pt", "tiny.json"}  # no temporary left behind
