@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -45,7 +45,8 @@ from pcea.model import build_model
 from pcea.precision import use_amp
 from pcea.runtime import keep_freed_memory
 
-__all__ = ["Run", "build_run", "forward", "init_weights", "resume_config", "train_transform", "warmup_cosine"]
+__all__ = ["Run", "build_run", "ema_update", "forward", "init_weights", "resume_config", "train_transform",
+           "warmup_cosine"]
 
 
 class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's state saves)
@@ -298,11 +299,38 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
 
 
 def _ema(config: TrainConfig, model: nn.Module) -> AveragedModel | None:
-    """``--ema``: torch's exponential moving average of ``model``, its BatchNorm statistics included,
-    or None when off. Built from the plain module, before DDP or torch.compile wrap it."""
+    """``--ema``: an exponential moving average of ``model``, its BatchNorm statistics included
+    (:func:`ema_update`), or None when off. Built from the plain module, before DDP or
+    torch.compile wrap it."""
     if config.ema == 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True).eval()
+    return AveragedModel(model, multi_avg_fn=ema_update(config.ema), use_buffers=True).eval()
+
+
+def ema_update(decay: float) -> Callable:
+    """The update of ``--ema`` for :class:`AveragedModel`: after step t the average is
+
+        w_ema(t) = sum_s decay^(t-s) w(s) / sum_s decay^(t-s)      (s = 1 .. t)
+
+    the exponential average of the states seen so far, normalised by the weight they have had
+    (Adam's bias correction): w_ema(t) = lerp(w_ema(t-1), w(t), (1 - decay) / (1 - decay^t)).
+    torch's ``get_ema_multi_avg_fn`` uses 1 - decay throughout, which keeps decay^t of the first
+    step's state in the average: nothing for long runs, but from random weights the first step's
+    BatchNorm statistics (variance near its initial 1, against ~0.05 once trained) stayed 11 % of
+    the average after 4 ModelNet40 epochs at decay 0.998, and the averaged model predicted one class
+    (val OA 1.6 %, against 81.5 % for the same averaged weights with their statistics recomputed).
+    Integer buffers (BatchNorm's batch count) take the model's value."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        # AveragedModel copies the first state itself and calls this from the second (t = n_averaged + 1).
+        t = int(n_averaged) + 1
+        weight = (1 - decay) / (1 - decay**t)
+        for ema, value in zip(averaged, current, strict=True):
+            if ema.is_floating_point():
+                ema.lerp_(value, weight)
+            else:
+                ema.copy_(value)
+    return update
 
 
 def _restore(run: Run, payload: dict, path: Path) -> None:

@@ -7,11 +7,14 @@ import json
 import pytest
 import torch
 from engine_tiny import tiny_config
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.swa_utils import AveragedModel
 
 import pcea.engine.train as train_module
 from pcea.cli import main
 from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcea.engine.run import ema_update
 from pcea.engine.train import Trainer, train
 from pcea.errors import PceaError, PceaFileError
 
@@ -49,11 +52,10 @@ def test_best_pt_holds_the_average_and_training_is_what_it_was_without_it(tiny_h
     states = _trained_with_every_step_recorded(config, tmp_path / "ema", monkeypatch)
     assert len(states) == 2 * 4  # 2 epochs of 36 training clouds in batches of 8
 
-    # The average by hand: the first step's weights, then w_ema <- decay w_ema + (1 - decay) w.
-    expected = dict(states[0])
-    for state in states[1:]:
-        expected = {key: decay * expected[key] + (1 - decay) * value if value.is_floating_point() else value
-                    for key, value in state.items()}
+    # The average by hand: every step's state weighted by decay^(steps after it), normalised.
+    weights = [decay ** (len(states) - 1 - s) for s in range(len(states))]
+    expected = {key: sum(w * state[key] for w, state in zip(weights, states, strict=True)) / sum(weights)
+                if value.is_floating_point() else value for key, value in states[-1].items()}
     best, last = load_checkpoint(tmp_path / "ema" / "best.pt"), load_checkpoint(tmp_path / "ema" / "last.pt")
     floats = [key for key, value in expected.items() if value.is_floating_point()]
     assert any("running_var" in key for key in floats)  # BatchNorm statistics are averaged too
@@ -82,6 +84,21 @@ def test_best_pt_holds_the_average_and_training_is_what_it_was_without_it(tiny_h
     report = json.loads(capsys.readouterr().out)
     assert report["results"]["single_pass"]["overall_accuracy"] == pytest.approx(
         last["metrics"]["history"][-1]["val_oa"])
+
+
+def test_the_average_forgets_the_first_state_as_fast_as_any_other():
+    # From random weights the first step's state is the worst one; torch's plain EMA keeps decay^t of
+    # it (at 0.998 after 4 ModelNet40 epochs, 11 % of BatchNorm variances near 1: one class predicted).
+    averaged = AveragedModel(nn.Linear(1, 1, bias=False), multi_avg_fn=ema_update(0.99), use_buffers=True)
+    source = nn.Linear(1, 1, bias=False)
+    values = [100.0] + [1.0] * 499                    # one outlying first state, then a constant
+    for value in values:
+        source.weight.data.fill_(value)
+        averaged.update_parameters(source)
+    weights = [0.99 ** (len(values) - 1 - s) for s in range(len(values))]
+    expected = sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+    assert averaged.module.weight.item() == pytest.approx(expected, rel=1e-5)
+    assert averaged.module.weight.item() < 1.01  # 1.0066; the plain EMA's 1 + 99 * 0.99^499 is 1.66
 
 
 def test_resume_refuses_to_add_ema_and_an_older_last_pt_resumes_without_it(tiny_h5, tmp_path):
