@@ -10,7 +10,9 @@
 #   DEADLINE=540 scripts/train_robust.sh                 # stop cleanly after 540 s (run again to go on)
 #
 # Segments (configs/ holds each recipe; flags here override only data, start weights and epochs):
-#   aligned   configs/modelnet40_cpu.yaml       random start, PCT's augmentation (`modelnet40-aligned`)
+#   aligned   configs/modelnet40_cpu.yaml       random start, PCT's augmentation (segment 0; the
+#                                               recipe has averaged the weights and balanced the
+#                                               classes since segment 0 was trained)
 #   robust1   configs/modelnet40_robust.yaml    + any yaw about the up axis, 30 % of clouds occluded
 #   robust2   configs/modelnet40_robust.yaml    the same again, lr 3e-4 over 10 epochs
 #   wolfmix   configs/modelnet40_wolfmix.yaml   + PointWOLF and RSMix, an average of the weights
