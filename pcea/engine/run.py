@@ -322,14 +322,13 @@ def ema_update(decay: float) -> Callable:
     Integer buffers (BatchNorm's batch count) take the model's value."""
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        # AveragedModel copies the first state itself and calls this from the second (t = n_averaged + 1).
+        # AveragedModel copies the first state itself and calls this from the second (t = n_averaged + 1),
+        # once per group of tensors of one device and dtype: one fused update each, as torch's own EMA.
         t = int(n_averaged) + 1
-        weight = (1 - decay) / (1 - decay**t)
-        for ema, value in zip(averaged, current, strict=True):
-            if ema.is_floating_point():
-                ema.lerp_(value, weight)
-            else:
-                ema.copy_(value)
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, (1 - decay) / (1 - decay**t))
+        else:
+            torch._foreach_copy_(averaged, current)
     return update
 
 
