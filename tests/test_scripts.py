@@ -1,4 +1,4 @@
-"""scripts/train_robust.sh: the shipped weights' four segments from one command, resumable;
+"""scripts/train_robust.sh: the shipped weights' five segments from one command, resumable;
 scripts/ship_weights.py: a run's chosen epoch into the shipped file and its card."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pcea.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
-SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix")
+SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix", "balanced")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -52,9 +52,9 @@ def _recorder(tmp_path: Path, body: str = "") -> str:
 
 
 @pytest.mark.slow
-def test_four_segments_each_from_the_one_before_then_the_suite(tmp_path):
+def test_five_segments_each_from_the_one_before_then_the_suite(tmp_path):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
-    env = dict(DATA=str(data), EPOCHS="1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
+    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
     pcea = str(Path(sys.executable).with_name("pcea"))
     first = _script(tmp_path, pcea, **env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -66,10 +66,13 @@ def test_four_segments_each_from_the_one_before_then_the_suite(tmp_path):
         if previous:  # each segment starts from the weights of the one before
             assert f"init: {runs / previous}\n" in config
     assert "wolf: 0.5\n" in (runs / "wolfmix" / "config.yaml").read_text()
+    balanced = (runs / "balanced" / "config.yaml").read_text()
+    assert "wolf: 0.5\n" in balanced and "occlusion: 0.5\n" in balanced and "balanced: true\n" in balanced
     assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
     suite = json.loads((runs / "suite" / "robustness.json").read_text())
     assert "jitter" in json.dumps(suite)
-    assert f"scripts/ship_weights.py {runs / 'wolfmix'} --name modelnet40 --checkpoint last" in first.stdout
+    assert Path(suite["checkpoint"]).resolve() == (runs / "balanced" / "last.pt").resolve()
+    assert f"scripts/ship_weights.py {runs / 'balanced'} --name modelnet40 --checkpoint last" in first.stdout
 
 
 def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
@@ -85,9 +88,44 @@ def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
     assert calls[2].endswith(f"--epochs 10 --init {runs / 'robust1'} --lr 0.0003 --threads 1")
     assert calls[3].startswith("train --config configs/modelnet40_wolfmix.yaml")
     assert calls[3].endswith(f"--epochs 20 --init {runs / 'robust2'} --threads 1")
-    assert calls[4] == (f"eval {runs / 'wolfmix' / 'last.pt'} --data synthetic --split val --corrupt all "
+    assert calls[4] == (f"train --config configs/modelnet40_wolfmix.yaml --data synthetic "
+                        f"--out {runs / 'balanced'} --epochs 18 --init {runs / 'wolfmix'} "
+                        f"--occlusion 0.5 --balanced --threads 1")
+    assert calls[5] == (f"eval {runs / 'balanced' / 'last.pt'} --data synthetic --split val --corrupt all "
                         f"--out {runs / 'suite'}")
+    assert len(calls) == 6
+    assert f"scripts/ship_weights.py {runs / 'balanced'} --name modelnet40" in result.stdout
 
+
+def test_a_four_segment_runs_goes_on_with_balanced_and_a_new_suite(tmp_path):
+    # RUNS as the four-segment script left it: wolfmix done, its suite measured on wolfmix/last.pt.
+    runs = tmp_path / "runs"
+    for name in SEGMENTS[:-1]:
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text("epochs: 1\n")
+    (runs / "suite").mkdir()
+    (runs / "suite" / "robustness.json").write_text("{}\n")
+    os.utime(runs / "suite" / "robustness.json", (time.time() - 3600,) * 2)
+    # The stand-in leaves a last.pt in each --out it is given, as pcea train does.
+    pcea = _recorder(tmp_path, 'args=("$@")\nfor i in "${!args[@]}"; do\n'
+                               '  [ "${args[$i]}" = --out ] && mkdir -p "${args[$((i + 1))]}" && '
+                               'touch "${args[$((i + 1))]}/last.pt"\ndone\ntrue')
+    result = _script(tmp_path, pcea, DATA="synthetic")
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[:4] == [f"train --resume {runs / name}" for name in SEGMENTS[:-1]]
+    assert calls[4].startswith("train --config configs/modelnet40_wolfmix.yaml")
+    assert calls[4].endswith(f"--init {runs / 'wolfmix'} --occlusion 0.5 --balanced")
+    assert calls[5].startswith(f"eval {runs / 'balanced' / 'last.pt'} ")  # wolfmix's suite is stale
+    assert len(calls) == 6
+    # Once the suite is newer than balanced/last.pt, a rerun leaves it be.
+    os.utime(runs / "suite" / "robustness.json", (time.time() + 60,) * 2)
+    (tmp_path / "calls.txt").unlink()
+    again = _script(tmp_path, pcea, DATA="synthetic")
+    assert again.returncode == 0, again.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls == [f"train --resume {runs / name}" for name in SEGMENTS]
+    assert "robustness.json is there already" in again.stdout
 
 def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
     # The stand-in exits 143 on SIGTERM, as pcea train does after keeping its last epoch.
@@ -102,9 +140,10 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 2 10"), "EPOCHS must be four whole numbers"),
-    (dict(EPOCHS="13 2 x 20"), "EPOCHS must be four whole numbers"),
-    (dict(EPOCHS="13 0 10 20"), "EPOCHS must be four whole numbers"),
+    (dict(EPOCHS="13 2 10 20"), "EPOCHS must be five whole numbers"),  # the four-segment setting
+    (dict(EPOCHS="13 2 10 20 18 5"), "EPOCHS must be five whole numbers"),
+    (dict(EPOCHS="13 2 x 20 18"), "EPOCHS must be five whole numbers"),
+    (dict(EPOCHS="13 0 10 20 18"), "EPOCHS must be five whole numbers"),
     (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
