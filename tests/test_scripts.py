@@ -107,9 +107,10 @@ def test_a_four_segment_runs_goes_on_with_balanced_and_a_new_suite(tmp_path):
     (runs / "suite" / "robustness.json").write_text("{}\n")
     os.utime(runs / "suite" / "robustness.json", (time.time() - 3600,) * 2)
     # The stand-in leaves a last.pt in each --out it is given, as pcea train does.
-    pcea = _recorder(tmp_path, 'args=("$@")\nfor i in "${!args[@]}"; do\n'
-                               '  [ "${args[$i]}" = --out ] && mkdir -p "${args[$((i + 1))]}" && '
-                               'touch "${args[$((i + 1))]}/last.pt"\ndone\ntrue')
+    pcea = _recorder(tmp_path, 'while [ $# -gt 0 ]; do\n'
+                               '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
+                               '  shift\n'
+                               'done')
     result = _script(tmp_path, pcea, DATA="synthetic")
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
@@ -126,6 +127,7 @@ def test_a_four_segment_runs_goes_on_with_balanced_and_a_new_suite(tmp_path):
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert calls == [f"train --resume {runs / name}" for name in SEGMENTS]
     assert "robustness.json is there already" in again.stdout
+
 
 def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
     # The stand-in exits 143 on SIGTERM, as pcea train does after keeping its last epoch.
