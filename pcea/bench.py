@@ -1,4 +1,4 @@
-"""``pcea bench``: throughput and memory of the models, the attention layers and the point ops.
+"""``pcea bench``: throughput and memory of the models, attention layers, point ops and trained weights.
 
 Every figure is the median of ``repeats`` timed runs after ``warmup`` untimed
 ones. Each model or attention setting runs in a fresh child process (unless
@@ -36,12 +36,14 @@ from pcea.layers import ExternalAttention, OffsetAttention, OffsetBlock, SelfAtt
 from pcea.model import build_model
 from pcea.precision import autocast
 from pcea.runtime import describe_allocator
+from pcea.weights import BUILTIN, is_builtin
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "machine_info"]
 
 MODELS = ("pcea", "pct", "pct-sa")
 ATTENTION = ("external", "offset", "self")
 REFERENCE = "reference"  # the ReferencePCT baseline's name in the results
+SECTIONS = ("models", "attention", "ops", "weights")
 PRECISIONS = ("fp32", "bf16")  # bf16: the forward under torch.autocast(dtype=torch.bfloat16)
 _RESULT_TAG = "PCEA_BENCH_RESULT "
 
@@ -67,7 +69,8 @@ class BenchConfig:
     precision: Sequence[str] = ("fp32",)  # "fp32" and/or "bf16" (autocast) for the models
     train: bool = True
     isolate: bool = True
-    sections: Sequence[str] = field(default=("models", "attention", "ops"))
+    sections: Sequence[str] = field(default=("models", "attention", "ops"))  # and/or "weights"
+    weights: Sequence[str] = BUILTIN  # the "weights" section: built-in names or checkpoint files
 
     def validate(self) -> None:
         unknown = [m for m in self.models if m not in MODELS]
@@ -88,9 +91,14 @@ class BenchConfig:
         unknown = [p for p in self.precision if p not in PRECISIONS]
         if unknown or not self.precision:
             raise PceaError(f"unknown precision(s) {', '.join(unknown) or '(none)'}; choose from fp32, bf16")
-        unknown = [name for name in self.sections if name not in ("models", "attention", "ops")]
+        unknown = [name for name in self.sections if name not in SECTIONS]
         if unknown:
-            raise PceaError(f"unknown section(s) {', '.join(unknown)}; choose from models, attention, ops")
+            raise PceaError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        if "weights" in self.sections:
+            missing = [w for w in self.weights if not is_builtin(w) and not os.path.exists(w)]
+            if missing or not self.weights:
+                raise PceaError(f"no such weights {', '.join(missing) or '(none)'}: give built-in names "
+                                f"({', '.join(BUILTIN)}) or checkpoint files")
         for b, n, m in self.fps:
             if not 1 <= m <= n or b < 1:
                 raise PceaError(f"FPS setting {b}x{n}:{m} needs 1 <= m <= N")
@@ -271,6 +279,31 @@ def measure_model(case: dict) -> dict:
     return row
 
 
+def measure_weights(case: dict) -> dict:
+    """Inference of trained weights as ``pcea classify`` and :func:`pcea.load_model` run them:
+    accelerated, on a batch of random clouds of the size on their card (``config.num_points``).
+
+    Their cost is the figure to weigh against their accuracy: two weights of the same
+    preset differ in speed only through the input size and the centre counts they were trained with.
+    """
+    from pcea.api import load_model  # pcea.api imports the engine: only in the child that needs it
+
+    device, batch = case["device"], case["batch_size"]
+    precision = case.get("precision", "fp32")
+    model = load_model(case["weights"], device=device)
+    num_points = model.config.num_points
+    torch.manual_seed(0)
+    points = torch.randn(batch, num_points, 3, device=device)  # (B, N, 3)
+    with torch.no_grad(), autocast(device, precision == "bf16"):
+        seconds, peak, cpu = _timed(lambda: model(points), repeats=case["repeats"], warmup=case["warmup"],
+                                    device=device)
+    return {"weights": case["weights"], "attention": model.config.attention, "precision": precision,
+            "batch_size": batch, "points": num_points, "centers": list(model.config.centers),
+            "infer_ms": seconds * 1e3, "ms_per_cloud": seconds * 1e3 / batch,
+            "infer_clouds_s": batch / seconds,
+            "infer_peak_mb": peak, "infer_user_ms": cpu[0] * 1e3, "infer_sys_ms": cpu[1] * 1e3}
+
+
 def measure_interleaved(case: dict) -> dict:
     """Each model against the reference in one process, calls alternating A, B, A, B.
 
@@ -401,7 +434,8 @@ def measure_ops(config: BenchConfig) -> list[dict]:
     return rows
 
 
-_MEASURE = {"model": measure_model, "attention": measure_attention, "interleaved": measure_interleaved}
+_MEASURE = {"model": measure_model, "attention": measure_attention, "interleaved": measure_interleaved,
+            "weights": measure_weights}
 
 
 def _run_case(case: dict, isolate: bool) -> dict:
@@ -451,6 +485,9 @@ def run_bench(config: BenchConfig) -> dict:
         cases += [{"kind": "attention", "attention": kind, "points": n,
                    "attention_batch": config.attention_batch, "attention_dim": config.attention_dim,
                    **common} for n in config.points for kind in config.attention]
+    if "weights" in config.sections:
+        cases += [{"kind": "weights", "weights": str(w), "batch_size": config.batch_size, "precision": p,
+                   **common} for w in config.weights for p in config.precision]
     runs: list[list[dict]] = [[] for _ in cases]
     for _ in range(config.rounds):
         for i, case in enumerate(cases):
@@ -463,6 +500,7 @@ def run_bench(config: BenchConfig) -> dict:
         "interleaved": [row for r, c in zip(rows, cases, strict=True) if c["kind"] == "interleaved"
                         for row in r["rows"]],
         "attention": [r for r, c in zip(rows, cases, strict=True) if c["kind"] == "attention"],
+        "weights": [r for r, c in zip(rows, cases, strict=True) if c["kind"] == "weights"],
         "ops": measure_ops(config) if "ops" in config.sections else [],
     }
     return result
@@ -512,6 +550,19 @@ def format_report(result: dict) -> str:
         for r in result["attention"]:
             lines.append(f"{r['attention']:<10}{r['batch_size']:>4}{r['tokens']:>8}"
                          f"{_fmt(r['ms']):>10}{_fmt(r['extra_mb'], '.0f'):>10}")
+    if result.get("weights"):
+        first = result["weights"][0]
+        width = max(10, *(len(r["weights"]) + 2 for r in result["weights"]))
+        lines += ["", "trained weights as pcea classify runs them (accelerated, at the input size on their "
+                  f"card): ms per cloud (median); cost relative to {first['weights']}",
+                  f"{'weights':<{width}}{'prec':<6}{'B':>4}{'N':>6}{'centres':>10}{'ms/cloud':>10}{'clouds/s':>10}"
+                  f"{'cost':>7}{'MB':>7}"]
+        for r in result["weights"]:
+            lines.append(
+                f"{r['weights']:<{width}}{r['precision']:<6}{r['batch_size']:>4}{r['points']:>6}"
+                f"{'/'.join(map(str, r['centers'])):>10}{_fmt(r['ms_per_cloud'], '.2f'):>10}"
+                f"{_fmt(r['infer_clouds_s']):>10}{r['ms_per_cloud'] / first['ms_per_cloud']:>6.2f}x"
+                f"{_fmt(r['infer_peak_mb'], '.0f'):>7}")
     if result["ops"]:
         lines += ["", "point ops: ms (median); compiled kernel, plain torch, torch-quickfps if installed",
                   f"{'op':<5}{'setting':<26}{'fast ms':>9}{'torch ms':>10}{'speed-up':>10}{'quickfps':>10}"]

@@ -578,8 +578,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", type=_csv(str), default=["fp32"],
                    help="fp32 and/or bf16 (autocast) for the models, e.g. fp32,bf16 (default fp32)")
     p.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
-    p.add_argument("--only", type=_csv(str), default=["models", "attention", "ops"],
-                   help="sections to run: models,attention,ops")
+    p.add_argument("--only", type=_csv(str), default=None,
+                   help="sections to run: models,attention,ops,weights (default: all but weights)")
+    p.add_argument("--weights", type=_csv(str), default=None,
+                   help="the weights section: built-in names or checkpoint files, timed at the input size on "
+                        "their card (default: every built-in; without --only, implies --only weights)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="measure in this process instead of one child process per setting")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (scripts/plot_bench.py)")
@@ -601,8 +604,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models=args.model, batch_size=args.batch_size, points=args.points, attention=args.attention,
         attention_batch=args.attention_batch, fps=args.fps, device=args.device, threads=args.threads,
         repeats=args.repeats, warmup=args.warmup, rounds=args.rounds, reference=args.reference,
-        precision=args.precision, train=args.train, isolate=args.isolate, sections=args.only,
+        precision=args.precision, train=args.train, isolate=args.isolate,
+        sections=args.only or (["weights"] if args.weights is not None else ["models", "attention", "ops"]),
     )
+    if args.weights is not None:
+        config.weights = args.weights
     result = run_bench(config)
     result["command"] = "pcea " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pcea bench"
     print(format_report(result))

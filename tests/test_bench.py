@@ -89,12 +89,33 @@ def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
         (["bench", "--points", "128"], "at least 512 points"),
         (["bench", "--fps", "2x64:100"], "1 <= m <= N"),
         (["bench", "--only", "model"], "unknown section"),
+        (["bench", "--weights", "no-such-weights"], "no such weights no-such-weights"),
     ],
 )
 def test_bench_user_mistakes_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("pcea: error:") and message in err and err.count("\n") == 1
+
+
+def test_cli_bench_weights_times_each_at_its_cards_size(tiny_checkpoint, tmp_path, capsys):
+    """--weights alone runs only the weights section, each model at the input size it was trained with."""
+    out = tmp_path / "weights.json"
+    names = ["modelnet40", "modelnet40-aligned", str(tiny_checkpoint)]
+    assert main(["bench", "--weights", ",".join(names), "--batch-size", "1", "--repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--no-isolate", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["models"] == [] and result["attention"] == [] and result["ops"] == []
+    rows = result["weights"]
+    assert [row["weights"] for row in rows] == names
+    for row, name in zip(rows[:2], names[:2], strict=True):
+        card = pcea.weights.builtin_card(name)
+        assert row["points"] == card["num_points"]  # 512 and 1024: the size, not --points
+        positive(row, ["ms_per_cloud", "infer_clouds_s", "infer_peak_mb"])
+    assert rows[2]["points"] == pcea.load_model(tiny_checkpoint).config.num_points
+    report = capsys.readouterr().out
+    assert "cost relative to modelnet40" in report and "1.00x" in report
+    assert str(tiny_checkpoint) + " " in report  # a long name keeps its column
 
 
 def test_bench_usage_error_exits_2():
