@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pcea import ops
+from pcea.api import load_model
 from pcea.atomic import write_atomic
 from pcea.bench_reference import ReferencePCT
 from pcea.engine.distributed import resolve_device
@@ -286,8 +287,6 @@ def measure_weights(case: dict) -> dict:
     Their cost is the figure to weigh against their accuracy: two weights of the same
     preset differ in speed only through the input size and the centre counts they were trained with.
     """
-    from pcea.api import load_model  # pcea.api imports the engine: only in the child that needs it
-
     device, batch = case["device"], case["batch_size"]
     precision = case.get("precision", "fp32")
     model = load_model(case["weights"], device=device)
