@@ -93,8 +93,9 @@ class BenchConfig:
         if unknown or not self.precision:
             raise PceaError(f"unknown precision(s) {', '.join(unknown) or '(none)'}; choose from fp32, bf16")
         unknown = [name for name in self.sections if name not in SECTIONS]
-        if unknown:
-            raise PceaError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        if unknown or not self.sections:
+            raise PceaError(f"unknown section(s) {', '.join(unknown) or '(none)'}; "
+                            f"choose from {', '.join(SECTIONS)}")
         if "weights" in self.sections:
             missing = [w for w in self.weights if not is_builtin(w) and not os.path.exists(w)]
             if missing or not self.weights:

@@ -594,21 +594,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from pcea.atomic import check_destination
     from pcea.bench import BenchConfig, format_report, run_bench, write_json
-    from pcea.errors import PceaFileError
+    from pcea.errors import PceaError, PceaFileError
 
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise PceaFileError(args.json, "its directory does not exist")  # say so before a long run
     if args.json:
         check_destination(args.json)  # a device or a FIFO: refused now, not after the run
+    chosen = {}  # only what the command line says; BenchConfig holds the defaults
+    if args.only is not None:
+        chosen["sections"] = args.only
+    elif args.weights is not None:
+        chosen["sections"] = ["weights"]  # --weights alone asks for that section
+    if args.weights is not None:
+        if "weights" not in chosen["sections"]:  # asked for, then silently not timed: refuse
+            raise PceaError(f"--weights needs the weights section: add it to --only "
+                            f"(--only {','.join([*chosen['sections'], 'weights'])})")
+        chosen["weights"] = args.weights
     config = BenchConfig(
         models=args.model, batch_size=args.batch_size, points=args.points, attention=args.attention,
         attention_batch=args.attention_batch, fps=args.fps, device=args.device, threads=args.threads,
         repeats=args.repeats, warmup=args.warmup, rounds=args.rounds, reference=args.reference,
-        precision=args.precision, train=args.train, isolate=args.isolate,
-        sections=args.only or (["weights"] if args.weights is not None else ["models", "attention", "ops"]),
+        precision=args.precision, train=args.train, isolate=args.isolate, **chosen,
     )
-    if args.weights is not None:
-        config.weights = args.weights
     result = run_bench(config)
     result["command"] = "pcea " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "pcea bench"
     print(format_report(result))

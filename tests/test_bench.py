@@ -90,6 +90,8 @@ def test_cli_bench_isolated_child_writes_json(tmp_path, capsys):
         (["bench", "--fps", "2x64:100"], "1 <= m <= N"),
         (["bench", "--only", "model"], "unknown section"),
         (["bench", "--weights", "no-such-weights"], "no such weights no-such-weights"),
+        (["bench", "--only", ""], "unknown section(s) (none)"),  # not the defaults, silently
+        (["bench", "--only", "models", "--weights", "modelnet40"], "--only models,weights"),
     ],
 )
 def test_bench_user_mistakes_are_one_line_errors(argv, message, capsys):
