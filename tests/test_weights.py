@@ -54,6 +54,8 @@ def test_the_card_describes_the_file(name):
     assert "val" in card["val_protocol"] and "test" in card["test"]
     assert 0 < card["robustness"]["yaw_5_oa"] <= 1 and 0 < card["robustness"]["mean_oa"] <= 1
     assert "/shared/" not in json.dumps(card)                      # no path of the project's machines
+    assert "CPU family" in card["cpu"]                             # figures carry their machine
+    assert card.get("init") != name   # the weights it started from, not the name this file now holds
 
 
 def test_the_default_weights_are_the_yaw_robust_ones():
