@@ -1,6 +1,6 @@
 """Turn a finished run's best.pt into the weights that ship with pcea (pcea/weights/NAME.pt + NAME.json).
 
-    python scripts/ship_weights.py runs/modelnet40_cpu [--name modelnet40] [--cpu "AMD EPYC (family 23)"]
+    python scripts/ship_weights.py runs/modelnet40_cpu --cpu "AMD EPYC (family 23)" [--name modelnet40]
         [--recipe configs/modelnet40_robust.yaml] [--half] [--robustness DIR/robustness.json]
         [--checkpoint last]
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="modelnet40")
-    parser.add_argument("--cpu", default=None, help="the training machine, for the card")
+    parser.add_argument("--cpu", default=None, help="the training machine, for the card (required)")
     parser.add_argument("--recipe", default="configs/modelnet40_cpu.yaml", help="the recipe, for the card")
     parser.add_argument("--half", action="store_true", help="store the floating-point tensors as float16")
     parser.add_argument("--robustness", type=Path, help="robustness.json of pcea eval --corrupt on the file")
@@ -44,6 +44,11 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where NAME.pt and NAME.json go")
     args = parser.parse_args()
     payload = load_checkpoint(args.run / f"{args.checkpoint}.pt")
+    if not args.cpu:  # a card without its machine cannot be compared with any other figure
+        parser.error("give --cpu: the training machine with lscpu's CPU family, for the card")
+    if payload["train_config"].get("init") == args.name and not args.init_as:
+        parser.error(f"the run started from the {args.name} this file replaces; "
+                     f"describe those weights with --init-as for the card")
     results = json.loads((args.run / "results.json").read_text())
     shipped = {key: payload[key] for key in KEEP if key in payload}
     if args.half:

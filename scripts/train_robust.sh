@@ -107,5 +107,8 @@ else
     run_pcea eval "$RUNS/balanced/last.pt" --data "$DATA" --split val --corrupt "$SUITE" --out "$RUNS/suite"
 fi
 
+# the card names the machine (ship_weights.py asks for it): lscpu's model name and CPU family
+CPU_DESC=$( (lscpu 2>/dev/null || true) | awk -F': *' '/^Model name/ {m = $2} /^CPU family/ {f = $2}
+                                           END {if (m != "") print m ", CPU family " f}')
 echo "== done. To ship (replaces the weights in git; compare with docs/modelnet40.md first):"
-echo "   .venv/bin/python scripts/ship_weights.py $RUNS/balanced --name modelnet40 --checkpoint last --recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json"
+echo "   .venv/bin/python scripts/ship_weights.py $RUNS/balanced --name modelnet40 --checkpoint last --recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json --cpu \"${CPU_DESC:-THIS MACHINE, lscpu CPU family}\""

@@ -172,7 +172,7 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
         out = tmp_path / f"shipped-{which}"
         out.mkdir()
         ship = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--half",
-                               "--checkpoint", which, "--out-dir", str(out)],
+                               "--checkpoint", which, "--out-dir", str(out), "--cpu", "test machine"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert ship.returncode == 0, ship.stderr[-3000:]
         source = load_checkpoint(run / f"{which}.pt")
@@ -189,3 +189,8 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
                 assert shipped["model"][key].dtype == torch.float16
                 assert torch.equal(shipped["model"][key], value.half())
         assert {p.name for p in out.iterdir()} == {"tiny.pt", "tiny.json"}  # no temporary left behind
+        assert card["cpu"] == "test machine"
+    refused = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--out-dir", str(tmp_path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--cpu" in refused.stderr  # a card must name its machine
+    assert not (tmp_path / "tiny.json").exists()
