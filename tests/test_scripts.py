@@ -190,7 +190,8 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
                 assert torch.equal(shipped["model"][key], value.half())
         assert {p.name for p in out.iterdir()} == {"tiny.pt", "tiny.json"}  # no temporary left behind
         assert card["cpu"] == "test machine"
-    refused = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--out-dir", str(tmp_path)],
+    refused = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny",
+                              "--out-dir", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--cpu" in refused.stderr  # a card must name its machine
     assert not (tmp_path / "tiny.json").exists()
