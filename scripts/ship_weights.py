@@ -1,8 +1,8 @@
-"""Turn a finished run's best.pt into the weights that ship with pcea (pcea/weights/NAME.pt + NAME.json).
+"""Turn a finished run's checkpoint into the weights that ship with pcea (pcea/weights/NAME.pt + NAME.json).
 
-    python scripts/ship_weights.py runs/modelnet40_cpu --cpu "AMD EPYC (family 23)" [--name modelnet40]
-        [--recipe configs/modelnet40_robust.yaml] [--half] [--robustness DIR/robustness.json]
-        [--checkpoint last]
+    python scripts/ship_weights.py runs/modelnet40_cpu --cpu "AMD EPYC 7B12, CPU family 23"
+        [--name modelnet40] [--recipe configs/modelnet40_robust.yaml] [--half]
+        [--robustness DIR/robustness.json] [--checkpoint last] [--init-as TEXT]
 
 The shipped file keeps what inference and the model card need (weights, model config,
 class names, frame, the training config and per-epoch metrics) and drops the optimiser,
@@ -24,17 +24,27 @@ from pathlib import Path
 
 from pcea.atomic import write_atomic
 from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcea.errors import PceaFileError
 from pcea.weights import HERE
 
 KEEP = ("model", "model_name", "model_config", "class_names", "train_config", "epoch", "metrics",
         "protocol", "up")
 
 
+def machine(text: str) -> str:
+    """--cpu's type: a card's figures compare with others only on the same kind of CPU."""
+    if "CPU family" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not name lscpu's CPU family, e.g. 'AMD EPYC 7B12, CPU family 23'")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="modelnet40")
-    parser.add_argument("--cpu", default=None, help="the training machine, for the card (required)")
+    parser.add_argument("--cpu", type=machine, required=True,
+                        help="the training machine with lscpu's CPU family, for the card")
     parser.add_argument("--recipe", default="configs/modelnet40_cpu.yaml", help="the recipe, for the card")
     parser.add_argument("--half", action="store_true", help="store the floating-point tensors as float16")
     parser.add_argument("--robustness", type=Path, help="robustness.json of pcea eval --corrupt on the file")
@@ -43,9 +53,10 @@ def main() -> None:
                         help="ship best.pt (the epoch selected on val) or last.pt (the last epoch)")
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where NAME.pt and NAME.json go")
     args = parser.parse_args()
-    payload = load_checkpoint(args.run / f"{args.checkpoint}.pt")
-    if not args.cpu:  # a card without its machine cannot be compared with any other figure
-        parser.error("give --cpu: the training machine with lscpu's CPU family, for the card")
+    try:
+        payload = load_checkpoint(args.run / f"{args.checkpoint}.pt")
+    except PceaFileError as err:
+        parser.error(str(err))
     if payload["train_config"].get("init") == args.name and not args.init_as:
         parser.error(f"the run started from the {args.name} this file replaces; "
                      f"describe those weights with --init-as for the card")

@@ -111,4 +111,4 @@ fi
 CPU_DESC=$( (lscpu 2>/dev/null || true) | awk -F': *' '/^Model name/ {m = $2} /^CPU family/ {f = $2}
                                            END {if (m != "") print m ", CPU family " f}')
 echo "== done. To ship (replaces the weights in git; compare with docs/modelnet40.md first):"
-echo "   .venv/bin/python scripts/ship_weights.py $RUNS/balanced --name modelnet40 --checkpoint last --recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json --cpu \"${CPU_DESC:-THIS MACHINE, lscpu CPU family}\""
+echo "   .venv/bin/python scripts/ship_weights.py $RUNS/balanced --name modelnet40 --checkpoint last --recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json --cpu \"${CPU_DESC:-FILL IN: this machine, with the family lscpu names}\""

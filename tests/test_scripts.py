@@ -172,7 +172,8 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
         out = tmp_path / f"shipped-{which}"
         out.mkdir()
         ship = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny", "--half",
-                               "--checkpoint", which, "--out-dir", str(out), "--cpu", "test machine"],
+                               "--checkpoint", which, "--out-dir", str(out),
+                               "--cpu", "test machine, CPU family 0"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert ship.returncode == 0, ship.stderr[-3000:]
         source = load_checkpoint(run / f"{which}.pt")
@@ -189,9 +190,20 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
                 assert shipped["model"][key].dtype == torch.float16
                 assert torch.equal(shipped["model"][key], value.half())
         assert {p.name for p in out.iterdir()} == {"tiny.pt", "tiny.json"}  # no temporary left behind
-        assert card["cpu"] == "test machine"
+        assert card["cpu"] == "test machine, CPU family 0"
+
+
+@pytest.mark.parametrize("flags, says", [
+    ([], "--cpu"),  # a card must name its machine ...
+    (["--cpu", ""], "CPU family"),  # ... with the family its figures compare within
+    (["--cpu", "my laptop"], "CPU family"),
+    (["--cpu", "x, CPU family 6"], "no-such-run"),  # a missing run: one line naming the file
+])
+def test_ship_weights_refuses_before_it_writes(tmp_path, flags, says):
+    run = tmp_path / "no-such-run"  # refusals about the command line come before any checkpoint is read
     refused = subprocess.run([sys.executable, str(SHIP), str(run), "--name", "tiny",
-                              "--out-dir", str(tmp_path)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "--cpu" in refused.stderr  # a card must name its machine
-    assert not (tmp_path / "tiny.json").exists()
+                              "--out-dir", str(tmp_path), *flags],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and says in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
