@@ -193,6 +193,7 @@ def test_ship_weights_writes_the_chosen_epoch_and_its_card(tmp_path):
         assert card["cpu"] == "test machine, CPU family 0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, says", [
     ([], "--cpu"),  # a card must name its machine ...
     (["--cpu", ""], "CPU family"),  # ... with the family its figures compare within
