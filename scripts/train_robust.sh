@@ -97,7 +97,8 @@ segment aligned configs/modelnet40_cpu.yaml "${EPOCH_LIST[0]}" ""
 segment robust1 configs/modelnet40_robust.yaml "${EPOCH_LIST[1]}" "$RUNS/aligned"
 segment robust2 configs/modelnet40_robust.yaml "${EPOCH_LIST[2]}" "$RUNS/robust1" --lr 0.0003
 segment wolfmix configs/modelnet40_wolfmix.yaml "${EPOCH_LIST[3]}" "$RUNS/robust2"
-segment balanced configs/modelnet40_wolfmix.yaml "${EPOCH_LIST[4]}" "$RUNS/wolfmix" --occlusion 0.5 --balanced
+# segment 4 started from segment 3's shipped weights, its last epoch (a run directory names best.pt)
+segment balanced configs/modelnet40_wolfmix.yaml "${EPOCH_LIST[4]}" "$RUNS/wolfmix/last.pt" --occlusion 0.5 --balanced
 
 # a suite older than balanced/last.pt (a four-segment RUNS: it measured wolfmix) is run again
 if [ -f "$RUNS/suite/robustness.json" ] && [ ! "$RUNS/balanced/last.pt" -nt "$RUNS/suite/robustness.json" ]; then

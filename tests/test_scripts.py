@@ -63,8 +63,9 @@ def test_five_segments_each_from_the_one_before_then_the_suite(tmp_path):
         assert json.loads((runs / name / "results.json").read_text())  # trained and finished
         config = (runs / name / "config.yaml").read_text()
         assert "epochs: 1\n" in config and "points: 64\n" in config
-        if previous:  # each segment starts from the weights of the one before
-            assert f"init: {runs / previous}\n" in config
+        if previous:  # each segment starts from the weights of the one before, as they shipped
+            start = runs / previous / "last.pt" if previous == "wolfmix" else runs / previous
+            assert f"init: {start}\n" in config
     assert "wolf: 0.5\n" in (runs / "wolfmix" / "config.yaml").read_text()
     balanced = (runs / "balanced" / "config.yaml").read_text()
     assert "wolf: 0.5\n" in balanced and "occlusion: 0.5\n" in balanced and "balanced: true\n" in balanced
@@ -89,7 +90,7 @@ def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
     assert calls[3].startswith("train --config configs/modelnet40_wolfmix.yaml")
     assert calls[3].endswith(f"--epochs 20 --init {runs / 'robust2'} --threads 1")
     assert calls[4] == (f"train --config configs/modelnet40_wolfmix.yaml --data synthetic "
-                        f"--out {runs / 'balanced'} --epochs 18 --init {runs / 'wolfmix'} "
+                        f"--out {runs / 'balanced'} --epochs 18 --init {runs / 'wolfmix' / 'last.pt'} "
                         f"--occlusion 0.5 --balanced --threads 1")
     assert calls[5] == (f"eval {runs / 'balanced' / 'last.pt'} --data synthetic --split val --corrupt all "
                         f"--out {runs / 'suite'}")
@@ -116,7 +117,7 @@ def test_a_four_segment_runs_goes_on_with_balanced_and_a_new_suite(tmp_path):
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert calls[:4] == [f"train --resume {runs / name}" for name in SEGMENTS[:-1]]
     assert calls[4].startswith("train --config configs/modelnet40_wolfmix.yaml")
-    assert calls[4].endswith(f"--init {runs / 'wolfmix'} --occlusion 0.5 --balanced")
+    assert calls[4].endswith(f"--init {runs / 'wolfmix' / 'last.pt'} --occlusion 0.5 --balanced")
     assert calls[5].startswith(f"eval {runs / 'balanced' / 'last.pt'} ")  # wolfmix's suite is stale
     assert len(calls) == 6
     # Once the suite is newer than balanced/last.pt, a rerun leaves it be.
