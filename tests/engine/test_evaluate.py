@@ -201,10 +201,10 @@ def test_builtin_weights_without_data_use_the_download_location_or_ask(tmp_path,
     assert len(err.splitlines()) == 1
     assert "shared" not in err and "pcea download modelnet40" in err   # the weights' record is never shown
 
-    # Where `pcea download modelnet40` puts the h5 layout: four ModelNet40 classes, 512 points each.
+    # Where `pcea download modelnet40` puts the h5 layout: four ModelNet40 classes, 2,048 points each.
     from engine_tiny import write_tiny_h5
 
-    source = write_tiny_h5(tmp_path / "src", train_per_class=1, test_per_class=2, points=512)
+    source = write_tiny_h5(tmp_path / "src", train_per_class=1, test_per_class=2, points=2048)
     names = ["airplane", "bathtub", "bed", "bench"]
     _subset_copy(source, tmp_path / "modelnet40_ply_hdf5_2048",
                  (source / "shape_names.txt").read_text().split(), names=names)
