@@ -60,7 +60,9 @@ def main() -> None:
     if payload["train_config"].get("init") == args.name and not args.init_as:
         parser.error(f"the run started from the {args.name} this file replaces; "
                      f"describe those weights with --init-as for the card")
+    # every input is read before the first write: NAME.pt and NAME.json change together or not at all
     results = json.loads((args.run / "results.json").read_text())
+    suite = json.loads(args.robustness.read_text()) if args.robustness else None
     shipped = {key: payload[key] for key in KEEP if key in payload}
     if args.half:
         shipped["model"] = {key: value.half() if value.is_floating_point() else value
@@ -100,8 +102,7 @@ def main() -> None:
     }
     if config.get("init"):
         card["init"] = args.init_as or config["init"]
-    if args.robustness:
-        suite = json.loads(args.robustness.read_text())
+    if suite is not None:
         rows = suite["corruptions"]
         card["robustness"] = {
             "protocol": f"pcea eval --corrupt on the {suite['split']} split, single pass, "
