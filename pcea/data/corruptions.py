@@ -35,6 +35,7 @@ __all__ = [
     "CORRUPTIONS",
     "SEVERITIES",
     "SEVERITY_TABLE",
+    "Noise",
     "Occlude",
     "corrupt",
     "parse_corruptions",
@@ -327,17 +328,18 @@ def parse_severities(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
-class Occlude(Transform):
-    """Training augmentation: with probability ``p``, remove part of the surface, then resample.
+class _SuiteAugmentation(Transform):
+    """With probability ``p``, one of ``kinds`` (suite corruptions) at a random severity, then resampled.
 
-    Half of the affected clouds get a partial view (:func:`partial`), half get holes
-    (:func:`drop_local`), each at a severity drawn uniformly from 1 to ``max_severity``;
-    the cloud is then brought back to its size by sampling with replacement and normalised
-    into the unit sphere again, as a user's small file is (:func:`pcea.io.load_points`).
-    Real scans see one side of an object; ModelNet40's clouds are complete.
+    The kind is drawn uniformly, the severity uniformly from 1 to ``max_severity``; the
+    cloud is then brought back to its size by random sampling (with replacement where it
+    shrank) and normalised into the unit sphere again, as the robustness suite and
+    :func:`pcea.io.load_points` treat a file.
     """
 
-    def __init__(self, p: float = 0.5, max_severity: int = 5):
+    kinds: tuple[str, ...] = ()
+
+    def __init__(self, p: float, max_severity: int = 5):
         if not 0 <= p <= 1:
             raise ValueError(f"p must be in [0, 1], got {p}")
         if max_severity not in SEVERITIES:
@@ -347,6 +349,36 @@ class Occlude(Transform):
     def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() >= self.p:
             return points
-        name = "partial" if rng.random() < 0.5 else "drop_local"
-        kept = corrupt(points, name, int(rng.integers(1, self.max_severity + 1)), rng)
-        return normalize_unit_sphere(Subsample(len(points)).apply(kept, rng))
+        name = self.kinds[int(rng.random() * len(self.kinds))]
+        changed = corrupt(points, name, int(rng.integers(1, self.max_severity + 1)), rng)
+        return normalize_unit_sphere(Subsample(len(points)).apply(changed, rng))
+
+
+class Occlude(_SuiteAugmentation):
+    """Training augmentation: with probability ``p``, remove part of the surface (``--occlusion``).
+
+    Half of the affected clouds get a partial view (:func:`partial`), half get holes
+    (:func:`drop_local`). Real scans see one side of an object; ModelNet40's clouds are
+    complete.
+    """
+
+    kinds = ("partial", "drop_local")
+
+    def __init__(self, p: float = 0.5, max_severity: int = 5):
+        super().__init__(p, max_severity)
+
+
+class Noise(_SuiteAugmentation):
+    """Training augmentation: with probability ``p``, add a sensor's noise (``--noise``).
+
+    A third of the affected clouds get stray points anywhere in their bounding sphere
+    (:func:`add_global`), a third clusters of extra points on the surface
+    (:func:`add_local`), a third Gaussian noise on every coordinate (:func:`jitter`). Real
+    scans and reconstructions carry stray points and noise; ModelNet40's clouds, sampled
+    from meshes, carry none.
+    """
+
+    kinds = ("add_global", "add_local", "jitter")
+
+    def __init__(self, p: float = 0.3, max_severity: int = 5):
+        super().__init__(p, max_severity)

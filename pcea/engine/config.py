@@ -169,6 +169,11 @@ class TrainConfig:
                                 "of the robustness suite (pcea.data.corruptions.Occlude); 0: never",
                                 group=AUGMENTATION, check=_between(0, 1, unit=" (a probability)"),
                                 metavar="P")
+    noise: float = _setting(0.0, "probability that a training cloud gets a sensor's noise, as a scan or a "
+                            "reconstruction does: stray points, clusters of extra points or Gaussian noise "
+                            "at a random severity of the robustness suite (pcea.data.corruptions.Noise); "
+                            "0: never", group=AUGMENTATION, check=_between(0, 1, unit=" (a probability)"),
+                            metavar="P")
     wolf: float = _setting(0.0, "probability that a training cloud is deformed by PointWOLF (Kim et al. "
                            "2021): 4 anchors, each with its own small rotation, scaling and shift, blended "
                            "smoothly over the cloud (pcea.data.transforms.PointWOLF); with --rsmix, "

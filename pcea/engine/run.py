@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from pcea.data import open_dataset
-from pcea.data.corruptions import Occlude
+from pcea.data.corruptions import Noise, Occlude
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import Compose, PointWOLF, RotateUp, Transform, pct_train_transform
 from pcea.engine.checkpoint import (
@@ -64,9 +64,9 @@ class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's st
 
 
 def train_transform(config: TrainConfig) -> Transform | None:
-    """The per-cloud training augmentation of a recipe: occlusion, then PointWOLF, then yaw, then PCT's.
+    """The per-cloud training augmentation of a recipe: occlusion, PointWOLF, noise, yaw, then PCT's.
 
-    With ``yaw``, ``occlusion`` and ``wolf`` at 0 this is exactly PCT's augmentation (the same
+    With ``yaw``, ``occlusion``, ``wolf`` and ``noise`` at 0 this is exactly PCT's augmentation (the same
     draws from the same generator), so older recipes train as before. PointWOLF comes before
     PCT's scaling and shift because it ends by normalising into the unit sphere, which would
     undo them.
@@ -76,6 +76,8 @@ def train_transform(config: TrainConfig) -> Transform | None:
         steps.append(Occlude(config.occlusion))
     if config.wolf > 0:
         steps.append(PointWOLF(config.wolf))
+    if config.noise > 0:
+        steps.append(Noise(config.noise))  # the sensor sees the deformed shape
     if config.yaw > 0:
         steps.append(RotateUp("y", math.radians(config.yaw)))  # pcea's frame is y-up
     if config.augment == "pct":

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pcea.data import corruptions
 from pcea.data.corruptions import (
     CORRUPTIONS,
     SEVERITIES,
     SEVERITY_TABLE,
+    Noise,
     Occlude,
     corrupt,
     parse_corruptions,
@@ -191,3 +193,69 @@ def test_occlude_resamples_to_the_same_size_and_renormalises():
     assert out.shape == points.shape
     np.testing.assert_allclose(np.linalg.norm(out - out.mean(axis=0), axis=1).max(), 1.0, atol=1e-5)
     assert len(np.unique(out, axis=0)) < len(points)            # some points were lost and repeated
+
+
+def test_occlude_draws_as_it_did_before_noise_shared_its_code():
+    """A run resumed across the change (or repeated from its seed) sees the same occluded clouds."""
+    points = _cloud(256)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        if rng.random() >= 0.5:
+            expected = points
+        else:                                     # sessions 8-16: partial below 0.5, drop_local above
+            name = "partial" if rng.random() < 0.5 else "drop_local"
+            kept = corrupt(points, name, int(rng.integers(1, 6)), rng)
+            expected = normalize_unit_sphere(kept[rng.choice(len(kept), 256, replace=len(kept) < 256)])
+        np.testing.assert_array_equal(Occlude(p=0.5)(points, seed), expected)
+
+
+def _sphere(n: int = 512, seed: int = 0) -> np.ndarray:
+    """``n`` random points on the unit sphere: every point at distance 1 from the centre."""
+    points = np.random.default_rng(seed).standard_normal((n, 3))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("augmentation", "kinds"), [
+    (Occlude, {"partial", "drop_local"}),
+    (Noise, {"add_global", "add_local", "jitter"}),
+])
+def test_training_augmentations_draw_each_of_their_corruptions_at_every_severity(monkeypatch, augmentation,
+                                                                                  kinds):
+    drawn = []
+    real = corruptions.corrupt
+
+    def recording(points, name, severity, rng):
+        drawn.append((name, severity))
+        return real(points, name, severity, rng)
+
+    monkeypatch.setattr(corruptions, "corrupt", recording)
+    points = _sphere(128)
+    for seed in range(60):
+        augmentation(p=1.0)(points, seed)
+    assert {name for name, _ in drawn} == kinds
+    assert {severity for _, severity in drawn} == set(SEVERITIES)
+    drawn.clear()
+    for seed in range(60):
+        augmentation(p=1.0, max_severity=2)(points, seed)
+    assert {severity for _, severity in drawn} == {1, 2}
+
+
+def test_noise_adds_stray_points_or_noise_and_keeps_the_size():
+    points = _sphere(512)
+    assert np.array_equal(Noise(p=0.0)(points, 0), points)
+    outs = [Noise(p=1.0)(points, seed) for seed in range(30)]
+    for out in outs:
+        assert out.shape == points.shape
+        np.testing.assert_allclose(np.linalg.norm(out - out.mean(axis=0), axis=1).max(), 1.0, atol=1e-5)
+        assert not np.array_equal(out, points)
+    # Every input point lies on the sphere; each noisy cloud has points well inside it (stray points,
+    # clusters pulled into the bounding sphere, or noise moving points off the surface).
+    inside = [np.mean(np.linalg.norm(out - out.mean(axis=0), axis=1) < 0.9) for out in outs]
+    assert min(inside) > 0
+    np.testing.assert_array_equal(Noise(p=1.0)(points, 7), outs[7])                   # seeded
+    affected = [not np.array_equal(Noise(p=0.3)(points, seed), points) for seed in range(200)]
+    assert 0.2 < np.mean(affected) < 0.4
+    with pytest.raises(ValueError, match="p must be in"):
+        Noise(p=1.5)
+    with pytest.raises(ValueError, match="max_severity must be 1 to 5"):
+        Noise(max_severity=6)

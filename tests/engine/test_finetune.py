@@ -1,4 +1,4 @@
-"""Training for real files: --yaw and --occlusion augmentations, and --init (fine-tuning)."""
+"""Training for real files: --yaw, --occlusion, --wolf and --noise augmentations, and --init (fine-tuning)."""
 
 from __future__ import annotations
 
@@ -66,10 +66,24 @@ def test_wolf_deforms_some_clouds_before_pcts_augmentation_and_keeps_their_size(
     assert 0.25 < np.mean(deformed) < 0.75                                            # about half
 
 
+def test_noise_comes_after_the_shape_changes_and_before_the_pose():
+    config = TrainConfig(occlusion=0.5, wolf=0.5, noise=0.3, yaw=180)
+    pcts = [type(step).__name__ for step in pct_train_transform().transforms]
+    assert [type(step).__name__ for step in train_transform(config).transforms] == [
+        "Occlude", "PointWOLF", "Noise", "RotateUp", *pcts]
+    cloud = _cloud()
+    alone = train_transform(TrainConfig(augment="none", noise=0.5))
+    outs = [augment_item(cloud, alone, seed=0, epoch=1, index=i) for i in range(40)]
+    assert all(out.shape == cloud.shape for out in outs)
+    assert 0.25 < np.mean([not np.array_equal(out, cloud) for out in outs]) < 0.75    # about half
+    np.testing.assert_array_equal(outs[3], augment_item(cloud, alone, seed=0, epoch=1, index=3))
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("yaw", 181, "yaw=181: need 0 <= x <= 180"),
     ("occlusion", 1.5, "occlusion=1.5: need 0 <= x <= 1"),
     ("wolf", 1.5, "wolf=1.5: need 0 <= x <= 1"),
+    ("noise", -0.1, "noise=-0.1: need 0 <= x <= 1"),
     ("rsmix", -0.5, "rsmix=-0.5: need 0 <= x <= 1"),
     ("init", "", "init='': expected a non-empty string or null"),
 ])
