@@ -86,8 +86,9 @@ def _weights(path: Path) -> dict:
 @pytest.mark.parametrize(("workers", "recipe"), [
     (0, {}),
     (0, {"wolf": 0.5, "rsmix": 0.5}),  # WOLFMix: batches mixed from a (seed, epoch, rank, step) stream
+    (0, {"wolf": 0.5, "rsmix": 0.5, "yaw": 180, "occlusion": 0.5, "noise": 0.5}),  # modelnet40's recipe
     pytest.param(2, {}, marks=pytest.mark.slow),  # 2: worker processes
-], ids=["plain", "wolfmix", "workers"])
+], ids=["plain", "wolfmix", "robust", "workers"])
 def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, workers, recipe, monkeypatch):
     import pcea.engine.train as train_module
 
