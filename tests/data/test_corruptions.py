@@ -210,9 +210,10 @@ def test_occlude_draws_as_it_did_before_noise_shared_its_code():
 
 
 def _sphere(n: int = 512, seed: int = 0) -> np.ndarray:
-    """``n`` random points on the unit sphere: every point at distance 1 from the centre."""
-    points = np.random.default_rng(seed).standard_normal((n, 3))
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    """``n`` random points on the unit sphere and centred: half of them, and their antipodes."""
+    points = np.random.default_rng(seed).standard_normal((n // 2, 3))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return np.concatenate([points, -points]).astype(np.float32)  # mean 0, every point at distance 1
 
 
 @pytest.mark.parametrize(("augmentation", "kinds"), [
@@ -240,18 +241,23 @@ def test_training_augmentations_draw_each_of_their_corruptions_at_every_severity
     assert {severity for _, severity in drawn} == {1, 2}
 
 
-def test_noise_adds_stray_points_or_noise_and_keeps_the_size():
+def test_noise_adds_stray_points_or_noise_and_keeps_the_size(monkeypatch):
+    drawn = []
+    real = corruptions.corrupt
+    monkeypatch.setattr(corruptions, "corrupt", lambda *args: drawn.append(args[1]) or real(*args))
     points = _sphere(512)
+    np.testing.assert_allclose(np.linalg.norm(normalize_unit_sphere(points), axis=1), 1.0, atol=1e-5)
     assert np.array_equal(Noise(p=0.0)(points, 0), points)
     outs = [Noise(p=1.0)(points, seed) for seed in range(30)]
-    for out in outs:
+    assert len(drawn) == len(outs) and set(drawn) == {"add_global", "add_local", "jitter"}
+    for kind, out in zip(drawn, outs, strict=True):
         assert out.shape == points.shape
-        np.testing.assert_allclose(np.linalg.norm(out - out.mean(axis=0), axis=1).max(), 1.0, atol=1e-5)
-        assert not np.array_equal(out, points)
-    # Every input point lies on the sphere; each noisy cloud has points well inside it (stray points,
-    # clusters pulled into the bounding sphere, or noise moving points off the surface).
-    inside = [np.mean(np.linalg.norm(out - out.mean(axis=0), axis=1) < 0.9) for out in outs]
-    assert min(inside) > 0
+        radius = np.linalg.norm(out - out.mean(axis=0), axis=1)
+        np.testing.assert_allclose(radius.max(), 1.0, atol=1e-5)
+        if kind == "jitter":                                       # every point moved off the sphere
+            assert np.mean(np.abs(radius - 1) > 1e-3) > 0.9, kind
+        else:                                                      # points added inside the sphere
+            assert (radius < 0.9).any(), kind
     np.testing.assert_array_equal(Noise(p=1.0)(points, 7), outs[7])                   # seeded
     affected = [not np.array_equal(Noise(p=0.3)(points, seed), points) for seed in range(200)]
     assert 0.2 < np.mean(affected) < 0.4
