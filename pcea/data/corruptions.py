@@ -348,10 +348,12 @@ class _SuiteAugmentation(Transform):
 
     def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() >= self.p:
-            return points
+            return points                                                      # (N, C) untouched
+        # one uniform draw picks the kind: for Occlude's two kinds this is the draw it made before
+        # Noise shared this class (partial below 0.5), so seeded and resumed runs repeat
         name = self.kinds[int(rng.random() * len(self.kinds))]
-        changed = corrupt(points, name, int(rng.integers(1, self.max_severity + 1)), rng)
-        return normalize_unit_sphere(Subsample(len(points)).apply(changed, rng))
+        changed = corrupt(points, name, int(rng.integers(1, self.max_severity + 1)), rng)  # (M, C)
+        return normalize_unit_sphere(Subsample(len(points)).apply(changed, rng))  # (M, C) -> (N, C)
 
 
 class Occlude(_SuiteAugmentation):
