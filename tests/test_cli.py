@@ -151,7 +151,8 @@ OUT_OF_RANGE = {
     "warmup_epochs": {"warmup_epochs": "3", "epochs": "3"}, "momentum": {"momentum": "1"},
     "weight_decay": {"weight_decay": "-1"}, "label_smoothing": {"label_smoothing": "1"}, "ema": {"ema": "1"},
     "yaw": {"yaw": "181"}, "wolf": {"wolf": "1.5"}, "rsmix": {"rsmix": "-0.1"}, "noise": {"noise": "2"},
-    "occlusion": {"occlusion": "1.5"}, "seed": {"seed": "-1"}, "val_split": {"val_split": "1"},
+    "occlusion": {"occlusion": "1.5"}, "seed": {"seed": "-1"}, "split_seed": {"split_seed": "-1"},
+    "val_split": {"val_split": "1"},
     "select_on": {"select_on": "val", "val_split": "0"}, "threads": {"threads": "0"},
     "workers": {"workers": "-1"},
 }
@@ -412,3 +413,9 @@ def test_eval_of_a_checkpoint_with_a_crafted_seed_is_one_line(checkpoint, tmp_pa
     err = capsys.readouterr().err
     assert err == (f"pcea: error: {bad}: malformed checkpoint: its train_config seed=-1 is not a run's seed "
                    "(0 to 4294967295); use --split test or train\n")
+    crafted = {"seed": 0, "split_seed": -1, "val_split": 0.25}
+    save_checkpoint(bad, {**load_checkpoint(path), "train_config": crafted})
+    assert main(["eval", str(bad), "--data", str(tmp_path), "--split", "val"]) == 1
+    assert capsys.readouterr().err == (f"pcea: error: {bad}: malformed checkpoint: its train_config "
+                                       "split_seed=-1 is not a run's seed (0 to 4294967295); use --split "
+                                       "test or train\n")

@@ -189,9 +189,15 @@ class TrainConfig:
                                 "name (e.g. modelnet40) instead of random ones; the classifier layer is "
                                 "replaced when the classes differ (default: random initialisation)",
                                 group=DATA, metavar="CHECKPOINT_OR_NAME")
-    seed: int = _setting(0, "seeds the split, the shuffling, the augmentation and the weights",
+    seed: int = _setting(0, "seeds the validation hold-out (unless --split-seed), the shuffling, the "
+                         "augmentation and the weights",
                          group=SELECTION, check=lambda value, config: None if 0 <= value <= MAX_SEED else
                          f"need 0 <= seed <= {MAX_SEED} (2**32 - 1)")
+    split_seed: int | None = _setting(
+        None, "seeds the validation hold-out alone (default: --seed); with --init of weights trained on "
+        "this data, keep their hold-out (their seed) so that validation clouds stay unseen",
+        group=SELECTION, metavar="SEED", check=lambda value, config: None if value is None or
+        0 <= value <= MAX_SEED else f"need 0 <= split_seed <= {MAX_SEED} (2**32 - 1)")
     val_split: float = _setting(0.1, "fraction of the training set held out for model selection "
                                 "(stratified); 0 disables validation", group=SELECTION,
                                 check=_between(0, 1, below_high=True))

@@ -31,7 +31,7 @@ from pcea.engine.config import MAX_SEED
 from pcea.engine.distributed import resolve_device
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from pcea.engine.robustness import evaluate_robustness, model_predictor, write_robustness
-from pcea.engine.splits import AugmentedSubset, split_train_val
+from pcea.engine.splits import AugmentedSubset, holdout_seed, split_train_val
 from pcea.errors import MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.model import PCTClassifier
@@ -259,7 +259,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
             subset of the model's (ModelNet10 for a ModelNet40 model) is evaluated on its own
             classes: the prediction is the most likely of them (the report's ``class_subset``).
         split: "test", "train", or "val": the run's own validation hold-out of the train
-            split (:func:`pcea.engine.splits.split_train_val` with the run's seed and
+            split (:func:`pcea.engine.splits.split_train_val` with the run's hold-out seed and
             ``val_split``).
         votes: K > 1 adds K-copy voting (random anisotropic scaling) to the single pass.
         seed: seed of the voting augmentations.
@@ -303,9 +303,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     if split == "val" and not _is_fraction(train_config.get("val_split")):
         raise PceaFileError(path, "the run held out no validation split (val_split 0 or not recorded); "
                                   "use --split test or train")
-    if split == "val" and not _is_seed(train_config.get("seed")):  # a crafted one would fail in scikit-learn
-        raise PceaFileError(path, f"malformed checkpoint: its train_config seed={train_config.get('seed')!r} "
-                                  f"is not a run's seed (0 to {MAX_SEED}); use --split test or train")
+    if split == "val":  # a crafted seed would fail in scikit-learn; the hold-out's is checked after the run's
+        for key, value in (("seed", train_config.get("seed")), ("split_seed", holdout_seed(train_config))):
+            if not _is_seed(value):
+                raise PceaFileError(path, f"malformed checkpoint: its train_config {key}={value!r} is not a "
+                                          f"run's seed (0 to {MAX_SEED}); use --split test or train")
     dataset = open_dataset(data, split="train" if split == "val" else split, num_points=config.num_points,
                            normals=config.in_channels >= 6, up=up,
                            **({"seed": train_config["seed"]} if split == "val" else {}))
@@ -314,7 +316,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     items = dataset
     if split == "val":  # the same clouds the run selected its best epoch on
         _, val_idx = split_train_val(np.asarray(dataset.labels), train_config["val_split"],
-                                     train_config["seed"])
+                                     holdout_seed(train_config))
         items = AugmentedSubset(dataset, val_idx)
     if len(items) == 0:
         raise PceaError(f"{dataset.root}: the {split} split is empty")

@@ -38,7 +38,7 @@ from pcea.engine.checkpoint import (
 from pcea.engine.config import RUNTIME_KEYS, TrainConfig, load_config_file, max_threads, max_workers
 from pcea.engine.distributed import DistEnv, ShardSampler
 from pcea.engine.rundir import run_state
-from pcea.engine.splits import AugmentedSubset, BalancedSampler, split_train_val
+from pcea.engine.splits import AugmentedSubset, BalancedSampler, holdout_seed, split_train_val
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.fast import accelerate
 from pcea.model import build_model
@@ -86,7 +86,7 @@ def train_transform(config: TrainConfig) -> Transform | None:
 
 
 def init_weights(model: nn.Module, source: str, class_names: list[str],
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, *, holdout: tuple[float, int] | None = None) -> None:
     """Load the weights of checkpoint ``source`` into ``model`` (``--init``), for fine-tuning.
 
     Every layer is copied when the source was trained on the same classes in the same
@@ -94,12 +94,31 @@ def init_weights(model: nn.Module, source: str, class_names: list[str],
     initialisation (timm's ``reset_classifier`` convention). The frame is checked by
     :func:`pcea.engine.checkpoint.open_checkpoint` (a model of another frame is refused).
 
+    ``holdout`` is this run's ``(val_split, hold-out seed)``. A source trained on the same
+    classes, so taken to be the same data, with another hold-out is refused: some of this
+    run's validation clouds would be clouds the source trained on, and its validation figures
+    optimistic. The check compares the recorded settings, not the clouds: the same seed on the
+    same data in another layout (another order of the shapes) draws another hold-out unseen.
+
     Raises:
-        PceaFileError: the source cannot be opened, or its layers do not fit ``model``.
+        PceaFileError: the source cannot be opened, its layers do not fit ``model``, or its
+            validation hold-out is not this run's.
     """
-    source_model, _, path = open_checkpoint(source)
+    source_model, payload, path = open_checkpoint(source)
     state = source_model.state_dict()
     same_classes = [str(name) for name in source_model.class_names] == list(class_names)
+    trained = payload.get("train_config") or {}
+    if holdout is not None and holdout[0] > 0 and same_classes and "val_split" in trained:
+        theirs = (trained["val_split"], holdout_seed(trained))
+        if theirs != holdout:
+            if not theirs[0]:
+                way = "it held out none, so use --val-split 0 --select-on last"
+            else:
+                way = f"to hold out the clouds it did, use --val-split {theirs[0]} --split-seed {theirs[1]}"
+            raise PceaFileError(path, f"--init: trained on these {len(class_names)} classes with another "
+                                      f"validation hold-out (val_split {theirs[0]}, seed {theirs[1]}; this "
+                                      f"run: {holdout[0]}, seed {holdout[1]}), so this run would validate "
+                                      f"on clouds it trained on; {way}")
     if not same_classes:
         last = f"head.{len(model.head) - 1}."
         state = {key: value for key, value in state.items() if not key.startswith(last)}
@@ -194,8 +213,8 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
     np.random.seed(config.seed % 2**32)
     train_base, test = _datasets(config, env, log)
     class_names = [str(name) for name in train_base.class_names]
-    train_idx, val_idx = split_train_val(np.asarray(train_base.labels), config.val_split, config.seed,
-                                         log=log)
+    split_seed = holdout_seed(config.to_dict())
+    train_idx, val_idx = split_train_val(np.asarray(train_base.labels), config.val_split, split_seed, log=log)
     if len(train_idx) < config.batch_size:
         raise PceaError(f"{config.data}: {len(train_idx)} training clouds, fewer than one batch "
                         f"of {config.batch_size}; use a smaller --batch-size")
@@ -209,7 +228,7 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
 
     model = _new_model(config, len(class_names))
     if config.init and resume is None:  # a resumed run has its own weights
-        init_weights(model, config.init, class_names, log=log)
+        init_weights(model, config.init, class_names, log=log, holdout=(config.val_split, split_seed))
     model.class_names = class_names
     # The CPU speed-ups, decided by where the model lives (a no-op off the CPU), before the optimiser.
     model = accelerate(model.to(device))

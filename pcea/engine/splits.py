@@ -9,7 +9,8 @@ workers and an interruption with ``--resume`` leave the run unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,17 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from pcea.data.transforms import augment_item
 from pcea.errors import PceaError
 
-__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "split_train_val"]
+__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "holdout_seed", "split_train_val"]
+
+def holdout_seed(train_config: Mapping[str, Any]) -> Any:
+    """The seed a run's validation hold-out is drawn with: its ``split_seed`` when set, else its ``seed``.
+
+    ``train_config`` is a run's settings as its checkpoint records them (``TrainConfig.to_dict()``);
+    runs from before ``split_seed`` existed drew the hold-out with ``seed``.
+    """
+    split_seed = train_config.get("split_seed")
+    return train_config.get("seed") if split_seed is None else split_seed
+
 
 def split_train_val(labels: np.ndarray, val_split: float, seed: int, *,
                     log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,13 @@ import torch
 from engine_tiny import TINY_MODEL, tiny_config
 from tiny_models import build_tiny, save_tiny_checkpoint
 
+import pcea.engine.evaluate as evaluate_module
+import pcea.engine.run as run_module
+import pcea.engine.splits as splits_module
 from pcea.data.transforms import augment_item, pct_train_transform
-from pcea.engine.checkpoint import load_checkpoint
+from pcea.engine.checkpoint import load_checkpoint, save_classifier
 from pcea.engine.config import TrainConfig
+from pcea.engine.evaluate import evaluate_checkpoint
 from pcea.engine.train import init_weights, train, train_transform
 from pcea.errors import PceaError, PceaFileError
 from pcea.model import build_model
@@ -129,3 +133,57 @@ def test_a_run_started_from_init_begins_where_the_source_ended(tiny_h5, tmp_path
           tmp_path / "robust", log=lambda line: None)
     stored = load_checkpoint(tmp_path / "robust" / "last.pt")["train_config"]
     assert (stored["init"], stored["yaw"], stored["occlusion"]) == (str(tmp_path / "first"), 90, 0.3)
+
+
+@pytest.mark.parametrize(("trained", "holdout", "refused"), [
+    ({"seed": 0, "val_split": 0.25}, (0.25, 0), None),                              # the same hold-out
+    ({"seed": 0, "val_split": 0.25}, (0.25, 1), "--val-split 0.25 --split-seed 0"),  # another seed
+    ({"seed": 0, "val_split": 0.25}, (0.1, 0), "--val-split 0.25 --split-seed 0"),   # another fraction
+    ({"seed": 0, "val_split": 0.25, "split_seed": 3}, (0.25, 3), None),             # its split_seed counts
+    ({"seed": 3, "val_split": 0.25, "split_seed": None}, (0.25, 3), None),          # unset: its seed
+    ({"seed": 0, "val_split": 0.0}, (0.25, 0), "it held out none, so use --val-split 0 --select-on last"),
+    ({"seed": 0, "val_split": 0.25}, (0.0, 1), None),                               # no validation here
+    ({}, (0.25, 1), None),                                                          # nothing to compare
+])
+def test_init_refuses_weights_of_the_same_classes_that_held_out_other_clouds(tmp_path, trained, holdout,
+                                                                             refused):
+    names = ["ball", "box", "disc", "rod"]
+    source = build_tiny(num_classes=4, size=dict(TINY_MODEL))
+    source.class_names = names
+    path = save_classifier(tmp_path / "src.pt", source, extra={"train_config": trained})
+    model = build_tiny(num_classes=4, seed=1, size=dict(TINY_MODEL))
+    if refused is None:
+        init_weights(model, str(path), names, log=lambda line: None, holdout=holdout)
+    else:
+        with pytest.raises(PceaFileError, match=r"src.pt: --init: trained on these 4 classes with "
+                                                r"another validation hold-out .* would validate on clouds "
+                                                r"it trained on") as refusal:
+            init_weights(model, str(path), names, log=lambda line: None, holdout=holdout)
+        assert refusal.value.args[0].endswith(refused)
+    # Other classes are other data: their hold-out says nothing of this run's.
+    init_weights(build_tiny(num_classes=3, size=dict(TINY_MODEL)), str(path), ["a", "b", "c"],
+                 log=lambda line: None, holdout=holdout)
+
+
+def test_another_seed_from_init_keeps_the_sources_hold_out_with_split_seed(tiny_h5, tmp_path, monkeypatch):
+    train(tiny_config(tiny_h5, epochs=1), tmp_path / "first", log=lambda line: None)
+    leaky = tiny_config(tiny_h5, epochs=1, seed=1, init=str(tmp_path / "first"))
+    with pytest.raises(PceaFileError, match=r"\(val_split 0.25, seed 0; this run: 0.25, seed 1\)"):
+        train(leaky, tmp_path / "leaky", log=lambda line: None)
+    assert not (tmp_path / "leaky" / "config.yaml").exists()                      # refused before writing
+    # The run and pcea eval --split val draw the hold-out with split_seed, not seed.
+    seeds = []
+    draw = splits_module.split_train_val
+
+    def recorded(labels, fraction, seed, **kwargs):
+        seeds.append(seed)
+        return draw(labels, fraction, seed, **kwargs)
+
+    monkeypatch.setattr(run_module, "split_train_val", recorded)
+    monkeypatch.setattr(evaluate_module, "split_train_val", recorded)
+    tuned = tiny_config(tiny_h5, epochs=1, seed=1, split_seed=0, init=str(tmp_path / "first"))
+    train(tuned, tmp_path / "tuned", log=lambda line: None)
+    report = evaluate_checkpoint(tmp_path / "tuned", split="val", write=False)
+    assert seeds == [0, 0]
+    history = load_checkpoint(tmp_path / "tuned" / "last.pt")["metrics"]["history"]
+    assert report["results"]["single_pass"]["overall_accuracy"] == pytest.approx(history[-1]["val_oa"])

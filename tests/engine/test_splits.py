@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcea.engine.splits import split_train_val
+from pcea.engine.splits import holdout_seed, split_train_val
 from pcea.errors import PceaError
 
 
@@ -43,3 +43,9 @@ def test_a_split_that_cannot_work_gives_the_right_advice():
         split_train_val(labels, 0.8, seed=0)
     train_idx, val_idx = split_train_val(labels, 0.66, seed=0)  # the advice holds
     assert len(val_idx) == 8 and len(train_idx) == 4
+
+
+def test_the_hold_out_seed_is_split_seed_when_set_else_the_runs_seed():
+    assert holdout_seed({"seed": 3}) == 3                       # runs from before split_seed
+    assert holdout_seed({"seed": 3, "split_seed": None}) == 3
+    assert holdout_seed({"seed": 3, "split_seed": 0}) == 0
