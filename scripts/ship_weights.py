@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pcea.atomic import write_atomic
 from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcea.engine.splits import holdout_seed
 from pcea.errors import PceaFileError
 from pcea.weights import HERE
 
@@ -83,7 +84,8 @@ def main() -> None:
         "up": payload.get("up", "y"),
         "data": "ModelNet40 official train split (9,843 shapes, 40 classes), 1024-point npy release",
         "split": f"trained on the other {1 - config['val_split']:.0%} of the train split; selected on a "
-                 f"stratified {config['val_split']:.0%} validation hold-out of it (seed {config['seed']})",
+                 f"stratified {config['val_split']:.0%} validation hold-out of it "
+                 f"(seed {holdout_seed(config)})",
         "recipe": args.recipe,
         "train_config": {**config, "data": Path(config["data"]).name},  # not the training machine's path
         "epoch": epoch,
