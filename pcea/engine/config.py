@@ -102,6 +102,15 @@ def _between(low: float, high: float, *, below_high: bool = False, unit: str = "
     return check
 
 
+def _seed_check(name: str) -> Check:
+    """A seed numpy and scikit-learn accept, ``0 <= x <= MAX_SEED``; None (unset) passes."""
+    def check(value: Any, config: TrainConfig) -> str | None:
+        ok = value is None or 0 <= value <= MAX_SEED
+        return None if ok else f"need 0 <= {name} <= {MAX_SEED} (2**32 - 1)"
+
+    return check
+
+
 def _at_least_zero(value: Any, config: TrainConfig) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
@@ -190,14 +199,11 @@ class TrainConfig:
                                 "replaced when the classes differ (default: random initialisation)",
                                 group=DATA, metavar="CHECKPOINT_OR_NAME")
     seed: int = _setting(0, "seeds the validation hold-out (unless --split-seed), the shuffling, the "
-                         "augmentation and the weights",
-                         group=SELECTION, check=lambda value, config: None if 0 <= value <= MAX_SEED else
-                         f"need 0 <= seed <= {MAX_SEED} (2**32 - 1)")
+                         "augmentation and the weights", group=SELECTION, check=_seed_check("seed"))
     split_seed: int | None = _setting(
         None, "seeds the validation hold-out alone (default: --seed); with --init of weights trained on "
         "this data, keep their hold-out (their seed) so that validation clouds stay unseen",
-        group=SELECTION, metavar="SEED", check=lambda value, config: None if value is None or
-        0 <= value <= MAX_SEED else f"need 0 <= split_seed <= {MAX_SEED} (2**32 - 1)")
+        group=SELECTION, metavar="SEED", check=_seed_check("split_seed"))
     val_split: float = _setting(0.1, "fraction of the training set held out for model selection "
                                 "(stratified); 0 disables validation", group=SELECTION,
                                 check=_between(0, 1, below_high=True))

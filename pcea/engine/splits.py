@@ -21,6 +21,7 @@ from pcea.errors import PceaError
 
 __all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "holdout_seed", "split_train_val"]
 
+
 def holdout_seed(train_config: Mapping[str, Any]) -> Any:
     """The seed a run's validation hold-out is drawn with: its ``split_seed`` when set, else its ``seed``.
 
