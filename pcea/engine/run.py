@@ -109,16 +109,17 @@ def init_weights(model: nn.Module, source: str, class_names: list[str],
     same_classes = [str(name) for name in source_model.class_names] == list(class_names)
     trained = payload.get("train_config") or {}
     if holdout is not None and holdout[0] > 0 and same_classes and "val_split" in trained:
-        theirs = (trained["val_split"], holdout_seed(trained))
-        if theirs != holdout:
-            if not theirs[0]:
+        their_split, their_seed = trained["val_split"], holdout_seed(trained)
+        if (their_split, their_seed) != holdout:
+            if not their_split:
                 way = "it held out none, so use --val-split 0 --select-on last"
             else:
-                way = f"to hold out the clouds it did, use --val-split {theirs[0]} --split-seed {theirs[1]}"
+                way = (f"to hold out the clouds it did, use --val-split {their_split} "
+                       f"--split-seed {their_seed}")
             raise PceaFileError(path, f"--init: trained on these {len(class_names)} classes with another "
-                                      f"validation hold-out (val_split {theirs[0]}, seed {theirs[1]}; this "
-                                      f"run: {holdout[0]}, seed {holdout[1]}), so this run would validate "
-                                      f"on clouds it trained on; {way}")
+                                      f"validation hold-out (val_split {their_split}, seed {their_seed}; "
+                                      f"this run: {holdout[0]}, seed {holdout[1]}), so this run would "
+                                      f"validate on clouds it trained on; {way}")
     if not same_classes:
         last = f"head.{len(model.head) - 1}."
         state = {key: value for key, value in state.items() if not key.startswith(last)}

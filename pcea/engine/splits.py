@@ -3,7 +3,9 @@
 Every random choice depends only on (seed, epoch, item): the shuffling order of
 an epoch on (seed, epoch) (:func:`epoch_seed`), the augmentation of an item on
 (seed, epoch, index) (:class:`AugmentedSubset`). So the number of DataLoader
-workers and an interruption with ``--resume`` leave the run unchanged.
+workers and an interruption with ``--resume`` leave the run unchanged. The validation hold-out
+(:func:`split_train_val`) is drawn once, from the run's hold-out seed (:func:`holdout_seed`:
+``split_seed`` when set, else ``seed``), so that a run can keep another run's hold-out.
 """
 
 from __future__ import annotations
