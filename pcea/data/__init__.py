@@ -14,6 +14,7 @@ from pcea.data.modelnet import (  # noqa: E402
     ModelNet40H5,
     ModelNet40Princeton,
     ModelNet40Resampled,
+    dataset_class_names,
     open_dataset,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "ModelNet40H5",
     "ModelNet40Princeton",
     "ModelNet40Resampled",
+    "dataset_class_names",
     "default_root",
     "open_dataset",
 ]

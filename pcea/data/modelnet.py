@@ -56,6 +56,7 @@ __all__ = [
     "ModelNet40H5",
     "ModelNet40Princeton",
     "ModelNet40Resampled",
+    "dataset_class_names",
     "open_dataset",
 ]
 
@@ -595,6 +596,17 @@ def _subdirectories(path: Path) -> list[Path]:
         return sorted(entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith("."))
     except OSError:
         return []
+
+
+def dataset_class_names(path: str | os.PathLike) -> list[str]:
+    """The class names of the dataset at ``path``, in label order, read from its lists or folders
+    without loading a cloud: what ``open_dataset(path).class_names`` holds (no ``classes=`` subset)."""
+    root, layout = find_layout(path)
+    if layout == "h5":
+        return _read_names(root / "shape_names.txt")
+    if layout == "resampled":
+        return _read_names(root / f"{resampled_prefix(root)}_shape_names.txt")
+    return mesh_classes(root)
 
 
 def open_dataset(path: str | os.PathLike, split: str = "train", **kwargs) -> _PointCloudDataset:

@@ -45,8 +45,8 @@ from pcea.model import build_model
 from pcea.precision import use_amp
 from pcea.runtime import keep_freed_memory
 
-__all__ = ["Run", "build_run", "ema_update", "forward", "init_weights", "resume_config", "train_transform",
-           "warmup_cosine"]
+__all__ = ["Run", "build_run", "ema_update", "forward", "init_weights", "refuse_another_holdout",
+           "resume_config", "train_transform", "warmup_cosine"]
 
 
 class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's state saves)
@@ -107,19 +107,8 @@ def init_weights(model: nn.Module, source: str, class_names: list[str],
     source_model, payload, path = open_checkpoint(source)
     state = source_model.state_dict()
     same_classes = [str(name) for name in source_model.class_names] == list(class_names)
-    trained = payload.get("train_config") or {}
-    if holdout is not None and holdout[0] > 0 and same_classes and "val_split" in trained:
-        their_split, their_seed = trained["val_split"], holdout_seed(trained)
-        if (their_split, their_seed) != holdout:
-            if not their_split:
-                way = "it held out none, so use --val-split 0 --select-on last"
-            else:
-                way = (f"to hold out the clouds it did, use --val-split {their_split} "
-                       f"--split-seed {their_seed}")
-            raise PceaFileError(path, f"--init: trained on these {len(class_names)} classes with another "
-                                      f"validation hold-out (val_split {their_split}, seed {their_seed}; "
-                                      f"this run: {holdout[0]}, seed {holdout[1]}), so this run would "
-                                      f"validate on clouds it trained on; {way}")
+    if same_classes and holdout is not None:
+        refuse_another_holdout(path, payload, len(class_names), holdout)
     if not same_classes:
         last = f"head.{len(model.head) - 1}."
         state = {key: value for key, value in state.items() if not key.startswith(last)}
@@ -134,6 +123,30 @@ def init_weights(model: nn.Module, source: str, class_names: list[str],
     what = "every layer" if same_classes else (
         f"every layer but the classifier ({len(source_model.class_names)} classes -> {len(class_names)})")
     log(f"init: {what} from {path}")
+
+
+def refuse_another_holdout(path: Path, payload: dict, num_classes: int, holdout: tuple[float, int]) -> None:
+    """Refuse ``--init`` weights (checkpoint ``path``, its ``payload``) trained on this run's classes,
+    so taken to be the same data, that held out other clouds than ``holdout``, this run's
+    ``(val_split, hold-out seed)``; weights that record no hold-out, or a run without one, pass.
+
+    Raises:
+        PceaFileError: the two hold-outs differ; the message says how to keep the source's.
+    """
+    trained = payload.get("train_config") or {}
+    if holdout[0] <= 0 or "val_split" not in trained:
+        return
+    their_split, their_seed = trained["val_split"], holdout_seed(trained)
+    if (their_split, their_seed) == tuple(holdout):
+        return
+    if not their_split:
+        way = "it held out none, so use --val-split 0 --select-on last"
+    else:
+        way = f"to hold out the clouds it did, use --val-split {their_split} --split-seed {their_seed}"
+    raise PceaFileError(path, f"--init: trained on these {num_classes} classes with another validation "
+                              f"hold-out (val_split {their_split}, seed {their_seed}; this run: "
+                              f"{holdout[0]}, seed {holdout[1]}), so this run would validate on clouds "
+                              f"it trained on; {way}")
 
 
 @dataclass(eq=False)

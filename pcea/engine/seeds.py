@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from pcea.atomic import write_atomic
+from pcea.data import dataset_class_names
+from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.config import TrainConfig
 from pcea.engine.distributed import DistEnv
+from pcea.engine.run import refuse_another_holdout
+from pcea.engine.splits import holdout_seed
 from pcea.engine.train import train
 from pcea.errors import PceaError, PceaFileError
 
@@ -27,8 +31,16 @@ def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *
     Returns:
         {"seeds": [...], "rows": [{"metric", "values", "mean", "std", "best"}]}, also
         written to ``out/seeds.json``; the table is logged.
+
+    Raises:
+        PceaFileError: before any seed trains, when ``config.init`` names weights trained on
+            the same classes that one of the seeds' validation hold-outs would score on
+            (pass ``split_seed`` to hold out their clouds in every seed).
     """
     out = Path(out)
+    # A seed with a last.pt resumes (or is finished): it has its own weights, --init is not read.
+    _check_init_holdouts(config, [seed for seed in seeds
+                                  if force or not (out / f"seed{seed}" / "last.pt").exists()])
     runs = []
     for seed in seeds:
         run_dir = out / f"seed{seed}"
@@ -61,6 +73,21 @@ def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *
         write_atomic(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
         log(format_seed_table(summary))
     return summary
+
+
+def _check_init_holdouts(config: TrainConfig, seeds: list[int]) -> None:
+    """Refuse, before any seed trains, the ``--init`` weights that one of ``seeds`` (those still to
+    start) would refuse (:func:`pcea.engine.run.refuse_another_holdout`): each seed draws its own
+    hold-out unless ``split_seed`` is set, and weights trained on the same data held out one of them."""
+    if not (config.init and config.val_split > 0 and seeds) or config.data == "synthetic":
+        return  # the synthetic set is written on first use; each run's own check still applies
+    source, payload, path = open_checkpoint(config.init)
+    names = [str(name) for name in source.class_names]
+    if names != dataset_class_names(config.data):
+        return  # other data: its hold-out says nothing of these runs'
+    for seed in seeds:
+        holdout = (config.val_split, holdout_seed({**config.to_dict(), "seed": seed}))
+        refuse_another_holdout(path, payload, len(names), holdout)
 
 
 def results_problem(path: Path) -> str | None:

@@ -17,6 +17,7 @@ from pcea.data import (
     ModelNet40H5,
     ModelNet40Princeton,
     ModelNet40Resampled,
+    dataset_class_names,
     open_dataset,
 )
 from pcea.errors import PceaError, PceaFileError
@@ -268,6 +269,20 @@ def test_open_dataset_recognises_each_layout_and_prefers_h5(tmp_path):
         assert type(dataset) is ModelNet40H5 and dataset.root == tmp_path / "shapes" / "h5"
     (tmp_path / "shapes" / "h5" / "shape_names.txt").unlink()
     assert type(open_dataset(tmp_path / "shapes", num_points=16)) is ModelNet40Resampled
+
+
+def test_dataset_class_names_are_the_opened_datasets_without_reading_a_cloud(tmp_path, monkeypatch):
+    make_h5(tmp_path / "h5")
+    make_mesh(tmp_path / "mesh", per_split=1)
+    make_resampled(tmp_path / "resampled")
+    opened = {name: open_dataset(tmp_path / name, "train", num_points=16).class_names
+              for name in ("h5", "mesh", "resampled")}
+    for kind in (ModelNet40H5, ModelNet40Princeton, ModelNet40Resampled):
+        monkeypatch.setattr(kind, "__init__", None)  # reading a cloud would fail
+    for name, class_names in opened.items():
+        assert dataset_class_names(tmp_path / name) == class_names == CLASSES
+    with pytest.raises(PceaFileError, match=r"nowhere: no such directory"):
+        dataset_class_names(tmp_path / "nowhere")
 
 
 def test_open_dataset_errors_say_what_was_expected(tmp_path):

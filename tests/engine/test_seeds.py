@@ -9,6 +9,8 @@ import pytest
 from engine_tiny import tiny_config
 
 from pcea.engine.seeds import train_seeds
+from pcea.engine.train import train
+from pcea.errors import PceaFileError
 
 pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
 
@@ -46,3 +48,17 @@ def test_a_damaged_results_json_is_redone_on_rerun(tiny_h5, tmp_path, damage):
     assert again == first  # the same weights give the same figures
     assert json.loads(results.read_text())["test"] == json.loads(text)["test"]
     assert any(f"{results} " in line and "redoing its final evaluation" in line for line in lines)
+
+
+def test_init_weights_that_one_seed_would_refuse_are_refused_before_any_seed_trains(tiny_h5, tmp_path):
+    """Seed 0 used to train in full before seed 1's run refused the --init weights (seed 0's hold-out)."""
+    train(tiny_config(tiny_h5, epochs=1), tmp_path / "first", log=lambda line: None)
+    config = tiny_config(tiny_h5, epochs=1, select_on="last", init=str(tmp_path / "first"))
+    refusal = r"first.*--init: .*\(val_split 0.25, seed 0; this run: 0.25, seed 1\).*--split-seed 0$"
+    with pytest.raises(PceaFileError, match=refusal):
+        train_seeds(config, tmp_path / "sweep", [0, 1], log=lambda line: None)
+    assert not (tmp_path / "sweep").exists()
+    # With the source's hold-out kept in every seed, both train.
+    kept = tiny_config(tiny_h5, epochs=1, select_on="last", init=str(tmp_path / "first"), split_seed=0)
+    summary = train_seeds(kept, tmp_path / "sweep", [0, 1], log=lambda line: None)
+    assert summary["seeds"] == [0, 1] and (tmp_path / "sweep" / "seed1" / "results.json").exists()
