@@ -76,9 +76,13 @@ def train_seeds(config: TrainConfig, out: str | os.PathLike, seeds: list[int], *
 
 
 def _check_init_holdouts(config: TrainConfig, seeds: list[int]) -> None:
-    """Refuse, before any seed trains, the ``--init`` weights that one of ``seeds`` (those still to
-    start) would refuse (:func:`pcea.engine.run.refuse_another_holdout`): each seed draws its own
-    hold-out unless ``split_seed`` is set, and weights trained on the same data held out one of them."""
+    """Raise now, before any seed trains, what a seed's own run would raise later
+    (:func:`pcea.engine.run.refuse_another_holdout`): without ``split_seed`` each seed draws its own
+    hold-out, so ``--init`` weights trained on the same data match at most one of them.
+
+    ``seeds`` are those still to start; the data counts as the same when its class names
+    (read from its lists or folders, no cloud loaded) are the weights' own.
+    """
     if not (config.init and config.val_split > 0 and seeds) or config.data == "synthetic":
         return  # the synthetic set is written on first use; each run's own check still applies
     source, payload, path = open_checkpoint(config.init)
