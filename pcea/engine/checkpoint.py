@@ -15,7 +15,9 @@ container, so a file crafted to run code on load is rejected without running it.
 Payload keys (the contract with ``pcea.load_model`` and ``pcea eval``):
 "format" ("pcea-checkpoint/1"), "model" (state_dict), "model_name",
 "model_config" (dict), "class_names" (list[str]), "train_config" (dict),
-"epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "metrics"
+"epoch" (int, epochs completed), "optimizer", "scheduler", "rng", "stream_seed" (int, what the
+run's order, augmentation, mixing and dropout draw from: :func:`pcea.engine.splits.stream_seed`;
+files from before it was recorded drew from their seed), "metrics"
 (dict), "protocol" (str); a run with ``ema`` adds "train_model" (the weights being trained, a
 state_dict; "model" is then their average) and "ema_updates" (int). :func:`check_payload` checks
 the keys the code reads as they are (names, epoch, metrics) and the outline of the states that
@@ -257,11 +259,12 @@ _KEY_TYPES = {
             and isinstance(v["python"], tuple | list) and _str_dict(v["numpy"])
             and isinstance(v["torch"], torch.Tensor) and isinstance(v["loader"], torch.Tensor),
             "the random states (python, numpy, torch, loader)"),
+    "stream_seed": (lambda v: is_int(v) and v >= 0, "a non-negative integer"),
     "metrics": (_metrics_ok, "metrics with a history of epochs and the best epoch"),
     "protocol": (lambda v: isinstance(v, str), "a string"),
 }
 _ALWAYS_CHECKED = ("model", "model_name", "class_names", "train_config", "epoch", "protocol", "train_model",
-                   "ema_updates")
+                   "ema_updates", "stream_seed")
 
 
 def check_payload(payload: dict, path: str | os.PathLike, require: tuple[str, ...] = ()) -> dict:

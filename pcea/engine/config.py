@@ -199,7 +199,9 @@ class TrainConfig:
                                 "replaced when the classes differ (default: random initialisation)",
                                 group=DATA, metavar="CHECKPOINT_OR_NAME")
     seed: int = _setting(0, "seeds the validation hold-out (unless --split-seed), the shuffling, the "
-                         "augmentation and the weights", group=SELECTION, check=_seed_check("seed"))
+                         "augmentation, the dropout and the weights (with --init, together with the "
+                         "weights file, so that a run never replays the draws its weights were "
+                         "trained with)", group=SELECTION, check=_seed_check("seed"))
     split_seed: int | None = _setting(
         None, "seeds the validation hold-out alone (default: --seed); with --init of weights trained on "
         "this data, keep their hold-out (their seed) so that validation clouds stay unseen",

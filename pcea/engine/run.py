@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from pcea.data import open_dataset
 from pcea.data.corruptions import Noise, Occlude
+from pcea.data.download import file_sha256
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import Compose, PointWOLF, RotateUp, Transform, pct_train_transform
 from pcea.engine.checkpoint import (
@@ -33,12 +34,13 @@ from pcea.engine.checkpoint import (
     load_latest,
     open_checkpoint,
     previous_path,
+    resolve_checkpoint,
     set_rng_state,
 )
 from pcea.engine.config import RUNTIME_KEYS, TrainConfig, load_config_file, max_threads, max_workers
 from pcea.engine.distributed import DistEnv, ShardSampler
 from pcea.engine.rundir import run_state
-from pcea.engine.splits import AugmentedSubset, BalancedSampler, holdout_seed, split_train_val
+from pcea.engine.splits import AugmentedSubset, BalancedSampler, holdout_seed, split_train_val, stream_seed
 from pcea.errors import MissingSplitError, PceaError, PceaFileError
 from pcea.fast import accelerate
 from pcea.model import build_model
@@ -167,6 +169,7 @@ class Run:
     val_loader: DataLoader | None
     test_loader: DataLoader | None
     loader_generator: torch.Generator  # the training order's: its state is in every checkpoint
+    stream_seed: int  # what the order, augmentation, mixing and dropout draw from (splits.stream_seed)
     model: nn.Module  # the classifier whose weights are saved
     net: nn.Module  # what batches go through: the model, wrapped by DDP and/or torch.compile
     compiled: bool
@@ -222,9 +225,10 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
                         "fewer than 2 clouds per process (BatchNorm needs 2)")
     amp = use_amp(config.amp, device, lambda why: log(f"note: --amp ignored, training in float32: {why}"))
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
+    streams = _stream_seed(config, resume)
+    torch.manual_seed(streams)
+    random.seed(streams)
+    np.random.seed(streams % 2**32)
     train_base, test = _datasets(config, env, log)
     class_names = [str(name) for name in train_base.class_names]
     split_seed = holdout_seed(config.to_dict())
@@ -232,17 +236,21 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
     if len(train_idx) < config.batch_size:
         raise PceaError(f"{config.data}: {len(train_idx)} training clouds, fewer than one batch "
                         f"of {config.batch_size}; use a smaller --batch-size")
-    train_set = AugmentedSubset(train_base, train_idx, transform=train_transform(config), seed=config.seed)
+    train_set = AugmentedSubset(train_base, train_idx, transform=train_transform(config), seed=streams)
     val_set = AugmentedSubset(train_base, val_idx) if len(val_idx) else None
     test_set = AugmentedSubset(test, np.arange(len(test))) if test is not None else None
     loader_generator, eval_generator = torch.Generator(), torch.Generator()
-    train_loader = _loader(train_set, config, env, device, train=True, generator=loader_generator)
-    val_loader, test_loader = (_loader(subset, config, env, device, train=False, generator=eval_generator)
+    train_loader = _loader(train_set, config, env, device, train=True, generator=loader_generator,
+                           seed=streams)
+    val_loader, test_loader = (_loader(subset, config, env, device, train=False, generator=eval_generator,
+                                       seed=streams)
                                if subset is not None else None for subset in (val_set, test_set))
 
     model = _new_model(config, len(class_names))
     if config.init and resume is None:  # a resumed run has its own weights
         init_weights(model, config.init, class_names, log=log, holdout=(config.val_split, split_seed))
+        log(f"random streams: seed {config.seed} with the --init file's SHA-256 ({streams}), not the "
+            "draws its weights were trained with")
     model.class_names = class_names
     # The CPU speed-ups, decided by where the model lives (a no-op off the CPU), before the optimiser.
     model = accelerate(model.to(device))
@@ -250,7 +258,7 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
     run = Run(config=config, out=out, env=env, device=device, log=log, class_names=class_names,
               train_set=train_set, val_set=val_set, test_set=test_set, train_loader=train_loader,
               val_loader=val_loader, test_loader=test_loader, loader_generator=loader_generator,
-              model=model, net=model, compiled=False, amp=amp, optimizer=optimizer,
+              stream_seed=streams, model=model, net=model, compiled=False, amp=amp, optimizer=optimizer,
               scheduler=_scheduler(config, optimizer, steps_per_epoch=len(train_loader)),
               step_schedule=config.warmup_epochs > 0,
               criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), ema=_ema(config, model))
@@ -283,15 +291,29 @@ def _datasets(config: TrainConfig, env: DistEnv,
     return train_base, test
 
 
+def _stream_seed(config: TrainConfig, resume: dict | None) -> int:
+    """The run's :func:`~pcea.engine.splits.stream_seed`: a resumed run's is in its checkpoint (one
+    from before it was recorded drew from its seed), a new run's from its seed and ``--init`` file.
+
+    Raises:
+        PceaFileError: the ``--init`` checkpoint does not exist.
+    """
+    if resume is not None:
+        return int(resume.get("stream_seed", config.seed))
+    if not config.init:
+        return config.seed
+    return stream_seed(config.seed, file_sha256(resolve_checkpoint(config.init)))
+
+
 def _loader(dataset: Dataset, config: TrainConfig, env: DistEnv, device: torch.device, *, train: bool,
-            generator: torch.Generator) -> DataLoader:
+            generator: torch.Generator, seed: int) -> DataLoader:
     per_rank = config.batch_size // env.world_size
     if train and config.balanced:  # every rank draws the same sequence and keeps its share
         labels = np.asarray(dataset.base.labels)[dataset.indices]
         sampler = BalancedSampler(labels, generator, rank=env.rank, world_size=env.world_size)
     elif train and env.enabled:
         sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                     shuffle=True, seed=config.seed, drop_last=True)
+                                     shuffle=True, seed=seed, drop_last=True)
     elif train:
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
     else:

@@ -3,9 +3,12 @@
 Every random choice depends only on (seed, epoch, item): the shuffling order of
 an epoch on (seed, epoch) (:func:`epoch_seed`), the augmentation of an item on
 (seed, epoch, index) (:class:`AugmentedSubset`). So the number of DataLoader
-workers and an interruption with ``--resume`` leave the run unchanged. The validation hold-out
-(:func:`split_train_val`) is drawn once, from the run's hold-out seed (:func:`holdout_seed`:
-``split_seed`` when set, else ``seed``), so that a run can keep another run's hold-out.
+workers and an interruption with ``--resume`` leave the run unchanged. The seed these
+draw from is the run's stream seed (:func:`stream_seed`): ``seed`` for a run from random
+weights, ``seed`` mixed with the ``--init`` file's SHA-256 for a run from given weights.
+The validation hold-out (:func:`split_train_val`) is drawn once, from the run's hold-out
+seed (:func:`holdout_seed`: ``split_seed`` when set, else ``seed``), so that a run can keep
+another run's hold-out.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from pcea.data.transforms import augment_item
 from pcea.errors import PceaError
 
-__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "holdout_seed", "split_train_val"]
+__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "holdout_seed", "split_train_val",
+           "stream_seed"]
 
 
 def holdout_seed(train_config: Mapping[str, Any]) -> Any:
@@ -32,6 +36,30 @@ def holdout_seed(train_config: Mapping[str, Any]) -> Any:
     """
     split_seed = train_config.get("split_seed")
     return train_config.get("seed") if split_seed is None else split_seed
+
+
+def stream_seed(seed: int, init_sha256: str | None = None) -> int:
+    """The seed of a run's random streams: its data order, augmentation, mixing and dropout masks.
+
+    A run from random weights draws them from ``seed``. A run from given weights (``--init``)
+    draws them from ``seed`` and the SHA-256 of the weights' file: with ``seed`` alone, a
+    second run from the weights of a first with the same seed would pair every step's
+    batch of labels with the dropout masks the first run had paired with it, at every step,
+    and weights continued that way segment after segment learn to read the labels from the
+    masks (docs/modelnet40.md, "Dropout masks that name the labels"). The same seed and the
+    same file still give the same run.
+
+    Args:
+        seed: the run's ``--seed``.
+        init_sha256: the SHA-256 of the ``--init`` file (64 hex digits), or None.
+
+    Returns:
+        ``seed`` without ``init_sha256``, else an integer in [0, 2**32) drawn from both.
+    """
+    if init_sha256 is None:
+        return seed
+    words = np.frombuffer(bytes.fromhex(init_sha256), dtype=">u4")  # (8,): the digest as 32-bit words
+    return int(np.random.SeedSequence((seed, *words.tolist())).generate_state(1)[0])
 
 
 def split_train_val(labels: np.ndarray, val_split: float, seed: int, *,
@@ -107,7 +135,7 @@ class AugmentedSubset(Dataset):
         base: items ``(FloatTensor (N, C), int label)``.
         indices: which items of ``base`` to use.
         transform: ``(points (N, C), rng) -> points``, or None.
-        seed: run seed.
+        seed: the run's stream seed (:func:`stream_seed`).
     """
 
     def __init__(self, base: Dataset, indices: np.ndarray, *, transform=None, seed: int = 0):

@@ -112,7 +112,7 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
 
     env, device = run.env, run.device
     run.train_set.set_epoch(epoch)
-    run.loader_generator.manual_seed(epoch_seed(run.config.seed, epoch))
+    run.loader_generator.manual_seed(epoch_seed(run.stream_seed, epoch))
     if isinstance(run.train_loader.sampler, DistributedSampler):
         run.train_loader.sampler.set_epoch(epoch)
     run.net.train()
@@ -130,7 +130,7 @@ def train_one_epoch(run: Run, epoch: int, stop: _StopRequest) -> dict | None:
             targets = labels  # --rsmix: (B, num_classes) mixed targets; train_acc still counts `labels`
             if run.config.rsmix > 0:
                 points, targets = mix_batch(points, labels, run.num_classes, p=run.config.rsmix,
-                                            stream=(run.config.seed, epoch, env.rank, step))
+                                            stream=(run.stream_seed, epoch, env.rank, step))
             logits = forward(run, points)  # (B, num_classes)
             loss = run.criterion(logits.float(), targets)
             # One all-reduce per step tells every rank about a bad loss or a stop signal,
@@ -253,6 +253,7 @@ def _payload(run: Run, epoch: int, protocol: str) -> dict:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "rng": rng_state(run.loader_generator),
+        "stream_seed": run.stream_seed,
         "metrics": {"history": run.history, "best": run.best, "last": run.history[-1] if run.history else {}},
         "protocol": protocol,
     }

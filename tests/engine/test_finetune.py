@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,12 @@ from tiny_models import build_tiny, save_tiny_checkpoint
 import pcea.engine.evaluate as evaluate_module
 import pcea.engine.run as run_module
 import pcea.engine.splits as splits_module
+from pcea.data.download import file_sha256
 from pcea.data.transforms import augment_item, pct_train_transform
 from pcea.engine.checkpoint import load_checkpoint, save_classifier
 from pcea.engine.config import TrainConfig
 from pcea.engine.evaluate import evaluate_checkpoint
+from pcea.engine.splits import stream_seed
 from pcea.engine.train import init_weights, train, train_transform
 from pcea.errors import PceaError, PceaFileError
 from pcea.model import build_model
@@ -133,6 +137,61 @@ def test_a_run_started_from_init_begins_where_the_source_ended(tiny_h5, tmp_path
           tmp_path / "robust", log=lambda line: None)
     stored = load_checkpoint(tmp_path / "robust" / "last.pt")["train_config"]
     assert (stored["init"], stored["yaw"], stored["occlusion"]) == (str(tmp_path / "first"), 90, 0.3)
+
+
+def _record_training_steps(monkeypatch) -> list[tuple[bytes, bytes]]:
+    """Record each training step's batch and the dropout masks' random state (the torch generator's)."""
+    import pcea.engine.train as train_module
+
+    steps = []
+    plain = train_module.forward
+
+    def recording(run, points, net=None):
+        if run.net.training:  # a training step, not validation
+            steps.append((points.numpy().tobytes(), torch.get_rng_state().numpy().tobytes()))
+        return plain(run, points, net)
+
+    monkeypatch.setattr(train_module, "forward", recording)
+    return steps
+
+
+def test_a_run_from_init_does_not_replay_the_draws_its_source_trained_with(tiny_h5, tmp_path, monkeypatch):
+    # With the source's seed alone, every step would pair the source's batch with the source's
+    # dropout masks again, and weights continued that way learn to read the labels from the masks.
+    steps = _record_training_steps(monkeypatch)
+    recipe = {"epochs": 1, "balanced": True, "wolf": 0.5, "rsmix": 0.5}
+    train(tiny_config(tiny_h5, **recipe), tmp_path / "first", log=lambda line: None)
+    first = list(steps)
+    steps.clear()
+    train(tiny_config(tiny_h5, **recipe), tmp_path / "again", log=lambda line: None)
+    assert steps == first                                  # the same seed from random weights: the same run
+    steps.clear()
+    lines = []
+    train(tiny_config(tiny_h5, init=str(tmp_path / "first"), **recipe), tmp_path / "tuned", log=lines.append)
+    assert len(steps) == len(first)
+    assert not {batch for batch, _ in steps} & {batch for batch, _ in first}     # other batches
+    assert not {masks for _, masks in steps} & {masks for _, masks in first}     # other dropout masks
+    digest = file_sha256(tmp_path / "first" / "best.pt")
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt")["stream_seed"] == stream_seed(0, digest)
+    assert any(line.startswith("random streams: seed 0 with the --init file's SHA-256") for line in lines)
+
+
+def test_a_run_from_init_resumes_its_own_draws_without_the_init_file(tiny_h5, tmp_path, monkeypatch):
+    recipe = {"epochs": 2, "balanced": True, "rsmix": 0.5}
+    train(tiny_config(tiny_h5, epochs=1), tmp_path / "first", log=lambda line: None)
+    config = tiny_config(tiny_h5, init=str(tmp_path / "first"), **recipe)
+    train(config, tmp_path / "straight", log=lambda line: None)
+    train(config, tmp_path / "resumed", stop_after=1, log=lambda line: None)
+    shutil.rmtree(tmp_path / "first")  # the stream seed is in the checkpoint: the file is not read again
+    train(None, tmp_path / "resumed", resume=True, log=lambda line: None)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert straight["stream_seed"] == resumed["stream_seed"] != 0
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    # A last.pt from before the stream seed was recorded resumes with the seed, as it was trained.
+    assert run_module._stream_seed(config, {"epoch": 1}) == 0
+    assert run_module._stream_seed(config, {"stream_seed": 7}) == 7
 
 
 @pytest.mark.parametrize(("trained", "holdout", "refused"), [

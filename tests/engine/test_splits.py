@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcea.engine.splits import holdout_seed, split_train_val
+from pcea.engine.splits import holdout_seed, split_train_val, stream_seed
 from pcea.errors import PceaError
 
 
@@ -49,3 +49,11 @@ def test_the_hold_out_seed_is_split_seed_when_set_else_the_runs_seed():
     assert holdout_seed({"seed": 3}) == 3                       # runs from before split_seed
     assert holdout_seed({"seed": 3, "split_seed": None}) == 3
     assert holdout_seed({"seed": 3, "split_seed": 0}) == 0
+
+
+def test_the_stream_seed_is_the_seed_alone_without_init_and_mixes_in_the_init_files_digest():
+    digest, other = "ab" * 32, "ab" * 31 + "ac"
+    assert stream_seed(5) == stream_seed(5, None) == 5                  # from random weights: as before
+    mixed = stream_seed(5, digest)
+    assert mixed == stream_seed(5, digest) and 0 <= mixed < 2**32           # the same file, the same run
+    assert len({5, mixed, stream_seed(5, other), stream_seed(6, digest)}) == 4  # any change of either: others
