@@ -21,7 +21,7 @@ import pcea.weights
 from pcea.data.modelnet import mesh_classes, shape_files
 from pcea.data.transforms import to_canonical
 from pcea.engine.evaluate import evaluate_checkpoint
-from pcea.engine.splits import split_train_val
+from pcea.engine.splits import holdout_seed, split_train_val
 from pcea.errors import PceaFileError
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "modelnet40-npy" / "ModelNet40"
@@ -82,12 +82,13 @@ def test_a_damaged_weight_file_is_refused(tmp_path, monkeypatch, card):
 
 
 def _val_files(step: int) -> list[tuple[Path, int]]:
-    """Every ``step``-th shape of the validation split the shipped weights were selected on."""
+    """Every ``step``-th shape of the validation split the shipped weights were selected on (drawn with
+    their hold-out seed: ``split_seed`` when they set one)."""
     names = mesh_classes(REAL)
     files = shape_files(REAL, "train", names)
     labels = np.array([label for _, label in files])
     config = pcea.weights.builtin_card("modelnet40")["train_config"]
-    _, val = split_train_val(labels, config["val_split"], config["seed"])
+    _, val = split_train_val(labels, config["val_split"], holdout_seed(config))
     return [files[i] for i in val[::step]]
 
 
