@@ -30,6 +30,7 @@ __all__ = [
     "ScaleTranslate",
     "Shuffle",
     "Subsample",
+    "Tilt",
     "Transform",
     "Translate",
     "CANONICAL_UP",
@@ -196,6 +197,23 @@ class RotateUp(Transform):
 
     def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return _linear(points, rotation_about(self.axis, rng.uniform(-self.max_angle, self.max_angle)))
+
+
+class Tilt(Transform):
+    """Lean the cloud off the up axis: angles about the two horizontal axes each from [-max_angle, max_angle].
+
+    The rotation is Rz @ Rx in pcea's y-up frame, as a scan that was not levelled or an object
+    standing on a slope is; the up axis ends at most ``max_angle`` from each vertical plane.
+    """
+
+    def __init__(self, max_angle: float):
+        if not 0 < max_angle <= np.pi / 2:
+            raise ValueError(f"max_angle must be in (0, pi/2] radians, got {max_angle!r}")
+        self.max_angle = max_angle
+
+    def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        ax, az = rng.uniform(-self.max_angle, self.max_angle, size=2)
+        return _linear(points, rotation_about("z", az) @ rotation_about("x", ax))
 
 
 class RotateSO3(Transform):

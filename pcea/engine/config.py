@@ -173,6 +173,11 @@ class TrainConfig:
                           "[-yaw, yaw] degrees before the other augmentation (0: never; 180: any angle), so "
                           "that the model holds up on files in any yaw (docs/robustness.md)",
                           group=AUGMENTATION, check=_between(0, 180, unit=" (degrees)"), metavar="DEGREES")
+    tilt: float = _setting(0.0, "lean every training cloud off the up axis by angles about the two "
+                           "horizontal axes, each drawn from [-tilt, tilt] degrees, before the yaw, as a "
+                           "scan that was not levelled is (pcea.data.transforms.Tilt; the suite's rotate "
+                           "corruption goes to 30); 0: never", group=AUGMENTATION,
+                           check=_between(0, 90, unit=" (degrees)"), metavar="DEGREES")
     occlusion: float = _setting(0.0, "probability that a training cloud loses part of its surface, as a "
                                 "scan or a damaged file does: a partial view or holes at a random severity "
                                 "of the robustness suite (pcea.data.corruptions.Occlude); 0: never",

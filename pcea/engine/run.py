@@ -27,7 +27,7 @@ from pcea.data import open_dataset
 from pcea.data.corruptions import Noise, Occlude
 from pcea.data.download import file_sha256
 from pcea.data.synth import ensure_synthetic
-from pcea.data.transforms import Compose, PointWOLF, RotateUp, Transform, pct_train_transform
+from pcea.data.transforms import Compose, PointWOLF, RotateUp, Tilt, Transform, pct_train_transform
 from pcea.engine.checkpoint import (
     RESUME_KEYS,
     check_resumed_state,
@@ -66,12 +66,12 @@ class warmup_cosine:  # noqa: N801 (a picklable lr_lambda, so the scheduler's st
 
 
 def train_transform(config: TrainConfig) -> Transform | None:
-    """The per-cloud training augmentation of a recipe: occlusion, PointWOLF, noise, yaw, then PCT's.
+    """The per-cloud training augmentation of a recipe: occlusion, PointWOLF, noise, tilt, yaw, then PCT's.
 
-    With ``yaw``, ``occlusion``, ``wolf`` and ``noise`` at 0 this is exactly PCT's augmentation (the same
-    draws from the same generator), so older recipes train as before. PointWOLF comes before
-    PCT's scaling and shift because it ends by normalising into the unit sphere, which would
-    undo them.
+    With ``yaw``, ``tilt``, ``occlusion``, ``wolf`` and ``noise`` at 0 this is exactly PCT's
+    augmentation (the same draws from the same generator), so older recipes train as before.
+    PointWOLF comes before PCT's scaling and shift because it ends by normalising into the unit
+    sphere, which would undo them.
     """
     steps: list[Transform] = []
     if config.occlusion > 0:
@@ -80,6 +80,8 @@ def train_transform(config: TrainConfig) -> Transform | None:
         steps.append(PointWOLF(config.wolf))
     if config.noise > 0:
         steps.append(Noise(config.noise))  # the sensor sees the deformed shape
+    if config.tilt > 0:
+        steps.append(Tilt(math.radians(config.tilt)))  # leaning first, then turned about the up axis
     if config.yaw > 0:
         steps.append(RotateUp("y", math.radians(config.yaw)))  # pcea's frame is y-up
     if config.augment == "pct":

@@ -53,6 +53,25 @@ def test_yaw_turns_clouds_about_the_up_axis_only_and_is_seeded():
     assert not np.array_equal(turned[4], augment_item(cloud, transform, seed=0, epoch=2, index=4))
 
 
+def test_tilt_leans_the_up_axis_by_at_most_the_angle_keeps_the_shape_and_is_seeded():
+    cloud = _cloud()
+    transform = train_transform(TrainConfig(augment="none", tilt=20))
+    leaned = [augment_item(cloud, transform, seed=0, epoch=1, index=i) for i in range(200)]
+    up = np.array([0.0, 1.0, 0.0])
+    tilts = []
+    for out in leaned:
+        matrix, *_ = np.linalg.lstsq(cloud, out, rcond=None)            # out = cloud @ matrix
+        np.testing.assert_allclose(matrix @ matrix.T, np.eye(3), atol=1e-4)  # a rotation: shape kept
+        tilts.append(np.degrees(np.arccos(np.clip((up @ matrix) @ up, -1, 1))))
+    # Rz(az) @ Rx(ax) leans y by arccos(cos ax cos az): at most about 28 degrees for 20 and 20.
+    assert max(tilts) <= np.degrees(np.arccos(np.cos(np.radians(20)) ** 2)) + 1e-3
+    assert max(tilts) > 15 and min(tilts) < 5                                        # the whole range
+    np.testing.assert_array_equal(leaned[4], augment_item(cloud, transform, seed=0, epoch=1, index=4))
+    assert not np.array_equal(leaned[4], augment_item(cloud, transform, seed=0, epoch=2, index=4))
+    config = TrainConfig(tilt=10, yaw=180)
+    assert [type(step).__name__ for step in train_transform(config).transforms][:2] == ["Tilt", "RotateUp"]
+
+
 def test_occlusion_removes_part_of_some_clouds_and_keeps_their_size():
     cloud = _cloud()
     transform = train_transform(TrainConfig(augment="none", occlusion=0.5))
@@ -89,6 +108,7 @@ def test_noise_comes_after_the_shape_changes_and_before_the_pose():
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("yaw", 181, "yaw=181: need 0 <= x <= 180"),
+    ("tilt", 91, "tilt=91: need 0 <= x <= 90"),
     ("occlusion", 1.5, "occlusion=1.5: need 0 <= x <= 1"),
     ("wolf", 1.5, "wolf=1.5: need 0 <= x <= 1"),
     ("noise", -0.1, "noise=-0.1: need 0 <= x <= 1"),
