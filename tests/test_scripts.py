@@ -1,4 +1,4 @@
-"""scripts/train_robust.sh: the shipped weights' eight segments from one command, resumable;
+"""scripts/train_robust.sh: the shipped weights' nine segments from one command, resumable;
 scripts/ship_weights.py: a run's chosen epoch into the shipped file and its card."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pcea.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
-SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix", "balanced", "points1024", "noise", "occlusion70")
+SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix", "balanced", "points1024", "noise", "occlusion70",
+            "halflr")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -52,9 +53,9 @@ def _recorder(tmp_path: Path, body: str = "") -> str:
 
 
 @pytest.mark.slow
-def test_eight_segments_each_from_the_one_before_then_the_suite(tmp_path):
+def test_nine_segments_each_from_the_one_before_then_the_suite(tmp_path):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
-    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
+    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
     pcea = str(Path(sys.executable).with_name("pcea"))
     first = _script(tmp_path, pcea, **env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -64,7 +65,7 @@ def test_eight_segments_each_from_the_one_before_then_the_suite(tmp_path):
         config = (runs / name / "config.yaml").read_text()
         assert "epochs: 1\n" in config and "points: 64\n" in config
         if previous:  # each segment starts from the weights of the one before, as they shipped
-            by_file = previous in ("wolfmix", "balanced", "points1024", "noise")
+            by_file = previous in ("wolfmix", "balanced", "points1024", "noise", "occlusion70")
             start = runs / previous / "last.pt" if by_file else runs / previous
             assert f"init: {start}\n" in config
     assert "wolf: 0.5\n" in (runs / "wolfmix" / "config.yaml").read_text()
@@ -77,11 +78,13 @@ def test_eight_segments_each_from_the_one_before_then_the_suite(tmp_path):
     assert "noise: 0.3\n" in noise and "occlusion: 0.5\n" in noise
     occlusion70 = (runs / "occlusion70" / "config.yaml").read_text()
     assert "noise: 0.3\n" in occlusion70 and "occlusion: 0.7\n" in occlusion70
+    halflr = (runs / "halflr" / "config.yaml").read_text()
+    assert "noise: 0.3\n" in halflr and "occlusion: 0.7\n" in halflr and "lr: 0.0001\n" in halflr
     assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
     suite = json.loads((runs / "suite" / "robustness.json").read_text())
     assert "jitter" in json.dumps(suite)
-    assert Path(suite["checkpoint"]).resolve() == (runs / "occlusion70" / "last.pt").resolve()
-    ship = f"scripts/ship_weights.py {runs / 'occlusion70'} --name modelnet40 --checkpoint last"
+    assert Path(suite["checkpoint"]).resolve() == (runs / "halflr" / "last.pt").resolve()
+    ship = f"scripts/ship_weights.py {runs / 'halflr'} --name modelnet40 --checkpoint last"
     assert ship in first.stdout
 
 
@@ -112,16 +115,20 @@ def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
                         f"--out {runs / 'occlusion70'} --epochs 13 --init {runs / 'noise' / 'last.pt'} "
                         f"--points 1024 --model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
                         f"--threads 1")
-    assert calls[8] == (f"eval {runs / 'occlusion70' / 'last.pt'} --data synthetic --split val --corrupt all "
+    assert calls[8] == (f"train --config configs/modelnet40_wolfmix.yaml --data synthetic "
+                        f"--out {runs / 'halflr'} --epochs 7 --init {runs / 'occlusion70' / 'last.pt'} "
+                        f"--points 1024 --model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
+                        f"--lr 0.0001 --threads 1")
+    assert calls[9] == (f"eval {runs / 'halflr' / 'last.pt'} --data synthetic --split val --corrupt all "
                         f"--out {runs / 'suite'}")
-    assert len(calls) == 9
-    assert f"scripts/ship_weights.py {runs / 'occlusion70'} --name modelnet40" in result.stdout
+    assert len(calls) == 10
+    assert f"scripts/ship_weights.py {runs / 'halflr'} --name modelnet40" in result.stdout
 
 
 def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_path):
     # RUNS as the four-segment script left it: wolfmix done, its suite measured on wolfmix/last.pt.
     runs = tmp_path / "runs"
-    for name in SEGMENTS[:-4]:
+    for name in SEGMENTS[:4]:
         (runs / name).mkdir(parents=True)
         (runs / name / "config.yaml").write_text("epochs: 1\n")
     (runs / "suite").mkdir()
@@ -135,7 +142,7 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
     result = _script(tmp_path, pcea, DATA="synthetic")
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert calls[:4] == [f"train --resume {runs / name}" for name in SEGMENTS[:-4]]
+    assert calls[:4] == [f"train --resume {runs / name}" for name in SEGMENTS[:4]]
     assert calls[4].startswith("train --config configs/modelnet40_wolfmix.yaml")
     assert calls[4].endswith(f"--init {runs / 'wolfmix' / 'last.pt'} --occlusion 0.5 --balanced")
     assert calls[5].endswith(f"--init {runs / 'balanced' / 'last.pt'} "
@@ -144,9 +151,11 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
                              f"--model-opt centers=[512,256] --occlusion 0.5 --balanced --noise 0.3")
     assert calls[7].endswith(f"--init {runs / 'noise' / 'last.pt'} --points 1024 "
                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3")
-    assert calls[8].startswith(f"eval {runs / 'occlusion70' / 'last.pt'} ")  # wolfmix's suite is stale
-    assert len(calls) == 9
-    # Once the suite is newer than occlusion70/last.pt, a rerun leaves it be.
+    assert calls[8].endswith(f"--init {runs / 'occlusion70' / 'last.pt'} --points 1024 "
+                             f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 --lr 0.0001")
+    assert calls[9].startswith(f"eval {runs / 'halflr' / 'last.pt'} ")  # wolfmix's suite is stale
+    assert len(calls) == 10
+    # Once the suite is newer than halflr/last.pt, a rerun leaves it be.
     os.utime(runs / "suite" / "robustness.json", (time.time() + 60,) * 2)
     (tmp_path / "calls.txt").unlink()
     again = _script(tmp_path, pcea, DATA="synthetic")
@@ -169,10 +178,10 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 2 10 20 18 18"), "EPOCHS must be eight whole numbers"),  # the six-segment setting
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 5"), "EPOCHS must be eight whole numbers"),
-    (dict(EPOCHS="13 2 x 20 18 18 15 13"), "EPOCHS must be eight whole numbers"),
-    (dict(EPOCHS="13 0 10 20 18 18 15 13"), "EPOCHS must be eight whole numbers"),
+    (dict(EPOCHS="13 2 10 20 18 18 15 13"), "EPOCHS must be nine whole numbers"),  # the eight-segment setting
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 5"), "EPOCHS must be nine whole numbers"),
+    (dict(EPOCHS="13 2 x 20 18 18 15 13 7"), "EPOCHS must be nine whole numbers"),
+    (dict(EPOCHS="13 0 10 20 18 18 15 13 7"), "EPOCHS must be nine whole numbers"),
     (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
