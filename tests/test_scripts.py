@@ -152,7 +152,8 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
     assert calls[7].endswith(f"--init {runs / 'noise' / 'last.pt'} --points 1024 "
                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3")
     assert calls[8].endswith(f"--init {runs / 'occlusion70' / 'last.pt'} --points 1024 "
-                             f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 --lr 0.0001")
+                             f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
+                             f"--lr 0.0001")
     assert calls[9].startswith(f"eval {runs / 'halflr' / 'last.pt'} ")  # wolfmix's suite is stale
     assert len(calls) == 10
     # Once the suite is newer than halflr/last.pt, a rerun leaves it be.
