@@ -203,7 +203,7 @@ class Tilt(Transform):
     """Lean the cloud off the up axis: angles about the two horizontal axes each from [-max_angle, max_angle].
 
     The rotation is Rz @ Rx in pcea's y-up frame, as a scan that was not levelled or an object
-    standing on a slope is; the up axis ends at most ``max_angle`` from each vertical plane.
+    standing on a slope is; the up axis ends within ``max_angle`` of both the x-y and the y-z plane.
     """
 
     def __init__(self, max_angle: float):
