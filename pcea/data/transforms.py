@@ -212,8 +212,8 @@ class Tilt(Transform):
         self.max_angle = max_angle
 
     def apply(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        ax, az = rng.uniform(-self.max_angle, self.max_angle, size=2)
-        return _linear(points, rotation_about("z", az) @ rotation_about("x", ax))
+        ax, az = rng.uniform(-self.max_angle, self.max_angle, size=2)  # about x, then about z
+        return _linear(points, rotation_about("z", az) @ rotation_about("x", ax))  # (N, C), normals too
 
 
 class RotateSO3(Transform):

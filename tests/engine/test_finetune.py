@@ -13,6 +13,7 @@ from tiny_models import build_tiny, save_tiny_checkpoint
 import pcea.engine.evaluate as evaluate_module
 import pcea.engine.run as run_module
 import pcea.engine.splits as splits_module
+import pcea.engine.train as train_module
 from pcea.data.download import file_sha256
 from pcea.data.transforms import augment_item, pct_train_transform
 from pcea.engine.checkpoint import load_checkpoint, save_classifier
@@ -161,8 +162,6 @@ def test_a_run_started_from_init_begins_where_the_source_ended(tiny_h5, tmp_path
 
 def _record_training_steps(monkeypatch) -> list[tuple[bytes, bytes]]:
     """Record each training step's batch and the dropout masks' random state (the torch generator's)."""
-    import pcea.engine.train as train_module
-
     steps = []
     plain = train_module.forward
 
