@@ -244,8 +244,7 @@ def build_run(config: TrainConfig, out: Path, env: DistEnv, device: torch.device
     loader_generator, eval_generator = torch.Generator(), torch.Generator()
     train_loader = _loader(train_set, config, env, device, train=True, generator=loader_generator,
                            seed=streams)
-    val_loader, test_loader = (_loader(subset, config, env, device, train=False, generator=eval_generator,
-                                       seed=streams)
+    val_loader, test_loader = (_loader(subset, config, env, device, train=False, generator=eval_generator)
                                if subset is not None else None for subset in (val_set, test_set))
 
     model = _new_model(config, len(class_names))
@@ -308,7 +307,9 @@ def _stream_seed(config: TrainConfig, resume: dict | None) -> int:
 
 
 def _loader(dataset: Dataset, config: TrainConfig, env: DistEnv, device: torch.device, *, train: bool,
-            generator: torch.Generator, seed: int) -> DataLoader:
+            generator: torch.Generator, seed: int = 0) -> DataLoader:
+    """One split's loader; ``seed`` is the shuffle seed of the distributed training sampler, the
+    only sampler that takes one (the others draw from ``generator``)."""
     per_rank = config.batch_size // env.world_size
     if train and config.balanced:  # every rank draws the same sequence and keeps its share
         labels = np.asarray(dataset.base.labels)[dataset.indices]
