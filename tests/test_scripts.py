@@ -1,4 +1,4 @@
-"""scripts/train_robust.sh: the shipped weights' nine segments from one command, resumable;
+"""scripts/train_robust.sh: the shipped weights' twelve segments from one command, resumable;
 scripts/ship_weights.py: a run's chosen epoch into the shipped file and its card."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pcea.engine.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
 SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix", "balanced", "points1024", "noise", "occlusion70",
-            "halflr")
+            "halflr", "tilt", "tilt2", "tilt3")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -53,9 +53,9 @@ def _recorder(tmp_path: Path, body: str = "") -> str:
 
 
 @pytest.mark.slow
-def test_nine_segments_each_from_the_one_before_then_the_suite(tmp_path):
+def test_twelve_segments_each_from_the_one_before_then_the_suite(tmp_path):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
-    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
+    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1 1 1 1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
     pcea = str(Path(sys.executable).with_name("pcea"))
     first = _script(tmp_path, pcea, **env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_nine_segments_each_from_the_one_before_then_the_suite(tmp_path):
         config = (runs / name / "config.yaml").read_text()
         assert "epochs: 1\n" in config and "points: 64\n" in config
         if previous:  # each segment starts from the weights of the one before, as they shipped
-            by_file = previous in ("wolfmix", "balanced", "points1024", "noise", "occlusion70")
+            by_file = previous in SEGMENTS[3:]
             start = runs / previous / "last.pt" if by_file else runs / previous
             assert f"init: {start}\n" in config
     assert "wolf: 0.5\n" in (runs / "wolfmix" / "config.yaml").read_text()
@@ -80,11 +80,17 @@ def test_nine_segments_each_from_the_one_before_then_the_suite(tmp_path):
     assert "noise: 0.3\n" in occlusion70 and "occlusion: 0.7\n" in occlusion70
     halflr = (runs / "halflr" / "config.yaml").read_text()
     assert "noise: 0.3\n" in halflr and "occlusion: 0.7\n" in halflr and "lr: 0.0001\n" in halflr
+    assert "tilt: 0.0\n" in halflr
+    for name in ("tilt", "tilt2"):
+        config = (runs / name / "config.yaml").read_text()
+        assert "tilt: 25.0\n" in config and "occlusion: 0.7\n" in config and "lr: 0.0001\n" in config
+    tilt3 = (runs / "tilt3" / "config.yaml").read_text()
+    assert "tilt: 25.0\n" in tilt3 and "occlusion: 0.7\n" in tilt3 and "lr: 5.0e-05\n" in tilt3
     assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
     suite = json.loads((runs / "suite" / "robustness.json").read_text())
     assert "jitter" in json.dumps(suite)
-    assert Path(suite["checkpoint"]).resolve() == (runs / "halflr" / "last.pt").resolve()
-    ship = f"scripts/ship_weights.py {runs / 'halflr'} --name modelnet40 --checkpoint last"
+    assert Path(suite["checkpoint"]).resolve() == (runs / "tilt3" / "last.pt").resolve()
+    ship = f"scripts/ship_weights.py {runs / 'tilt3'} --name modelnet40 --checkpoint last"
     assert ship in first.stdout
 
 
@@ -119,10 +125,17 @@ def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
                         f"--out {runs / 'halflr'} --epochs 7 --init {runs / 'occlusion70' / 'last.pt'} "
                         f"--points 1024 --model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
                         f"--lr 0.0001 --threads 1")
-    assert calls[9] == (f"eval {runs / 'halflr' / 'last.pt'} --data synthetic --split val --corrupt all "
-                        f"--out {runs / 'suite'}")
-    assert len(calls) == 10
-    assert f"scripts/ship_weights.py {runs / 'halflr'} --name modelnet40" in result.stdout
+    tilts = [("tilt", "halflr", 10, "0.0001"), ("tilt2", "tilt", 9, "0.0001"),
+             ("tilt3", "tilt2", 10, "0.00005")]
+    for index, (name, start, epochs, lr) in enumerate(tilts, start=9):
+        assert calls[index] == (f"train --config configs/modelnet40_wolfmix.yaml --data synthetic "
+                                f"--out {runs / name} --epochs {epochs} --init {runs / start / 'last.pt'} "
+                                f"--points 1024 --model-opt centers=[512,256] --occlusion 0.7 --balanced "
+                                f"--noise 0.3 --lr {lr} --tilt 25 --threads 1")
+    assert calls[12] == (f"eval {runs / 'tilt3' / 'last.pt'} --data synthetic --split val --corrupt all "
+                         f"--out {runs / 'suite'}")
+    assert len(calls) == 13
+    assert f"scripts/ship_weights.py {runs / 'tilt3'} --name modelnet40" in result.stdout
 
 
 def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_path):
@@ -154,9 +167,18 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
     assert calls[8].endswith(f"--init {runs / 'occlusion70' / 'last.pt'} --points 1024 "
                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
                              f"--lr 0.0001")
-    assert calls[9].startswith(f"eval {runs / 'halflr' / 'last.pt'} ")  # wolfmix's suite is stale
-    assert len(calls) == 10
-    # Once the suite is newer than halflr/last.pt, a rerun leaves it be.
+    assert calls[9].endswith(f"--init {runs / 'halflr' / 'last.pt'} --points 1024 "
+                             f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
+                             f"--lr 0.0001 --tilt 25")
+    assert calls[10].endswith(f"--init {runs / 'tilt' / 'last.pt'} --points 1024 "
+                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
+                              f"--lr 0.0001 --tilt 25")
+    assert calls[11].endswith(f"--init {runs / 'tilt2' / 'last.pt'} --points 1024 "
+                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
+                              f"--lr 0.00005 --tilt 25")
+    assert calls[12].startswith(f"eval {runs / 'tilt3' / 'last.pt'} ")  # wolfmix's suite is stale
+    assert len(calls) == 13
+    # Once the suite is newer than tilt3/last.pt, a rerun leaves it be.
     os.utime(runs / "suite" / "robustness.json", (time.time() + 60,) * 2)
     (tmp_path / "calls.txt").unlink()
     again = _script(tmp_path, pcea, DATA="synthetic")
@@ -179,10 +201,11 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 2 10 20 18 18 15 13"), "EPOCHS must be nine whole numbers"),  # the eight-segment setting
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 5"), "EPOCHS must be nine whole numbers"),
-    (dict(EPOCHS="13 2 x 20 18 18 15 13 7"), "EPOCHS must be nine whole numbers"),
-    (dict(EPOCHS="13 0 10 20 18 18 15 13 7"), "EPOCHS must be nine whole numbers"),
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be twelve whole numbers"),  # nine segments
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9"), "EPOCHS must be twelve whole numbers"),  # eleven
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 5"), "EPOCHS must be twelve whole numbers"),
+    (dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10"), "EPOCHS must be twelve whole numbers"),
+    (dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be twelve whole numbers"),
     (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
