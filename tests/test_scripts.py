@@ -167,15 +167,11 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
     assert calls[8].endswith(f"--init {runs / 'occlusion70' / 'last.pt'} --points 1024 "
                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
                              f"--lr 0.0001")
-    assert calls[9].endswith(f"--init {runs / 'halflr' / 'last.pt'} --points 1024 "
-                             f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
-                             f"--lr 0.0001 --tilt 25")
-    assert calls[10].endswith(f"--init {runs / 'tilt' / 'last.pt'} --points 1024 "
-                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
-                              f"--lr 0.0001 --tilt 25")
-    assert calls[11].endswith(f"--init {runs / 'tilt2' / 'last.pt'} --points 1024 "
-                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
-                              f"--lr 0.00005 --tilt 25")
+    starts = ("halflr", "0.0001"), ("tilt", "0.0001"), ("tilt2", "0.00005")  # tilt, tilt2, tilt3
+    for index, (start, lr) in enumerate(starts, start=9):
+        assert calls[index].endswith(f"--init {runs / start / 'last.pt'} --points 1024 "
+                                     f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
+                                     f"--lr {lr} --tilt 25")
     assert calls[12].startswith(f"eval {runs / 'tilt3' / 'last.pt'} ")  # wolfmix's suite is stale
     assert len(calls) == 13
     # Once the suite is newer than tilt3/last.pt, a rerun leaves it be.
