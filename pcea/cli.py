@@ -64,6 +64,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def builtin_weights_lines() -> str:
     """What ``pcea info`` says about the weights that ship with pcea (pcea/weights)."""
+    from pcea.engine.metrics import percent_down
     from pcea.weights import BUILTIN, builtin_card
 
     lines = ["built-in weights (pcea classify NAME FILES, pcea.load_model(NAME)):"]
@@ -82,8 +83,7 @@ def builtin_weights_lines() -> str:
         if suite:
             lines.append(f"{pad}any yaw: val OA {100 * suite['yaw_5_oa']:.2f} %, mAcc "
                          f"{100 * suite['yaw_5_macc']:.2f} %; mean over the robustness suite "
-                         # rounded down (past float error): 84.997 % must not read as the 85 % target met
-                         f"{math.floor(10000 * suite['mean_oa'] + 1e-6) / 100:.2f} % (docs/robustness.md)")
+                         f"{percent_down(suite['mean_oa'])} % (docs/robustness.md)")
         lines.append(f"{pad}data: {card['data']}; recipe {card['recipe']}, "
                      f"{card['epochs']} epochs, shipped epoch {card['epoch']} ({card['selection']})"
                      + (f", started from {card['init']}" if card.get("init") else ""))

@@ -29,7 +29,7 @@ from pcea.data.transforms import vote_transform
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.config import MAX_SEED
 from pcea.engine.distributed import resolve_device
-from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
+from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy, percent_down
 from pcea.engine.robustness import evaluate_robustness, model_predictor, write_robustness
 from pcea.engine.splits import AugmentedSubset, holdout_seed, split_train_val
 from pcea.errors import MAX_VOTES, PceaError, PceaFileError, check_positive_int
@@ -362,7 +362,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
         files = write_report(report, out)
         if corruptions:
             title = (f"{Path(report['checkpoint']).name} on the {split} split ({len(items)} shapes): "
-                     f"mean OA {report['robustness']['mean_oa']:.1%} under corruption")
+                     f"mean OA {percent_down(report['robustness']['mean_oa'])}% under corruption")
             files.update(write_robustness(report["robustness"], out, title))
         report["files"] = {kind: str(file) for kind, file in files.items()}
     return report

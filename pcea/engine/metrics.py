@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -10,6 +12,7 @@ __all__ = [
     "mean_class_accuracy",
     "overall_accuracy",
     "per_class_accuracy",
+    "percent_down",
 ]
 
 
@@ -78,3 +81,14 @@ def accuracy_from_counts(correct: np.ndarray, total: np.ndarray) -> tuple[float,
     present = total > 0
     macc = float((correct[present] / total[present]).mean()) if present.any() else float("nan")
     return oa, macc
+
+
+def percent_down(fraction: float, digits: int = 2) -> str:
+    """``fraction`` as a percentage with ``digits`` decimals, rounded down, so that a figure
+    just under a target never prints as meeting it (0.84997 -> "84.99", not "85.00").
+
+    The 1e-6 absorbs float error in the scaling: 10000 * 0.0029 is 28.999..., which a plain
+    floor would print as 0.28 instead of 0.29.
+    """
+    scale = 10 ** digits
+    return f"{math.floor(100 * scale * fraction + 1e-6) / scale:.{digits}f}"

@@ -31,7 +31,7 @@ import torch
 from pcea.atomic import write_atomic
 from pcea.data.corruptions import CORRUPTIONS, SEVERITIES, SEVERITY_TABLE, corrupt
 from pcea.data.transforms import Subsample
-from pcea.engine.metrics import mean_class_accuracy, overall_accuracy
+from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, percent_down
 from pcea.geometry import check_outliers, normalize_unit_sphere, outlier_mask
 from pcea.precision import autocast
 
@@ -178,7 +178,7 @@ def format_robustness(report: dict) -> str:
         values = [rows[str(s)]["oa"] for s in severities]
         lines.append(f"{name:<12} " + " ".join(f"{v:6.1%}" for v in values) + f" {np.mean(values):6.1%}")
     lines.append(f"clean OA {report['clean']['oa']:.1%} (mAcc {report['clean']['macc']:.1%}); "
-                 f"mean OA over all corruptions and severities {report['mean_oa']:.1%}")
+                 f"mean OA over all corruptions and severities {percent_down(report['mean_oa'])}%")
     if report.get("outliers") == "remove":
         lines.append("stray points removed from every cloud first (--outliers remove)")
     lines.append(f"note: {report['note']}")

@@ -14,6 +14,7 @@ from pcea.engine.metrics import (
     mean_class_accuracy,
     overall_accuracy,
     per_class_accuracy,
+    percent_down,
 )
 
 
@@ -50,3 +51,14 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         class_counts([0, 2], [0, 1], num_classes=2)
     assert math.isnan(overall_accuracy([], []))
+
+
+def test_percent_down_never_rounds_up_to_a_target():
+    assert percent_down(0.84997) == "84.99"       # segment 12's suite mean: not the 85 % target
+    assert percent_down(0.85) == "85.00"
+    assert percent_down(0.8851, digits=1) == "88.5"
+    assert percent_down(1.0) == "100.00" and percent_down(0.0) == "0.00"
+    # every exact two-decimal percentage prints as itself, float error in the scaling or not
+    # (a plain floor prints 0.0029 as 0.28)
+    for hundredths in range(10_001):
+        assert percent_down(hundredths / 10_000) == f"{hundredths / 100:.2f}"

@@ -10,7 +10,7 @@ import pytest
 from pcea.cli import main
 from pcea.data.corruptions import CORRUPTIONS
 from pcea.engine.evaluate import evaluate_checkpoint
-from pcea.engine.robustness import corrupted_clouds, evaluate_robustness
+from pcea.engine.robustness import corrupted_clouds, evaluate_robustness, format_robustness
 
 
 def _cells(report: dict) -> list[dict]:
@@ -45,6 +45,15 @@ def test_the_table_names_every_corruption_and_the_mean(tiny_checkpoint, tiny_h5,
     assert "yaw" in text and "partial" in text and "jitter" not in text
     assert "mean OA over all corruptions and severities" in text
     assert "not the published ModelNet-C" in text
+
+
+def test_the_mean_is_printed_rounded_down_so_a_near_miss_does_not_read_as_a_target_met():
+    cells = {"1": {"oa": 0.84994, "macc": 0.8}, "2": {"oa": 0.85, "macc": 0.8}}
+    report = {"severities": [1, 2], "corruptions": {"yaw": cells}, "clean": {"oa": 0.88, "macc": 0.86},
+              "mean_oa": 0.84997, "note": "n"}
+    text = format_robustness(report)
+    assert "mean OA over all corruptions and severities 84.99%" in text
+    assert "85.0" not in text.splitlines()[-2]
 
 
 def test_the_same_seed_gives_the_same_figures_whatever_the_batch_size(tiny_checkpoint, tiny_h5):
