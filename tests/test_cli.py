@@ -154,7 +154,7 @@ OUT_OF_RANGE = {
     "warmup_epochs": {"warmup_epochs": "3", "epochs": "3"}, "momentum": {"momentum": "1"},
     "weight_decay": {"weight_decay": "-1"}, "label_smoothing": {"label_smoothing": "1"}, "ema": {"ema": "1"},
     "yaw": {"yaw": "181"}, "tilt": {"tilt": "91"}, "wolf": {"wolf": "1.5"}, "rsmix": {"rsmix": "-0.1"},
-    "noise": {"noise": "2"},
+    "noise": {"noise": "2"}, "scale": {"scale": "0.5"},
     "occlusion": {"occlusion": "1.5"}, "seed": {"seed": "-1"}, "split_seed": {"split_seed": "-1"},
     "val_split": {"val_split": "1"},
     "select_on": {"select_on": "val", "val_split": "0"}, "threads": {"threads": "0"},

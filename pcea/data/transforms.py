@@ -395,9 +395,10 @@ def augment_item(points, transform, *, seed: int, epoch: int, index: int) -> np.
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def pct_train_transform() -> Compose:
-    """PCT's training augmentation: anisotropic scale in [2/3, 3/2], shift in [-0.2, 0.2], shuffle."""
-    return Compose([ScaleTranslate(), Shuffle()])
+def pct_train_transform(scale: float = 1.5) -> Compose:
+    """PCT's training augmentation: anisotropic scale in [1/scale, scale] (PCT's: [2/3, 3/2]),
+    shift in [-0.2, 0.2], shuffle."""
+    return Compose([ScaleTranslate(1 / scale, scale), Shuffle()])
 
 
 def vote_transform(low: float = 0.8, high: float = 1.25) -> AnisotropicScale:

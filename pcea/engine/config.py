@@ -169,6 +169,10 @@ class TrainConfig:
                               "whose classes differ in size; raises mAcc)", group=OPTIMISATION)
     augment: Literal["pct", "none"] = _setting("pct", "pct (anisotropic scale + translation, then "
                                                "shuffling) or none", group=AUGMENTATION)
+    scale: float = _setting(1.5, "pct's per-axis scale factors are drawn from [1/S, S] (1.5: PCT's [2/3, "
+                            "3/2]); a larger S stretches the shapes further out of proportion, as the "
+                            "robustness suite's scale corruption does (up to 2.0)", group=AUGMENTATION,
+                            check=_between(1, 4), metavar="S")
     yaw: float = _setting(0.0, "rotate every training cloud about the up axis by an angle drawn from "
                           "[-yaw, yaw] degrees before the other augmentation (0: never; 180: any angle), so "
                           "that the model holds up on files in any yaw (docs/robustness.md)",

@@ -85,7 +85,7 @@ def train_transform(config: TrainConfig) -> Transform | None:
     if config.yaw > 0:
         steps.append(RotateUp("y", math.radians(config.yaw)))  # pcea's frame is y-up
     if config.augment == "pct":
-        steps.extend(pct_train_transform().transforms)
+        steps.extend(pct_train_transform(config.scale).transforms)
     return Compose(steps) if steps else None
 
 

@@ -1,4 +1,5 @@
-"""Training for real files: --yaw, --occlusion, --wolf and --noise augmentations, and --init (fine-tuning)."""
+"""Training for real files: --yaw, --tilt, --scale, --occlusion, --wolf and --noise augmentations, and --init
+(fine-tuning)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,21 @@ def test_tilt_leans_the_up_axis_by_at_most_the_angle_keeps_the_shape_and_is_seed
     assert [type(step).__name__ for step in train_transform(config).transforms][:2] == ["Tilt", "RotateUp"]
 
 
+def test_scale_draws_pcts_per_axis_factors_from_one_over_s_to_s():
+    cloud = _cloud()
+    extent = np.ptp(cloud[:, :3], axis=0)
+
+    def factors(transform) -> np.ndarray:  # the shift and the shuffle leave each axis' extent x factor
+        outs = [augment_item(cloud, transform, seed=0, epoch=1, index=i) for i in range(300)]
+        return np.array([np.ptp(out[:, :3], axis=0) / extent for out in outs])    # (300, 3)
+
+    pcts = factors(train_transform(TrainConfig()))                              # 1.5: PCT's range
+    assert pcts.min() >= 2 / 3 - 1e-5 and pcts.max() <= 3 / 2 + 1e-5
+    wide = factors(train_transform(TrainConfig(scale=2)))
+    assert wide.min() >= 0.5 - 1e-5 and wide.max() <= 2 + 1e-5
+    assert wide.min() < 0.6 and wide.max() > 1.8                                     # the whole range
+
+
 def test_occlusion_removes_part_of_some_clouds_and_keeps_their_size():
     cloud = _cloud()
     transform = train_transform(TrainConfig(augment="none", occlusion=0.5))
@@ -110,6 +126,7 @@ def test_noise_comes_after_the_shape_changes_and_before_the_pose():
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("yaw", 181, "yaw=181: need 0 <= x <= 180"),
     ("tilt", 91, "tilt=91: need 0 <= x <= 90"),
+    ("scale", 0.9, "scale=0.9: need 1 <= x <= 4"),
     ("occlusion", 1.5, "occlusion=1.5: need 0 <= x <= 1"),
     ("wolf", 1.5, "wolf=1.5: need 0 <= x <= 1"),
     ("noise", -0.1, "noise=-0.1: need 0 <= x <= 1"),
