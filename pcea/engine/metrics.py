@@ -1,4 +1,5 @@
-"""Classification metrics of the ModelNet40 protocol: overall and mean class accuracy."""
+"""Classification metrics of the ModelNet40 protocol: overall and mean class accuracy, and
+``percent_down``, which prints a figure read against a target without rounding it up."""
 
 from __future__ import annotations
 
