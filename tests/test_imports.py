@@ -218,8 +218,8 @@ class _NoTorch:
 sys.meta_path.insert(0, _NoTorch())
 """
 
-TORCH_FREE = ["pcea", "pcea.errors", "pcea.geometry", "pcea.io", "pcea.io.formats", "pcea.io.inputs",
-              "pcea.onnx_runner"]
+TORCH_FREE = ["pcea", "pcea.digest", "pcea.errors", "pcea.geometry", "pcea.io", "pcea.io.formats",
+              "pcea.io.inputs", "pcea.onnx_runner", "pcea.weights"]
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:

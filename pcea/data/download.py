@@ -27,7 +27,6 @@ directory makes a second call a no-op.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -47,6 +46,7 @@ from tqdm import tqdm
 
 from pcea.atomic import replacing_dir, temporary_dir
 from pcea.data import default_root
+from pcea.digest import file_sha256
 from pcea.errors import PceaError, PceaFileError, open_regular
 from pcea.lock import HolderLock, Timeout
 
@@ -123,22 +123,6 @@ def _check_sha256(value: str | None) -> str | None:
     if not re.fullmatch(r"[0-9a-f]{64}", value):
         raise PceaError(f"--sha256 must be 64 hexadecimal digits, got {value!r}")
     return value
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, read in 1 MiB chunks.
-
-    Args:
-        path: the file.
-
-    Returns:
-        The digest as 64 lowercase hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _looks_like_html(head: bytes, content_type: str = "") -> bool:

@@ -25,9 +25,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from pcea.data import open_dataset
 from pcea.data.corruptions import Noise, Occlude
-from pcea.data.download import file_sha256
 from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import Compose, PointWOLF, RotateUp, Tilt, Transform, pct_train_transform
+from pcea.digest import file_sha256
 from pcea.engine.checkpoint import (
     RESUME_KEYS,
     check_resumed_state,

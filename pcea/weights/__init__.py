@@ -10,10 +10,10 @@ format itself is then read with ``torch.load(weights_only=True)`` as every check
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from pcea.digest import file_sha256
 from pcea.errors import PceaFileError
 
 __all__ = ["BUILTIN", "builtin_card", "builtin_path", "is_builtin"]
@@ -53,7 +53,7 @@ def builtin_path(name: str) -> Path:
     card = builtin_card(name)
     path = HERE / card["file"]
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
     except OSError as err:
         raise PceaFileError(path, f"cannot read the built-in weights ({err.strerror or err})") from None
     if digest != card["sha256"]:

@@ -15,8 +15,8 @@ import pcea.engine.evaluate as evaluate_module
 import pcea.engine.run as run_module
 import pcea.engine.splits as splits_module
 import pcea.engine.train as train_module
-from pcea.data.download import file_sha256
 from pcea.data.transforms import augment_item, pct_train_transform
+from pcea.digest import file_sha256
 from pcea.engine.checkpoint import load_checkpoint, save_classifier
 from pcea.engine.config import TrainConfig
 from pcea.engine.evaluate import evaluate_checkpoint

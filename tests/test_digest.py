@@ -1,0 +1,31 @@
+"""pcea.digest: the one file SHA-256 behind downloads, ``--init`` streams and the built-in weights' check."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+import pcea.digest as digest_module
+from pcea.digest import file_sha256
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (5 << 19) + 7])
+def test_matches_the_digest_of_the_whole_file_across_chunk_boundaries(tmp_path, size):
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_reads_in_chunks_not_the_whole_file_at_once(tmp_path, monkeypatch):
+    # A small chunk makes a 10-byte file take several reads; the digest must still be the file's.
+    monkeypatch.setattr(digest_module, "_CHUNK", 3)
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"0123456789")
+    assert file_sha256(path) == hashlib.sha256(b"0123456789").hexdigest()
+
+
+def test_a_missing_file_raises_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        file_sha256(tmp_path / "absent.bin")
