@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 
@@ -19,11 +20,20 @@ def test_matches_the_digest_of_the_whole_file_across_chunk_boundaries(tmp_path, 
 
 
 def test_reads_in_chunks_not_the_whole_file_at_once(tmp_path, monkeypatch):
-    # A small chunk makes a 10-byte file take several reads; the digest must still be the file's.
+    # A 3-byte chunk: the 10-byte file must take four reads of at most 3 bytes, and still give its digest.
+    sizes = []
+
+    class Recording(io.FileIO):
+        def read(self, size=-1):
+            sizes.append(size)
+            return super().read(size)
+
     monkeypatch.setattr(digest_module, "_CHUNK", 3)
+    monkeypatch.setattr(digest_module, "open", lambda path, mode: Recording(path, mode), raising=False)
     path = tmp_path / "file.bin"
     path.write_bytes(b"0123456789")
     assert file_sha256(path) == hashlib.sha256(b"0123456789").hexdigest()
+    assert sizes == [3, 3, 3, 3, 3]  # the last read returns nothing and ends the loop
 
 
 def test_a_missing_file_raises_oserror(tmp_path):
