@@ -18,11 +18,11 @@ accuracy is judged on the whole suite rather than on validation OA alone; the ca
 """
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 from pcea.atomic import write_atomic
+from pcea.digest import file_sha256
 from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
 from pcea.engine.splits import holdout_seed
 from pcea.errors import PceaFileError
@@ -75,7 +75,7 @@ def main() -> None:
     card = {
         "name": args.name,
         "file": out.name,
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "sha256": file_sha256(out),  # what pcea.weights checks the file against
         "bytes": out.stat().st_size,
         "model": payload["model_name"],
         "parameters": sum(t.numel() for k, t in payload["model"].items() if not k.endswith(
