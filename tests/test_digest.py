@@ -20,7 +20,8 @@ def test_matches_the_digest_of_the_whole_file_across_chunk_boundaries(tmp_path, 
 
 
 def test_reads_in_chunks_not_the_whole_file_at_once(tmp_path, monkeypatch):
-    # A 3-byte chunk: the 10-byte file must take four reads of at most 3 bytes, and still give its digest.
+    # A 3-byte chunk: the 10-byte file takes four reads of at most 3 bytes and a fifth that finds its end,
+    # and still gives its digest.
     sizes = []
 
     class Recording(io.FileIO):
