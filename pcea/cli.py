@@ -84,9 +84,10 @@ def builtin_weights_lines() -> str:
             lines.append(f"{pad}any yaw: val OA {100 * suite['yaw_5_oa']:.2f} %, mAcc "
                          f"{100 * suite['yaw_5_macc']:.2f} %; mean over the robustness suite "
                          f"{percent_down(suite['mean_oa'])} % (docs/robustness.md)")
-        lines.append(f"{pad}data: {card['data']}; recipe {card['recipe']}, "
-                     f"{card['epochs']} epochs, shipped epoch {card['epoch']} ({card['selection']})"
-                     + (f", started from {card['init']}" if card.get("init") else ""))
+        shipped = (f"shipped the {card['selection']} ({', '.join(m['file'] for m in card['average'])})"
+                   if card.get("average") else f"shipped epoch {card['epoch']} ({card['selection']})")
+        lines.append(f"{pad}data: {card['data']}; recipe {card['recipe']}, {card['epochs']} epochs, "
+                     f"{shipped}" + (f", started from {card['init']}" if card.get("init") else ""))
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
     python scripts/ship_weights.py runs/modelnet40_cpu --cpu "AMD EPYC 7B12, CPU family 23"
         [--name modelnet40] [--recipe configs/modelnet40_robust.yaml] [--half]
         [--robustness DIR/robustness.json] [--checkpoint last] [--init-as TEXT]
+    python scripts/ship_weights.py runs/soup/soup.pt --robustness runs/soup_suite/robustness.json ...
 
 The shipped file keeps what inference and the model card need (weights, model config,
 class names, frame, the training config and per-epoch metrics) and drops the optimiser,
@@ -15,6 +16,9 @@ float32 model); check the validation OA of the shipped file before committing it
 --checkpoint last ships the run's last epoch instead of its best.pt: the end of the schedule,
 where a run with an average of the weights (--ema) or a trade between clean and corrupted
 accuracy is judged on the whole suite rather than on validation OA alone; the card says so.
+A checkpoint file written by scripts/average_weights.py ships the same way; no epoch of a run is
+its own, so the card takes its validation figures from the suite's clean row (--robustness is
+required) and lists the averaged checkpoints.
 """
 
 import argparse
@@ -42,7 +46,7 @@ def machine(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
+    parser.add_argument("run", type=Path, help="a run directory, or an average_weights.py checkpoint")
     parser.add_argument("--name", default="modelnet40")
     parser.add_argument("--cpu", type=machine, required=True,
                         help="the training machine with lscpu's CPU family, for the card")
@@ -54,15 +58,21 @@ def main() -> None:
                         help="ship best.pt (the epoch selected on val) or last.pt (the last epoch)")
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where NAME.pt and NAME.json go")
     args = parser.parse_args()
+    averaged = args.run.is_file()
+    if averaged and not args.robustness:
+        parser.error(f"{args.run}: an averaged checkpoint's card takes its figures from --robustness")
     try:
-        payload = load_checkpoint(args.run / f"{args.checkpoint}.pt")
+        payload = load_checkpoint(args.run if averaged else args.run / f"{args.checkpoint}.pt")
     except PceaFileError as err:
         parser.error(str(err))
+    if averaged and "average" not in payload:
+        parser.error(f"{args.run}: not an average of checkpoints (scripts/average_weights.py); "
+                     f"give its run directory instead")
     if payload["train_config"].get("init") == args.name and not args.init_as:
         parser.error(f"the run started from the {args.name} this file replaces; "
                      f"describe those weights with --init-as for the card")
     # every input is read before the first write: NAME.pt and NAME.json change together or not at all
-    results = json.loads((args.run / "results.json").read_text())
+    results = {} if averaged else json.loads((args.run / "results.json").read_text())
     suite = json.loads(args.robustness.read_text()) if args.robustness else None
     shipped = {key: payload[key] for key in KEEP if key in payload}
     if args.half:
@@ -72,6 +82,9 @@ def main() -> None:
     epoch = payload["epoch"]
     row = payload["metrics"]["history"][epoch - 1]
     config = payload["train_config"]
+    if averaged:  # its own figures are the suite's clean row; its cost is its members'
+        row = {"val_oa": suite["clean"]["oa"], "val_macc": suite["clean"]["macc"]}
+        epoch = None
     card = {
         "name": args.name,
         "file": out.name,
@@ -93,17 +106,21 @@ def main() -> None:
         "selection": payload["protocol"],
         "val_oa": row["val_oa"],
         "val_macc": row["val_macc"],
-        "val_protocol": ("validation split, single pass, best epoch on val" if args.checkpoint == "best"
+        "val_protocol": ("validation split, single pass, the averaged weights" if averaged
+                         else "validation split, single pass, best epoch on val" if args.checkpoint == "best"
                          else "validation split, single pass, last epoch of the schedule"),
         # the epochs' own times: a run stopped and resumed across sessions counts every epoch once
-        "train_seconds": round(sum(r.get("time_s", 0.0) for r in payload["metrics"]["history"]), 1)
-        or results.get("train_seconds_this_session"),
+        "train_seconds": (round(sum(m["train_seconds"] for m in payload["average"]), 1) if averaged
+                          else round(sum(r.get("time_s", 0.0) for r in payload["metrics"]["history"]), 1)
+                          or results.get("train_seconds_this_session")),
         "cpu": args.cpu,
         "test": "not measured: the ModelNet40 test split was not available",
         "storage": "float16" if args.half else "float32",
     }
     if config.get("init"):
         card["init"] = args.init_as or config["init"]
+    if averaged:
+        card["average"] = payload["average"]
     if suite is not None:
         rows = suite["corruptions"]
         card["robustness"] = {

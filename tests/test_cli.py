@@ -37,8 +37,13 @@ def test_info_lists_the_builtin_weights_with_their_cards_figures(capsys):
         card = builtin_card(name)
         assert f"  {name} " in out
         assert f"val OA {100 * card['val_oa']:.2f} %, mAcc {100 * card['val_macc']:.2f} %" in out
-        # the epoch shipped and how it was chosen: best on val, or the last of the schedule
-        assert f"shipped epoch {card['epoch']} ({card['selection']})" in out
+        # the epoch shipped and how it was chosen (best on val, the last of the schedule), or the
+        # checkpoints averaged into it
+        if card.get("average"):
+            files = ", ".join(member["file"] for member in card["average"])
+            assert f"shipped the {card['selection']} ({files})" in out and "epoch None" not in out
+        else:
+            assert f"shipped epoch {card['epoch']} ({card['selection']})" in out
         # the suite's mean to two decimals, never rounded up (84.997 % is not 85.00 %)
         mean = float(out.split(f"  {name} ")[1].split("mean over the robustness suite ")[1].split(" %")[0])
         assert 100 * card["robustness"]["mean_oa"] - 0.01 < mean <= 100 * card["robustness"]["mean_oa"] + 1e-6

@@ -1,5 +1,6 @@
 """scripts/train_robust.sh: the shipped weights' twelve segments from one command, resumable;
-scripts/ship_weights.py: a run's chosen epoch into the shipped file and its card."""
+scripts/average_weights.py: checkpoints of one model averaged into one;
+scripts/ship_weights.py: a run's chosen epoch, or an average, into the shipped file and its card."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import SMALLEST
+from tiny_models import SMALLEST, build_tiny
 
+import pcea
 from pcea.data import synth
-from pcea.engine.checkpoint import load_checkpoint
+from pcea.digest import file_sha256
+from pcea.engine.checkpoint import load_checkpoint, model_payload, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
@@ -264,3 +267,93 @@ def test_ship_weights_refuses_before_it_writes(tmp_path, flags, says):
     assert refused.returncode == 2 and says in refused.stderr
     assert "Traceback" not in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+AVERAGE = ROOT / "scripts" / "average_weights.py"
+
+
+def _member(path: Path, seed: int, *, half: bool = False, class_names=("ball", "box", "disc")) -> Path:
+    """A tiny trained-looking checkpoint of one run's epoch; ``half`` stores it as a shipped file is."""
+    model = build_tiny(num_classes=len(class_names), seed=seed, trained=True, size=SMALLEST)
+    model.class_names = list(class_names)
+    payload = model_payload(model, model_name="pcea")
+    if half:
+        payload["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    history = [{"epoch": e, "val_oa": 0.5, "val_macc": 0.4, "time_s": 10.0 + seed} for e in (1, 2)]
+    payload.update(epoch=2, train_config={"seed": 0, "val_split": 0.1, "data": "/somewhere/h5", "epochs": 2},
+                   metrics={"history": history}, protocol="last epoch")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, payload)
+
+
+def test_average_weights_writes_the_mean_that_loads_and_names_its_inputs(tmp_path):
+    inputs = [_member(tmp_path / "shipped" / "m.pt", 0, half=True), _member(tmp_path / "r1" / "last.pt", 1),
+              _member(tmp_path / "r2" / "last.pt", 2)]
+    out = tmp_path / "soup" / "soup.pt"
+    done = subprocess.run([sys.executable, str(AVERAGE), str(out), *map(str, inputs)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    soup, members = load_checkpoint(out), [load_checkpoint(p) for p in inputs]
+    for key, value in soup["model"].items():
+        if value.is_floating_point():  # the element-wise mean in float32, a float16 input upcast
+            assert value.dtype == torch.float32
+            mean = torch.stack([m["model"][key].float() for m in members]).mean(0)
+            assert torch.equal(value, mean), key
+            assert not torch.equal(value, members[2]["model"][key].float()), key  # not one input's
+        else:
+            assert torch.equal(value, members[2]["model"][key])  # step counters: the last input's
+    assert soup["average"] == [{"file": f"{p.parent.name}/{p.name}", "sha256": file_sha256(p), "epoch": 2,
+                                "train_seconds": 2 * (10.0 + seed)} for seed, p in enumerate(inputs)]
+    assert soup["protocol"] == "uniform average of the weights of 3 checkpoints"
+    assert "optimizer" not in soup  # evaluated or shipped, never resumed
+    model = pcea.load_model(out)
+    assert model.class_names == ["ball", "box", "disc"]
+    assert torch.isfinite(model(torch.randn(2, model.config.num_points, 3))).all()
+
+
+@pytest.mark.parametrize("case, says", [
+    ("one", "two or more"),
+    ("classes", "class_names differs"),  # checkpoints of different models do not average
+    ("self", "is one of the inputs"),
+    ("missing", "nope.pt"),
+])
+def test_average_weights_refuses_with_one_line_and_writes_nothing(tmp_path, case, says):
+    a, b = _member(tmp_path / "a" / "last.pt", 0), _member(tmp_path / "b" / "last.pt", 1)
+    out = tmp_path / "soup.pt"
+    args = {"one": [out, a], "self": [a, a, b], "missing": [out, a, tmp_path / "nope.pt"],
+            "classes": [out, a, _member(tmp_path / "c" / "last.pt", 2, class_names=("x", "y", "z"))]}[case]
+    refused = subprocess.run([sys.executable, str(AVERAGE), *map(str, args)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not out.exists() and load_checkpoint(a)["epoch"] == 2  # nothing written, no input touched
+
+
+def test_ship_weights_ships_an_average_with_the_suites_figures(tmp_path):
+    inputs = [_member(tmp_path / f"r{seed}" / "last.pt", seed) for seed in range(2)]
+    soup = tmp_path / "soup.pt"
+    subprocess.run([sys.executable, str(AVERAGE), str(soup), *map(str, inputs)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    suite = {"split": "val", "seed": 0, "clean": {"oa": 0.75, "macc": 0.625}, "mean_oa": 0.7,
+             "corruptions": {"yaw": {"5": {"oa": 0.74, "macc": 0.6}},
+                             "partial": {"1": {"oa": 0.5, "macc": 0.4}}}}
+    (tmp_path / "robustness.json").write_text(json.dumps(suite))
+    ship = [sys.executable, str(SHIP), str(soup), "--name", "tiny", "--out-dir", str(tmp_path / "out"),
+            "--cpu", "test machine, CPU family 0"]
+    (tmp_path / "out").mkdir()
+    refused = subprocess.run(ship, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--robustness" in refused.stderr  # its only figures are the suite's
+    not_an_average = subprocess.run([*ship[:2], str(inputs[0]), *ship[3:], "--robustness",
+                                     str(tmp_path / "robustness.json")],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert not_an_average.returncode == 2 and "not an average" in not_an_average.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+    done = subprocess.run([*ship, "--half", "--robustness", str(tmp_path / "robustness.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert (card["val_oa"], card["val_macc"]) == (0.75, 0.625)  # the averaged weights' own, not an epoch's
+    assert card["epoch"] is None and card["average"] == load_checkpoint(soup)["average"]
+    assert card["train_seconds"] == 20.0 + 22.0  # its members' epochs
+    assert card["robustness"]["mean_oa_by_corruption"] == {"yaw": 0.74, "partial": 0.5}
+    assert "averaged" in card["val_protocol"] and card["selection"].startswith("uniform average")
