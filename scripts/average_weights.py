@@ -38,6 +38,11 @@ def average(payloads: list[dict]) -> dict:
             for key, value in last.items()}
 
 
+def train_seconds(payload: dict) -> float:
+    """The run's own epochs' times (0 for a checkpoint without a training history)."""
+    return round(sum(row.get("time_s", 0.0) for row in payload.get("metrics", {}).get("history", [])), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the averaged checkpoint to write")
@@ -63,8 +68,7 @@ def main() -> None:
         if shapes != {k: tuple(v.shape) for k, v in first["model"].items()}:
             parser.error(f"{path}: its tensors differ from {args.inputs[0]}'s in names or shapes")
     members = [{"file": f"{path.parent.name}/{path.name}", "sha256": file_sha256(path),
-                "epoch": payload.get("epoch"), "train_seconds": round(sum(row.get("time_s", 0.0)
-                                           for row in payload.get("metrics", {}).get("history", [])), 1)}
+                "epoch": payload.get("epoch"), "train_seconds": train_seconds(payload)}
                for path, payload in zip(args.inputs, payloads, strict=True)]
     soup = {key: first[key] for key in SAME if key in first}
     soup.update({key: payloads[-1][key] for key in KEEP if key in payloads[-1]})

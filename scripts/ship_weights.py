@@ -79,12 +79,12 @@ def main() -> None:
         shipped["model"] = {key: value.half() if value.is_floating_point() else value
                             for key, value in shipped["model"].items()}
     out = save_checkpoint(args.out_dir / f"{args.name}.pt", shipped)
-    epoch = payload["epoch"]
-    row = payload["metrics"]["history"][epoch - 1]
     config = payload["train_config"]
     if averaged:  # its own figures are the suite's clean row; its cost is its members'
-        row = {"val_oa": suite["clean"]["oa"], "val_macc": suite["clean"]["macc"]}
-        epoch = None
+        epoch, row = None, {"val_oa": suite["clean"]["oa"], "val_macc": suite["clean"]["macc"]}
+    else:
+        epoch = payload["epoch"]
+        row = payload["metrics"]["history"][epoch - 1]
     card = {
         "name": args.name,
         "file": out.name,
