@@ -1,4 +1,4 @@
-"""scripts/train_robust.sh: the shipped weights' twelve segments from one command, resumable;
+"""scripts/train_robust.sh: the shipped weights' fourteen segments and the average, one resumable command;
 scripts/average_weights.py: checkpoints of one model averaged into one;
 scripts/ship_weights.py: a run's chosen epoch, or an average, into the shipped file and its card."""
 
@@ -25,7 +25,8 @@ from pcea.engine.checkpoint import load_checkpoint, model_payload, save_checkpoi
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
 SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix", "balanced", "points1024", "noise", "occlusion70",
-            "halflr", "tilt", "tilt2", "tilt3")
+            "halflr", "tilt", "tilt2", "tilt3", "occlusion80", "occlusion80b")
+SOUP_OF = ("tilt3", "occlusion80", "occlusion80b")  # the last.pt of each, averaged into soup/soup.pt
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -55,10 +56,25 @@ def _recorder(tmp_path: Path, body: str = "") -> str:
     return str(stub)
 
 
+def _python_recorder(tmp_path: Path) -> str:
+    """A stand-in for PYTHON that appends "python" and its arguments to calls.txt and leaves an OUT
+    ($2, after the script's path), as average_weights.py does."""
+    stub = tmp_path / "fake-python"
+    stub.write_text(f'#!/usr/bin/env bash\necho "python $*" >> "{tmp_path}/calls.txt"\n'
+                    'mkdir -p "$(dirname "$2")" && touch "$2"\n')
+    stub.chmod(0o755)
+    return str(stub)
+
+
+def _average_call(runs: Path) -> str:
+    members = " ".join(str(runs / name / "last.pt") for name in SOUP_OF)
+    return f"python scripts/average_weights.py {runs / 'soup' / 'soup.pt'} {members}"
+
+
 @pytest.mark.slow
-def test_twelve_segments_each_from_the_one_before_then_the_suite(tmp_path):
+def test_fourteen_segments_each_from_the_one_before_then_the_soup_and_its_suite(tmp_path):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
-    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1 1 1 1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
+    env = dict(DATA=str(data), EPOCHS=" ".join(["1"] * 14), SUITE="jitter", EXTRA=_tiny_flags())
     pcea = str(Path(sys.executable).with_name("pcea"))
     first = _script(tmp_path, pcea, **env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -89,18 +105,28 @@ def test_twelve_segments_each_from_the_one_before_then_the_suite(tmp_path):
         assert "tilt: 25.0\n" in config and "occlusion: 0.7\n" in config and "lr: 0.0001\n" in config
     tilt3 = (runs / "tilt3" / "config.yaml").read_text()
     assert "tilt: 25.0\n" in tilt3 and "occlusion: 0.7\n" in tilt3 and "lr: 5.0e-05\n" in tilt3
+    for name, lr in (("occlusion80", "2.5e-05"), ("occlusion80b", "3.75e-05")):
+        config = (runs / name / "config.yaml").read_text()
+        assert "occlusion: 0.8\n" in config and f"lr: {lr}\n" in config and "tilt: 25.0\n" in config
+        assert "noise: 0.3\n" in config and "balanced: true\n" in config
     assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
+    soup = load_checkpoint(runs / "soup" / "soup.pt")  # the uniform average of the last three segments
+    assert [(m["file"], m["sha256"]) for m in soup["average"]] == [
+        (f"{name}/last.pt", file_sha256(runs / name / "last.pt")) for name in SOUP_OF]
     suite = json.loads((runs / "suite" / "robustness.json").read_text())
     assert "jitter" in json.dumps(suite)
-    assert Path(suite["checkpoint"]).resolve() == (runs / "tilt3" / "last.pt").resolve()
-    ship = f"scripts/ship_weights.py {runs / 'tilt3'} --name modelnet40 --checkpoint last"
-    assert ship in first.stdout
+    assert Path(suite["checkpoint"]).resolve() == (runs / "soup" / "soup.pt").resolve()
+    ship = (f"scripts/ship_weights.py {runs / 'soup' / 'soup.pt'} --name modelnet40 "
+            f"--recipe configs/modelnet40_wolfmix.yaml --half "
+            f"--robustness {runs / 'suite' / 'robustness.json'}")
+    assert ship in first.stdout and "--checkpoint" not in first.stdout
 
 
 def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
     (tmp_path / "runs" / "aligned").mkdir(parents=True)
     (tmp_path / "runs" / "aligned" / "config.yaml").write_text("epochs: 13\n")  # stopped early
-    result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", EXTRA="--threads 1")
+    result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", EXTRA="--threads 1",
+                     PYTHON=_python_recorder(tmp_path))
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     runs = tmp_path / "runs"
@@ -128,17 +154,19 @@ def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
                         f"--out {runs / 'halflr'} --epochs 7 --init {runs / 'occlusion70' / 'last.pt'} "
                         f"--points 1024 --model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
                         f"--lr 0.0001 --threads 1")
-    tilts = [("tilt", "halflr", 10, "0.0001"), ("tilt2", "tilt", 9, "0.0001"),
-             ("tilt3", "tilt2", 10, "0.00005")]
-    for index, (name, start, epochs, lr) in enumerate(tilts, start=9):
+    tilts = [("tilt", "halflr", 10, "0.7", "0.0001"), ("tilt2", "tilt", 9, "0.7", "0.0001"),
+             ("tilt3", "tilt2", 10, "0.7", "0.00005"), ("occlusion80", "tilt3", 9, "0.8", "0.000025"),
+             ("occlusion80b", "occlusion80", 10, "0.8", "0.0000375")]
+    for index, (name, start, epochs, occlusion, lr) in enumerate(tilts, start=9):
         assert calls[index] == (f"train --config configs/modelnet40_wolfmix.yaml --data synthetic "
                                 f"--out {runs / name} --epochs {epochs} --init {runs / start / 'last.pt'} "
-                                f"--points 1024 --model-opt centers=[512,256] --occlusion 0.7 --balanced "
-                                f"--noise 0.3 --lr {lr} --tilt 25 --threads 1")
-    assert calls[12] == (f"eval {runs / 'tilt3' / 'last.pt'} --data synthetic --split val --corrupt all "
+                                f"--points 1024 --model-opt centers=[512,256] --occlusion {occlusion} "
+                                f"--balanced --noise 0.3 --lr {lr} --tilt 25 --threads 1")
+    assert calls[14] == _average_call(runs)
+    assert calls[15] == (f"eval {runs / 'soup' / 'soup.pt'} --data synthetic --split val --corrupt all "
                          f"--out {runs / 'suite'}")
-    assert len(calls) == 13
-    assert f"scripts/ship_weights.py {runs / 'tilt3'} --name modelnet40" in result.stdout
+    assert len(calls) == 16
+    assert f"scripts/ship_weights.py {runs / 'soup' / 'soup.pt'} --name modelnet40 --recipe" in result.stdout
 
 
 def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_path):
@@ -155,7 +183,8 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
                                '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
                                '  shift\n'
                                'done')
-    result = _script(tmp_path, pcea, DATA="synthetic")
+    python = _python_recorder(tmp_path)
+    result = _script(tmp_path, pcea, DATA="synthetic", PYTHON=python)
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert calls[:4] == [f"train --resume {runs / name}" for name in SEGMENTS[:4]]
@@ -170,21 +199,33 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
     assert calls[8].endswith(f"--init {runs / 'occlusion70' / 'last.pt'} --points 1024 "
                              f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
                              f"--lr 0.0001")
-    starts = ("halflr", "0.0001"), ("tilt", "0.0001"), ("tilt2", "0.00005")  # tilt, tilt2, tilt3
-    for index, (start, lr) in enumerate(starts, start=9):
+    starts = [("halflr", "0.7", "0.0001"), ("tilt", "0.7", "0.0001"), ("tilt2", "0.7", "0.00005"),
+              ("tilt3", "0.8", "0.000025"), ("occlusion80", "0.8", "0.0000375")]  # tilt to occlusion80b
+    for index, (start, occlusion, lr) in enumerate(starts, start=9):
         assert calls[index].endswith(f"--init {runs / start / 'last.pt'} --points 1024 "
-                                     f"--model-opt centers=[512,256] --occlusion 0.7 --balanced --noise 0.3 "
-                                     f"--lr {lr} --tilt 25")
-    assert calls[12].startswith(f"eval {runs / 'tilt3' / 'last.pt'} ")  # wolfmix's suite is stale
-    assert len(calls) == 13
-    # Once the suite is newer than tilt3/last.pt, a rerun leaves it be.
+                                     f"--model-opt centers=[512,256] --occlusion {occlusion} --balanced "
+                                     f"--noise 0.3 --lr {lr} --tilt 25")
+    assert calls[14] == _average_call(runs)
+    assert calls[15].startswith(f"eval {runs / 'soup' / 'soup.pt'} ")  # wolfmix's suite is stale
+    assert len(calls) == 16
+    # Once the soup is newer than its inputs and the suite newer than the soup, a rerun leaves both be.
     os.utime(runs / "suite" / "robustness.json", (time.time() + 60,) * 2)
     (tmp_path / "calls.txt").unlink()
-    again = _script(tmp_path, pcea, DATA="synthetic")
+    again = _script(tmp_path, pcea, DATA="synthetic", PYTHON=python)
     assert again.returncode == 0, again.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert calls == [f"train --resume {runs / name}" for name in SEGMENTS]
-    assert "robustness.json is there already" in again.stdout
+    assert "soup.pt is there already" in again.stdout and "robustness.json is there already" in again.stdout
+    # A soup older than one of its inputs (occlusion80b trained on) is made again, and measured again.
+    os.utime(runs / "soup" / "soup.pt", (time.time() - 7200,) * 2)
+    os.utime(runs / "suite" / "robustness.json", (time.time() - 7200,) * 2)
+    (tmp_path / "calls.txt").unlink()
+    third = _script(tmp_path, pcea, DATA="synthetic", PYTHON=python)
+    assert third.returncode == 0, third.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[:14] == [f"train --resume {runs / name}" for name in SEGMENTS]
+    assert calls[14] == _average_call(runs)
+    assert calls[15].startswith(f"eval {runs / 'soup' / 'soup.pt'} ") and len(calls) == 16
 
 
 def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
@@ -200,11 +241,12 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be twelve whole numbers"),  # nine segments
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9"), "EPOCHS must be twelve whole numbers"),  # eleven
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 5"), "EPOCHS must be twelve whole numbers"),
-    (dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10"), "EPOCHS must be twelve whole numbers"),
-    (dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be twelve whole numbers"),
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be fourteen whole numbers"),  # nine segments
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be fourteen whole numbers"),  # twelve
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 9 10 5"), "EPOCHS must be fourteen whole numbers"),
+    (dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be fourteen whole numbers"),
+    (dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be fourteen whole numbers"),
+    (dict(PYTHON="no-such-python-here"), "PYTHON 'no-such-python-here' is not a command"),
     (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
