@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pcea.digest import file_sha256
-from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcea.engine.checkpoint import load_checkpoint, save_checkpoint, train_seconds
 from pcea.errors import PceaFileError
 
 SAME = ("model_name", "model_config", "class_names", "up")  # what must agree for a mean to mean anything
@@ -36,11 +36,6 @@ def average(payloads: list[dict]) -> dict:
     return {key: torch.stack([p["model"][key].float() for p in payloads]).mean(0)
             if value.is_floating_point() else value.clone()
             for key, value in last.items()}
-
-
-def train_seconds(payload: dict) -> float:
-    """The run's own epochs' times (0 for a checkpoint without a training history)."""
-    return round(sum(row.get("time_s", 0.0) for row in payload.get("metrics", {}).get("history", [])), 1)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pcea.atomic import write_atomic
 from pcea.digest import file_sha256
-from pcea.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcea.engine.checkpoint import load_checkpoint, save_checkpoint, train_seconds
 from pcea.engine.splits import holdout_seed
 from pcea.errors import PceaFileError
 from pcea.weights import HERE
@@ -109,10 +109,9 @@ def main() -> None:
         "val_protocol": ("validation split, single pass, the averaged weights" if averaged
                          else "validation split, single pass, best epoch on val" if args.checkpoint == "best"
                          else "validation split, single pass, last epoch of the schedule"),
-        # the epochs' own times: a run stopped and resumed across sessions counts every epoch once
+        # the epochs' own times (an average: its members' epochs)
         "train_seconds": (round(sum(m["train_seconds"] for m in payload["average"]), 1) if averaged
-                          else round(sum(r.get("time_s", 0.0) for r in payload["metrics"]["history"]), 1)
-                          or results.get("train_seconds_this_session")),
+                          else train_seconds(payload) or results.get("train_seconds_this_session")),
         "cpu": args.cpu,
         "test": "not measured: the ModelNet40 test split was not available",
         "storage": "float16" if args.half else "float32",

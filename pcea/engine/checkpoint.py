@@ -137,6 +137,13 @@ def _keep_previous(path: Path) -> None:
             shutil.copyfile(path, tmp)
 
 
+def train_seconds(payload: dict) -> float:
+    """The training time a checkpoint records: its epochs' own times summed, to 0.1 s (a run stopped
+    and resumed across sessions counts every epoch once; 0 for a checkpoint without a history)."""
+    history = payload.get("metrics", {}).get("history", [])
+    return round(sum(row.get("time_s", 0.0) for row in history), 1)
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict, *, keep_previous: bool = False) -> Path:
     """Serialise ``payload`` with its SHA-256 and write it atomically.
 
