@@ -33,6 +33,7 @@ KEEP = ("train_config", "epoch", "metrics")  # from the last input: the recipe i
 def average(payloads: list[dict]) -> dict:
     """The element-wise mean of the payloads' floating-point model tensors, in float32."""
     last = payloads[-1]["model"]
+    # each tensor: K inputs stacked (K, *shape), their mean (*shape)
     return {key: torch.stack([p["model"][key].float() for p in payloads]).mean(0)
             if value.is_floating_point() else value.clone()
             for key, value in last.items()}
