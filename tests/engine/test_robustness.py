@@ -54,6 +54,8 @@ def test_the_mean_is_printed_rounded_down_so_a_near_miss_does_not_read_as_a_targ
     text = format_robustness(report)
     assert "mean OA over all corruptions and severities 84.99%" in text
     assert "85.0" not in text.splitlines()[-2]
+    # The row's mean too: (0.84994 + 0.85) / 2 = 0.84997 prints as 84.99, not 85.0.
+    assert text.splitlines()[1].split()[-1] == "84.99%"
 
 
 def test_the_same_seed_gives_the_same_figures_whatever_the_batch_size(tiny_checkpoint, tiny_h5):
