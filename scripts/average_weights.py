@@ -27,7 +27,7 @@ from pcea.engine.checkpoint import load_checkpoint, save_checkpoint, train_secon
 from pcea.errors import PceaFileError
 
 SAME = ("model_name", "model_config", "class_names", "up")  # what must agree for a mean to mean anything
-KEEP = ("train_config", "epoch", "metrics")  # from the last input: the recipe its weights end
+KEEP = ("train_config", "metrics")  # from the last input, the recipe its weights end; no epoch is the mean's
 
 
 def average(payloads: list[dict]) -> dict:

@@ -348,6 +348,7 @@ def test_average_weights_writes_the_mean_that_loads_and_names_its_inputs(tmp_pat
                                 "train_seconds": 2 * (10.0 + seed)} for seed, p in enumerate(inputs)]
     assert soup["protocol"] == "uniform average of the weights of 3 checkpoints"
     assert "optimizer" not in soup  # evaluated or shipped, never resumed
+    assert "epoch" not in soup  # no epoch of any one run is the average's
     model = pcea.load_model(out)
     assert model.class_names == ["ball", "box", "disc"]
     assert torch.isfinite(model(torch.randn(2, model.config.num_points, 3))).all()

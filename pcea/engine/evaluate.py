@@ -424,7 +424,10 @@ def _is_fraction(value) -> bool:
 
 def format_report(report: dict) -> str:
     """A few lines for the terminal: where the figures come from and OA/mAcc of each protocol."""
-    lines = [f"checkpoint  {report['checkpoint']} (epoch {report['epoch']}, {report['selection']})",
+    chosen = report["selection"]  # an average of checkpoints has no epoch of its own
+    if report["epoch"] is not None:
+        chosen = f"epoch {report['epoch']}, {chosen}"
+    lines = [f"checkpoint  {report['checkpoint']} ({chosen})",
              f"data        {report['data']}, {report['split']} split, {report['num_shapes']} shapes, "
              f"{report['num_points']} points, {report.get('precision', 'float32')}"]
     if report.get("class_subset"):

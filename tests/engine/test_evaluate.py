@@ -129,6 +129,19 @@ def test_cli_eval_json_and_errors(run_dir, tiny_h5, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_an_average_of_checkpoints_is_named_by_its_selection_not_an_epoch(run_dir, tiny_h5, tmp_path, capsys):
+    model = pcea.load_model(run_dir / "best.pt")
+    pcea.save_classifier(tmp_path / "soup.pt", model, extra={
+        "protocol": "uniform average of the weights of 2 checkpoints", "train_config": {}})
+    assert main(["eval", str(run_dir), "--data", str(tiny_h5), "--out", str(tmp_path / "a"),
+                 "--device", "cpu"]) == 0
+    assert "(epoch 3, best on val)" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "soup.pt"), "--data", str(tiny_h5), "--out", str(tmp_path / "b"),
+                 "--device", "cpu"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("soup.pt (uniform average of the weights of 2 checkpoints)"), header
+
+
 def test_dataset_with_other_classes_is_refused(run_dir, tiny_h5, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
