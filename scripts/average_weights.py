@@ -11,10 +11,10 @@ data alike. Inputs from unrelated starts average into noise; measure the result 
 OUT --corrupt all) before shipping it with scripts/ship_weights.py.
 
 An input is a run's checkpoint (runs/NAME/last.pt: its averaged weights, the ones pcea eval
-reads) or a shipped file (pcea/weights/NAME.pt). OUT keeps the last input's model description,
-training config and history, and records every input (its folder and file name, SHA-256, epoch,
-training time) under "average"; it holds no optimiser state, so it cannot be resumed, only
-evaluated or shipped.
+reads) or a shipped file (pcea/weights/NAME.pt). OUT keeps the model description the inputs share
+and the last input's training config and history, and records every input (its folder and file
+name, SHA-256, epoch, training time) under "average"; it has no epoch of its own (pcea eval names
+it by its selection) and no optimiser state, so it cannot be resumed, only evaluated or shipped.
 """
 
 import argparse
