@@ -15,9 +15,12 @@ reads) or a shipped file (pcea/weights/NAME.pt). OUT keeps the model description
 and the last input's training config and history, and records every input (its folder and file
 name, SHA-256, epoch, training time) under "average"; it has no epoch of its own (pcea eval names
 it by its selection) and no optimiser state, so it cannot be resumed, only evaluated or shipped.
+A shipped file's training time is its card's (NAME.json beside it, when its SHA-256 names the
+file): a shipped average keeps only its last member's history, so its own epochs undercount it.
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -37,6 +40,20 @@ def average(payloads: list[dict]) -> dict:
     return {key: torch.stack([p["model"][key].float() for p in payloads]).mean(0)
             if value.is_floating_point() else value.clone()
             for key, value in last.items()}
+
+
+def member_seconds(path: Path, payload: dict) -> float:
+    """The training time behind a checkpoint: a shipped file's card's, else its epochs' own."""
+    card = path.with_suffix(".json")
+    if card.is_file():
+        try:
+            recorded = json.loads(card.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and recorded.get("sha256") == file_sha256(path) \
+                and isinstance(recorded.get("train_seconds"), (int, float)):
+            return float(recorded["train_seconds"])
+    return train_seconds(payload)
 
 
 def main() -> None:
@@ -64,7 +81,7 @@ def main() -> None:
         if shapes != {k: tuple(v.shape) for k, v in first["model"].items()}:
             parser.error(f"{path}: its tensors differ from {args.inputs[0]}'s in names or shapes")
     members = [{"file": f"{path.parent.name}/{path.name}", "sha256": file_sha256(path),
-                "epoch": payload.get("epoch"), "train_seconds": train_seconds(payload)}
+                "epoch": payload.get("epoch"), "train_seconds": member_seconds(path, payload)}
                for path, payload in zip(args.inputs, payloads, strict=True)]
     soup = {key: first[key] for key in SAME if key in first}
     soup.update({key: payloads[-1][key] for key in KEEP if key in payloads[-1]})

@@ -354,6 +354,20 @@ def test_average_weights_writes_the_mean_that_loads_and_names_its_inputs(tmp_pat
     assert torch.isfinite(model(torch.randn(2, model.config.num_points, 3))).all()
 
 
+@pytest.mark.parametrize("matches", [True, False])
+def test_average_weights_takes_a_shipped_files_time_from_its_card(tmp_path, matches):
+    # a shipped average holds only its last member's history (20 s here); its card has the whole cost
+    shipped = _member(tmp_path / "weights" / "m.pt", 0, half=True)
+    run = _member(tmp_path / "r1" / "last.pt", 1)
+    sha = file_sha256(shipped) if matches else "0" * 64  # a card that names another file is not this one's
+    (tmp_path / "weights" / "m.json").write_text(json.dumps({"sha256": sha, "train_seconds": 1234.5}))
+    out = tmp_path / "soup.pt"
+    subprocess.run([sys.executable, str(AVERAGE), str(out), str(shipped), str(run)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    seconds = [member["train_seconds"] for member in load_checkpoint(out)["average"]]
+    assert seconds == ([1234.5, 22.0] if matches else [20.0, 22.0])
+
+
 @pytest.mark.parametrize("case, says", [
     ("one", "two or more"),
     ("classes", "class_names differs"),  # checkpoints of different models do not average
