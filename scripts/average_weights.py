@@ -42,15 +42,18 @@ def average(payloads: list[dict]) -> dict:
             for key, value in last.items()}
 
 
-def member_seconds(path: Path, payload: dict) -> float:
-    """The training time behind a checkpoint: a shipped file's card's, else its epochs' own."""
+def member_seconds(path: Path, payload: dict, sha256: str) -> float:
+    """The training time behind a checkpoint: a shipped file's card's, else its epochs' own.
+
+    ``sha256`` is the file's own digest: a card beside it counts only if it names this file.
+    """
     card = path.with_suffix(".json")
     if card.is_file():
         try:
             recorded = json.loads(card.read_text())
         except (OSError, ValueError):
             recorded = None
-        if isinstance(recorded, dict) and recorded.get("sha256") == file_sha256(path) \
+        if isinstance(recorded, dict) and recorded.get("sha256") == sha256 \
                 and isinstance(recorded.get("train_seconds"), (int, float)):
             return float(recorded["train_seconds"])
     return train_seconds(payload)
@@ -80,9 +83,10 @@ def main() -> None:
         shapes = {k: tuple(v.shape) for k, v in payload["model"].items()}
         if shapes != {k: tuple(v.shape) for k, v in first["model"].items()}:
             parser.error(f"{path}: its tensors differ from {args.inputs[0]}'s in names or shapes")
-    members = [{"file": f"{path.parent.name}/{path.name}", "sha256": file_sha256(path),
-                "epoch": payload.get("epoch"), "train_seconds": member_seconds(path, payload)}
-               for path, payload in zip(args.inputs, payloads, strict=True)]
+    digests = [file_sha256(path) for path in args.inputs]  # for the record and the card check
+    members = [{"file": f"{path.parent.name}/{path.name}", "sha256": digest,
+                "epoch": payload.get("epoch"), "train_seconds": member_seconds(path, payload, digest)}
+               for path, payload, digest in zip(args.inputs, payloads, digests, strict=True)]
     soup = {key: first[key] for key in SAME if key in first}
     soup.update({key: payloads[-1][key] for key in KEEP if key in payloads[-1]})
     soup["model"] = average(payloads)
