@@ -328,6 +328,7 @@ def _member(path: Path, seed: int, *, half: bool = False, class_names=("ball", "
     return save_checkpoint(path, payload)
 
 
+@pytest.mark.slow
 def test_average_weights_writes_the_mean_that_loads_and_names_its_inputs(tmp_path):
     inputs = [_member(tmp_path / "shipped" / "m.pt", 0, half=True), _member(tmp_path / "r1" / "last.pt", 1),
               _member(tmp_path / "r2" / "last.pt", 2)]
@@ -354,6 +355,7 @@ def test_average_weights_writes_the_mean_that_loads_and_names_its_inputs(tmp_pat
     assert torch.isfinite(model(torch.randn(2, model.config.num_points, 3))).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matches", [True, False])
 def test_average_weights_takes_a_shipped_files_time_from_its_card(tmp_path, matches):
     # a shipped average holds only its last member's history (20 s here); its card has the whole cost
@@ -368,6 +370,7 @@ def test_average_weights_takes_a_shipped_files_time_from_its_card(tmp_path, matc
     assert seconds == ([1234.5, 22.0] if matches else [20.0, 22.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, says", [
     ("one", "two or more"),
     ("classes", "class_names differs"),  # checkpoints of different models do not average
@@ -386,6 +389,7 @@ def test_average_weights_refuses_with_one_line_and_writes_nothing(tmp_path, case
     assert not out.exists() and load_checkpoint(a)["epoch"] == 2  # nothing written, no input touched
 
 
+@pytest.mark.slow
 def test_ship_weights_ships_an_average_with_the_suites_figures(tmp_path):
     inputs = [_member(tmp_path / f"r{seed}" / "last.pt", seed) for seed in range(2)]
     soup = tmp_path / "soup.pt"
