@@ -68,82 +68,13 @@
 # What the shipped weights' run measured, and on which CPU, is in docs/modelnet40.md; this script
 # has been run end to end on the CPU with tiny settings only (tests/test_scripts.py).
 set -euo pipefail
+LINEAGE=train_robust.sh
+# shellcheck source=scripts/lineage.sh
+source "$(dirname "$0")/lineage.sh"
+lineage_setup runs/robust \
+    "aligned robust1 robust2 wolfmix balanced points1024 noise occlusion70 halflr tilt tilt2 tilt3 occlusion80 occlusion80b" \
+    "13 2 10 20 18 18 15 13 7 10 9 10 9 10"
 
-DATA=${DATA:-${PCEA_DATA:-datasets}/modelnet40_ply_hdf5_2048}
-RUNS=${RUNS:-runs/robust}
-EPOCHS=${EPOCHS:-13 2 10 20 18 18 15 13 7 10 9 10 9 10}
-DEADLINE=${DEADLINE:-}
-SUITE=${SUITE:-all}
-EXTRA=${EXTRA:-}
-PCEA=${PCEA:-pcea}
-command -v "$PCEA" >/dev/null || PCEA=.venv/bin/pcea
-if [ -z "${PYTHON:-}" ]; then
-    PYTHON=python3
-    [ -x .venv/bin/python ] && PYTHON=.venv/bin/python
-    PCEA_AT=$(command -v "$PCEA" || true)
-    if [ -n "$PCEA_AT" ] && [ -x "$(dirname "$PCEA_AT")/python" ]; then
-        PYTHON=$(dirname "$PCEA_AT")/python
-    fi
-fi
-
-read -r -a EPOCH_LIST <<< "$EPOCHS"
-for n in "${EPOCH_LIST[@]}"; do
-    case $n in *[!0-9]* | 0*) EPOCH_LIST=() ;; esac
-done
-if [ "${#EPOCH_LIST[@]}" -ne 14 ]; then
-    echo "train_robust.sh: EPOCHS must be fourteen whole numbers >= 1 (aligned robust1 robust2 wolfmix" \
-         "balanced points1024 noise occlusion70 halflr tilt tilt2 tilt3 occlusion80 occlusion80b)," \
-         "not '$EPOCHS'" >&2
-    exit 2
-fi
-case $DEADLINE in *[!0-9]*) echo "train_robust.sh: DEADLINE must be whole seconds, not '$DEADLINE'" >&2; exit 2 ;; esac
-if ! command -v "$PYTHON" >/dev/null; then
-    echo "train_robust.sh: PYTHON '$PYTHON' is not a command (it runs scripts/average_weights.py)" >&2
-    exit 2
-fi
-START=$SECONDS
-
-if [ "$DATA" != synthetic ] && [ ! -d "$DATA" ]; then
-    "$PCEA" download modelnet40
-fi
-
-# a command with the time left before DEADLINE (SIGTERM: pcea train checkpoints and exits 143)
-timed() {
-    if [ -z "$DEADLINE" ]; then
-        "$@"
-        return
-    fi
-    local left=$((DEADLINE - (SECONDS - START)))
-    if [ "$left" -le 0 ]; then
-        echo "train_robust.sh: DEADLINE reached; run again to continue" >&2
-        exit 143
-    fi
-    timeout --signal=TERM --preserve-status "$left" "$@"
-}
-
-run_pcea() {
-    timed "$PCEA" "$@"
-}
-
-# segment NAME CONFIG EPOCHS INIT [FLAG...]: train RUNS/NAME, or continue it, or skip it when done
-segment() {
-    local name=$1 config=$2 epochs=$3 init=$4
-    shift 4
-    local out=$RUNS/$name
-    if [ -f "$out/config.yaml" ] || [ -f "$out/last.pt" ]; then  # started: continue it
-        echo "== $name: continuing $out (pcea train --resume; nothing to do when it is complete)"
-        # shellcheck disable=SC2086
-        run_pcea train --resume "$out" $EXTRA
-    else
-        echo "== $name: $config, $epochs epochs, from ${init:-random weights}"
-        local args=(train --config "$config" --data "$DATA" --out "$out" --epochs "$epochs")
-        [ -n "$init" ] && args+=(--init "$init")
-        # shellcheck disable=SC2086
-        run_pcea "${args[@]}" "$@" $EXTRA
-    fi
-}
-
-mkdir -p "$RUNS"
 segment aligned configs/modelnet40_cpu.yaml "${EPOCH_LIST[0]}" ""
 segment robust1 configs/modelnet40_robust.yaml "${EPOCH_LIST[1]}" "$RUNS/aligned"
 segment robust2 configs/modelnet40_robust.yaml "${EPOCH_LIST[2]}" "$RUNS/robust1" --lr 0.0003
@@ -171,35 +102,7 @@ segment occlusion80b configs/modelnet40_wolfmix.yaml "${EPOCH_LIST[13]}" "$RUNS/
     --points 1024 --model-opt 'centers=[512,256]' --occlusion 0.8 --balanced --noise 0.3 \
     --lr 0.0000375 --tilt 25
 
-# the soup, made again when one of its inputs is newer (trained on, or an earlier version's RUNS)
 SOUP=$RUNS/soup/soup.pt
-MEMBERS=("$RUNS/tilt3/last.pt" "$RUNS/occlusion80/last.pt" "$RUNS/occlusion80b/last.pt")
-FRESH=no
-if [ -f "$SOUP" ]; then
-    FRESH=yes
-    for member in "${MEMBERS[@]}"; do
-        if [ "$member" -nt "$SOUP" ]; then FRESH=no; fi
-    done
-fi
-if [ "$FRESH" = yes ]; then
-    echo "== soup: $SOUP is there already, newer than its three inputs"
-else
-    echo "== soup: the uniform average of tilt3's, occlusion80's and occlusion80b's last.pt"
-    timed "$PYTHON" scripts/average_weights.py "$SOUP" "${MEMBERS[@]}"
-fi
-
-# a suite older than the soup (an earlier version's RUNS measured another checkpoint) is run again
-if [ -f "$RUNS/suite/robustness.json" ] && [ ! "$SOUP" -nt "$RUNS/suite/robustness.json" ]; then
-    echo "== suite: $RUNS/suite/robustness.json is there already"
-else
-    echo "== suite: $SUITE on the validation split"
-    run_pcea eval "$SOUP" --data "$DATA" --split val --corrupt "$SUITE" --out "$RUNS/suite"
-fi
-
-# the card names the machine (ship_weights.py asks for it): lscpu's model name and CPU family
-CPU_DESC=$( (lscpu 2>/dev/null || true) | awk -F': *' '/^Model name/ {m = $2} /^CPU family/ {f = $2}
-                                           END {if (m != "") print m ", CPU family " f}')
-echo "== done. To ship (replaces the weights in git; compare with docs/modelnet40.md first):"
-echo "   .venv/bin/python scripts/ship_weights.py $SOUP --name modelnet40" \
-     "--recipe configs/modelnet40_wolfmix.yaml --half --robustness $RUNS/suite/robustness.json" \
-     "--cpu \"${CPU_DESC:-FILL IN: this machine, with the family lscpu names}\""
+average "$SOUP" "$RUNS/tilt3/last.pt" "$RUNS/occlusion80/last.pt" "$RUNS/occlusion80b/last.pt"
+suite "$SOUP"
+ship_hint "$SOUP" modelnet40 configs/modelnet40_wolfmix.yaml

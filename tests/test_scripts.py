@@ -1,4 +1,5 @@
-"""scripts/train_robust.sh: the shipped weights' fourteen segments and the average, one resumable command;
+"""scripts/train_robust.sh and scripts/train_aligned.sh (on scripts/lineage.sh): each shipped weights'
+segments and averages, one resumable command;
 scripts/average_weights.py: checkpoints of one model averaged into one;
 scripts/ship_weights.py: a run's chosen epoch, or an average, into the shipped file and its card."""
 
@@ -24,6 +25,7 @@ from pcea.engine.checkpoint import load_checkpoint, model_payload, save_checkpoi
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
+ALIGNED = ROOT / "scripts" / "train_aligned.sh"
 SEGMENTS = ("aligned", "robust1", "robust2", "wolfmix", "balanced", "points1024", "noise", "occlusion70",
             "halflr", "tilt", "tilt2", "tilt3", "occlusion80", "occlusion80b")
 SOUP_OF = ("tilt3", "occlusion80", "occlusion80b")  # the last.pt of each, averaged into soup/soup.pt
@@ -42,9 +44,10 @@ def _tiny_flags() -> str:
     return " ".join(flags)
 
 
-def _script(tmp_path: Path, pcea: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+def _script(tmp_path: Path, pcea: str, timeout: float = 600, script: Path = SCRIPT,
+            **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "PCEA": pcea, "RUNS": str(tmp_path / "runs"), "PCEA_ALLOCATOR": "system", **env}
-    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=full, capture_output=True, text=True,
+    return subprocess.run(["bash", str(script)], cwd=ROOT, env=full, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -241,11 +244,11 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be fourteen whole numbers"),  # nine segments
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be fourteen whole numbers"),  # twelve
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 9 10 5"), "EPOCHS must be fourteen whole numbers"),
-    (dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be fourteen whole numbers"),
-    (dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be fourteen whole numbers"),
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be 14 whole numbers"),  # nine segments
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be 14 whole numbers"),  # twelve
+    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 9 10 5"), "EPOCHS must be 14 whole numbers"),
+    (dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be 14 whole numbers"),
+    (dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be 14 whole numbers"),
     (dict(PYTHON="no-such-python-here"), "PYTHON 'no-such-python-here' is not a command"),
     (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
 ])
@@ -253,6 +256,111 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
     result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", **env)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "calls.txt").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    (dict(EPOCHS="13 13 12 24 12"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),  # five segments
+    (dict(EPOCHS="13 13 12 24 12 12 250"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),
+    (dict(EPOCHS="13 13 12 024 12 12"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),
+    (dict(PYTHON="no-such-python-here"), "train_aligned.sh: PYTHON 'no-such-python-here' is not a command"),
+    (dict(DEADLINE="1h"), "train_aligned.sh: DEADLINE must be whole seconds"),
+])
+def test_aligned_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
+    result = _script(tmp_path, _recorder(tmp_path), script=ALIGNED, DATA="synthetic", **env)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "calls.txt").exists()
+
+
+ALIGNED_SEGMENTS = ("aligned", "a1", "a3", "a4", "a5", "a8")
+
+
+def test_aligned_lineage_runs_six_segments_and_two_averages_in_order_then_goes_on_where_it_stopped(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "aligned").mkdir(parents=True)
+    (runs / "aligned" / "config.yaml").write_text("epochs: 13\n")  # stopped early
+    pcea = _recorder(tmp_path, 'while [ $# -gt 0 ]; do\n'
+                               '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
+                               '  shift\n'
+                               'done')
+    python = _python_recorder(tmp_path)
+    result = _script(tmp_path, pcea, script=ALIGNED, DATA="synthetic", EXTRA="--threads 1", PYTHON=python)
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    head = "train --config configs/modelnet40_cpu.yaml --data synthetic"
+    big = "--points 1024 --model-opt centers=[512,256]"
+    a45 = runs / "a45" / "a45.pt"
+    assert calls == [
+        f"train --resume {runs / 'aligned'} --threads 1",
+        f"{head} --out {runs / 'a1'} --epochs 13 --init {runs / 'aligned'} --lr 0.0005 --warmup-epochs 0.1 "
+        "--threads 1",
+        f"{head} --out {runs / 'a3'} --epochs 12 --init {runs / 'a1'} {big} --lr 0.0005 --warmup-epochs 0.2 "
+        "--threads 1",
+        f"{head} --out {runs / 'a4'} --epochs 24 --init {runs / 'a3' / 'last.pt'} {big} --lr 0.0004 "
+        "--warmup-epochs 0.2 --threads 1",
+        f"{head} --out {runs / 'a5'} --epochs 12 --init {runs / 'a4' / 'last.pt'} {big} --lr 0.0002 "
+        "--warmup-epochs 0.1 --wolf 0.5 --rsmix 0.5 --threads 1",
+        f"python scripts/average_weights.py {a45} {runs / 'a4' / 'last.pt'} {runs / 'a5' / 'last.pt'}",
+        f"{head} --out {runs / 'a8'} --epochs 12 --init {a45} {big} --optimizer sgd --lr 0.01 --momentum 0.9 "
+        "--weight-decay 0.0005 --min-lr 0 --warmup-epochs 0.2 --wolf 0.5 --rsmix 0.5 --threads 1",
+        f"python scripts/average_weights.py {runs / 'soup' / 'soup.pt'} {a45} {runs / 'a8' / 'last.pt'}",
+        f"eval {runs / 'soup' / 'soup.pt'} --data synthetic --split val --corrupt all --out {runs / 'suite'}",
+    ]
+    assert (f"scripts/ship_weights.py {runs / 'soup' / 'soup.pt'} --name modelnet40-aligned "
+            f"--recipe configs/modelnet40_cpu.yaml --half --robustness {runs / 'suite' / 'robustness.json'}"
+            in result.stdout)
+    # Run again with everything there and fresh: every segment is resumed (a no-op when complete),
+    # both averages and the suite are left be.
+    (runs / "suite" / "robustness.json").write_text("{}\n")  # the stand-in made the folder
+    for last in runs.glob("*/last.pt"):
+        os.utime(last, (time.time() - 1000,) * 2)
+    made = ((300, a45), (200, runs / "soup" / "soup.pt"), (100, runs / "suite" / "robustness.json"))
+    for age, path in made:
+        os.utime(path, (time.time() - age,) * 2)  # each newer than what it was made from
+    (tmp_path / "calls.txt").unlink()
+    again = _script(tmp_path, pcea, script=ALIGNED, DATA="synthetic", PYTHON=python)
+    assert again.returncode == 0, again.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls == [f"train --resume {runs / name}" for name in ALIGNED_SEGMENTS]
+    assert "a45.pt is there already" in again.stdout and "soup.pt is there already" in again.stdout
+    assert "robustness.json is there already" in again.stdout
+    # a5 trained on (newer than a45.pt): the first average is made again, then the second, then the suite
+    os.utime(runs / "a5" / "last.pt", (time.time() - 250,) * 2)
+    (tmp_path / "calls.txt").unlink()
+    third = _script(tmp_path, pcea, script=ALIGNED, DATA="synthetic", PYTHON=python)
+    assert third.returncode == 0, third.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[5].startswith(f"python scripts/average_weights.py {a45} ")
+    assert calls[7].startswith(f"python scripts/average_weights.py {runs / 'soup' / 'soup.pt'} ")
+    assert calls[8].startswith(f"eval {runs / 'soup' / 'soup.pt'} ") and len(calls) == 9
+
+
+@pytest.mark.slow
+def test_aligned_lineage_trains_end_to_end_each_segment_from_the_one_before(tmp_path):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
+    env = dict(DATA=str(data), EPOCHS="1 1 1 1 1 1", SUITE="jitter", EXTRA=_tiny_flags())
+    result = _script(tmp_path, str(Path(sys.executable).with_name("pcea")), script=ALIGNED, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "runs"
+    starts = {"a1": runs / "aligned", "a3": runs / "a1", "a4": runs / "a3" / "last.pt",
+              "a5": runs / "a4" / "last.pt", "a8": runs / "a45" / "a45.pt"}
+    for name in ALIGNED_SEGMENTS:
+        assert json.loads((runs / name / "results.json").read_text())  # trained and finished
+        config = (runs / name / "config.yaml").read_text()
+        assert "epochs: 1\n" in config and "points: 64\n" in config and "balanced: true\n" in config
+        if name in starts:
+            assert f"init: {starts[name]}\n" in config
+    a8 = (runs / "a8" / "config.yaml").read_text()
+    assert "optimizer: sgd\n" in a8 and "lr: 0.01\n" in a8 and "wolf: 0.5\n" in a8 and "rsmix: 0.5\n" in a8
+    assert "optimizer: adamw\n" in (runs / "a5" / "config.yaml").read_text()
+    a45 = load_checkpoint(runs / "a45" / "a45.pt")
+    assert [m["file"] for m in a45["average"]] == ["a4/last.pt", "a5/last.pt"]
+    soup = load_checkpoint(runs / "soup" / "soup.pt")
+    assert [(m["file"], m["sha256"]) for m in soup["average"]] == [
+        ("a45/a45.pt", file_sha256(runs / "a45" / "a45.pt")),
+        ("a8/last.pt", file_sha256(runs / "a8" / "last.pt"))]
+    suite = json.loads((runs / "suite" / "robustness.json").read_text())
+    assert Path(suite["checkpoint"]).resolve() == (runs / "soup" / "soup.pt").resolve()
+    assert "--name modelnet40-aligned" in result.stdout
 
 
 SHIP = ROOT / "scripts" / "ship_weights.py"
