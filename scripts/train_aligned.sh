@@ -53,18 +53,18 @@ lineage_setup runs/aligned "aligned a1 a3 a4 a5 a8" "13 13 12 24 12 12"
 
 RECIPE=configs/modelnet40_cpu.yaml
 POINTS1024=(--points 1024 --model-opt 'centers=[512,256]')
-segment aligned $RECIPE "${EPOCH_LIST[0]}" ""
+segment aligned "$RECIPE" "${EPOCH_LIST[0]}" ""
 # a run directory as --init names its best.pt: segments 0 and A1 shipped their best epoch on val
-segment a1 $RECIPE "${EPOCH_LIST[1]}" "$RUNS/aligned" --lr 0.0005 --warmup-epochs 0.1
-segment a3 $RECIPE "${EPOCH_LIST[2]}" "$RUNS/a1" "${POINTS1024[@]}" --lr 0.0005 --warmup-epochs 0.2
-segment a4 $RECIPE "${EPOCH_LIST[3]}" "$RUNS/a3/last.pt" "${POINTS1024[@]}" --lr 0.0004 --warmup-epochs 0.2
-segment a5 $RECIPE "${EPOCH_LIST[4]}" "$RUNS/a4/last.pt" "${POINTS1024[@]}" --lr 0.0002 \
+segment a1 "$RECIPE" "${EPOCH_LIST[1]}" "$RUNS/aligned" --lr 0.0005 --warmup-epochs 0.1
+segment a3 "$RECIPE" "${EPOCH_LIST[2]}" "$RUNS/a1" "${POINTS1024[@]}" --lr 0.0005 --warmup-epochs 0.2
+segment a4 "$RECIPE" "${EPOCH_LIST[3]}" "$RUNS/a3/last.pt" "${POINTS1024[@]}" --lr 0.0004 --warmup-epochs 0.2
+segment a5 "$RECIPE" "${EPOCH_LIST[4]}" "$RUNS/a4/last.pt" "${POINTS1024[@]}" --lr 0.0002 \
     --warmup-epochs 0.1 --wolf 0.5 --rsmix 0.5
 average "$RUNS/a45/a45.pt" "$RUNS/a4/last.pt" "$RUNS/a5/last.pt"
-segment a8 $RECIPE "${EPOCH_LIST[5]}" "$RUNS/a45/a45.pt" "${POINTS1024[@]}" --optimizer sgd --lr 0.01 \
+segment a8 "$RECIPE" "${EPOCH_LIST[5]}" "$RUNS/a45/a45.pt" "${POINTS1024[@]}" --optimizer sgd --lr 0.01 \
     --momentum 0.9 --weight-decay 0.0005 --min-lr 0 --warmup-epochs 0.2 --wolf 0.5 --rsmix 0.5
 
 SOUP=$RUNS/soup/soup.pt
 average "$SOUP" "$RUNS/a45/a45.pt" "$RUNS/a8/last.pt"
 suite "$SOUP"
-ship_hint "$SOUP" modelnet40-aligned $RECIPE
+ship_hint "$SOUP" modelnet40-aligned "$RECIPE"
