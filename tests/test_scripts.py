@@ -243,30 +243,23 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
     assert calls[0].startswith("train --config configs/modelnet40_cpu.yaml") and calls[1:] == ["stopped"]
 
 
-@pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be 14 whole numbers"),  # nine segments
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be 14 whole numbers"),  # twelve
-    (dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 9 10 5"), "EPOCHS must be 14 whole numbers"),
-    (dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be 14 whole numbers"),
-    (dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be 14 whole numbers"),
-    (dict(PYTHON="no-such-python-here"), "PYTHON 'no-such-python-here' is not a command"),
-    (dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
-])
-def test_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
-    result = _script(tmp_path, _recorder(tmp_path), DATA="synthetic", **env)
-    assert result.returncode == 2 and message in result.stderr
-    assert not (tmp_path / "calls.txt").exists()
-
-
-@pytest.mark.parametrize("env, message", [
-    (dict(EPOCHS="13 13 12 24 12"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),  # five segments
-    (dict(EPOCHS="13 13 12 24 12 12 250"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),
-    (dict(EPOCHS="13 13 12 024 12 12"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),
-    (dict(PYTHON="no-such-python-here"), "train_aligned.sh: PYTHON 'no-such-python-here' is not a command"),
-    (dict(DEADLINE="1h"), "train_aligned.sh: DEADLINE must be whole seconds"),
-])
-def test_aligned_bad_settings_are_refused_before_anything_runs(tmp_path, env, message):
-    result = _script(tmp_path, _recorder(tmp_path), script=ALIGNED, DATA="synthetic", **env)
+@pytest.mark.parametrize("script, env, message", [
+    (SCRIPT, dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be 14 whole numbers"),  # nine segments
+    (SCRIPT, dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be 14 whole numbers"),  # twelve
+    (SCRIPT, dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10 9 10 5"), "EPOCHS must be 14 whole numbers"),
+    (SCRIPT, dict(EPOCHS="13 2 x 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be 14 whole numbers"),
+    (SCRIPT, dict(EPOCHS="13 0 10 20 18 18 15 13 7 10 9 10 9 10"), "EPOCHS must be 14 whole numbers"),
+    (SCRIPT, dict(PYTHON="no-such-python-here"), "PYTHON 'no-such-python-here' is not a command"),
+    (SCRIPT, dict(DEADLINE="soon"), "DEADLINE must be whole seconds"),
+    (ALIGNED, dict(EPOCHS="13 13 12 24 12"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),  # five
+    (ALIGNED, dict(EPOCHS="13 13 12 24 12 12 250"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),
+    (ALIGNED, dict(EPOCHS="13 13 12 024 12 12"), "train_aligned.sh: EPOCHS must be 6 whole numbers"),
+    (ALIGNED, dict(PYTHON="no-such-python-here"),
+     "train_aligned.sh: PYTHON 'no-such-python-here' is not a command"),
+    (ALIGNED, dict(DEADLINE="1h"), "train_aligned.sh: DEADLINE must be whole seconds"),
+], ids=lambda value: value.name if isinstance(value, Path) else None)
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, script, env, message):
+    result = _script(tmp_path, _recorder(tmp_path), script=script, DATA="synthetic", **env)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "calls.txt").exists()
 
