@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,9 +20,11 @@ import torch
 from tiny_models import SMALLEST, build_tiny
 
 import pcea
+from pcea.cli import main
 from pcea.data import synth
 from pcea.digest import file_sha256
 from pcea.engine.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from pcea.engine.config import TrainConfig, load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
@@ -74,55 +77,61 @@ def _average_call(runs: Path) -> str:
     return f"python scripts/average_weights.py {runs / 'soup' / 'soup.pt'} {members}"
 
 
-@pytest.mark.slow
-def test_fourteen_segments_each_from_the_one_before_then_the_soup_and_its_suite(tmp_path):
-    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
-    env = dict(DATA=str(data), EPOCHS=" ".join(["1"] * 14), SUITE="jitter", EXTRA=_tiny_flags())
-    pcea = str(Path(sys.executable).with_name("pcea"))
-    first = _script(tmp_path, pcea, **env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    runs = tmp_path / "runs"
-    for previous, name in zip((None, *SEGMENTS), SEGMENTS, strict=False):
-        assert json.loads((runs / name / "results.json").read_text())  # trained and finished
-        config = (runs / name / "config.yaml").read_text()
-        assert "epochs: 1\n" in config and "points: 64\n" in config
-        if previous:  # each segment starts from the weights of the one before, as they shipped
-            by_file = previous in SEGMENTS[3:]
-            start = runs / previous / "last.pt" if by_file else runs / previous
-            assert f"init: {start}\n" in config
-    assert "wolf: 0.5\n" in (runs / "wolfmix" / "config.yaml").read_text()
-    balanced = (runs / "balanced" / "config.yaml").read_text()
-    assert "wolf: 0.5\n" in balanced and "occlusion: 0.5\n" in balanced and "balanced: true\n" in balanced
-    points1024 = (runs / "points1024" / "config.yaml").read_text()  # its 1,024 points: EXTRA's 64 win here
-    assert "occlusion: 0.5\n" in points1024 and "balanced: true\n" in points1024
-    assert "noise: 0.0\n" in points1024
-    noise = (runs / "noise" / "config.yaml").read_text()
-    assert "noise: 0.3\n" in noise and "occlusion: 0.5\n" in noise
-    occlusion70 = (runs / "occlusion70" / "config.yaml").read_text()
-    assert "noise: 0.3\n" in occlusion70 and "occlusion: 0.7\n" in occlusion70
-    halflr = (runs / "halflr" / "config.yaml").read_text()
-    assert "noise: 0.3\n" in halflr and "occlusion: 0.7\n" in halflr and "lr: 0.0001\n" in halflr
-    assert "tilt: 0.0\n" in halflr
-    for name in ("tilt", "tilt2"):
-        config = (runs / name / "config.yaml").read_text()
-        assert "tilt: 25.0\n" in config and "occlusion: 0.7\n" in config and "lr: 0.0001\n" in config
-    tilt3 = (runs / "tilt3" / "config.yaml").read_text()
-    assert "tilt: 25.0\n" in tilt3 and "occlusion: 0.7\n" in tilt3 and "lr: 5.0e-05\n" in tilt3
-    for name, lr in (("occlusion80", "2.5e-05"), ("occlusion80b", "3.75e-05")):
-        config = (runs / name / "config.yaml").read_text()
-        assert "occlusion: 0.8\n" in config and f"lr: {lr}\n" in config and "tilt: 25.0\n" in config
-        assert "noise: 0.3\n" in config and "balanced: true\n" in config
-    assert "lr: 0.0003\n" in (runs / "robust2" / "config.yaml").read_text()
-    soup = load_checkpoint(runs / "soup" / "soup.pt")  # the uniform average of the last three segments
-    assert [(m["file"], m["sha256"]) for m in soup["average"]] == [
-        (f"{name}/last.pt", file_sha256(runs / name / "last.pt")) for name in SOUP_OF]
-    suite = json.loads((runs / "suite" / "robustness.json").read_text())
-    assert "jitter" in json.dumps(suite)
-    assert Path(suite["checkpoint"]).resolve() == (runs / "soup" / "soup.pt").resolve()
-    ship = (f"scripts/ship_weights.py {runs / 'soup' / 'soup.pt'} --name modelnet40 "
-            f"--recipe configs/modelnet40_wolfmix.yaml --half "
-            f"--robustness {runs / 'suite' / 'robustness.json'}")
-    assert ship in first.stdout and "--checkpoint" not in first.stdout
+# Each segment of train_robust.sh as pcea's own command line reads its call: (recipe, epochs, start,
+# points, centres, occlusion, noise, peak lr, tilt, balanced). "runs/..." starts are under RUNS.
+ROBUST_SETTINGS = {
+    "aligned": ("cpu", 13, None, 512, [256, 128], 0.0, 0.0, 0.001, 0.0, True),
+    "robust1": ("robust", 2, "aligned", 512, [256, 128], 0.3, 0.0, 0.0005, 0.0, False),
+    "robust2": ("robust", 10, "robust1", 512, [256, 128], 0.3, 0.0, 0.0003, 0.0, False),
+    "wolfmix": ("wolfmix", 20, "robust2", 512, [256, 128], 0.3, 0.0, 0.0002, 0.0, False),
+    "balanced": ("wolfmix", 18, "wolfmix/last.pt", 512, [256, 128], 0.5, 0.0, 0.0002, 0.0, True),
+    "points1024": ("wolfmix", 18, "balanced/last.pt", 1024, [512, 256], 0.5, 0.0, 0.0002, 0.0, True),
+    "noise": ("wolfmix", 15, "points1024/last.pt", 1024, [512, 256], 0.5, 0.3, 0.0002, 0.0, True),
+    "occlusion70": ("wolfmix", 13, "noise/last.pt", 1024, [512, 256], 0.7, 0.3, 0.0002, 0.0, True),
+    "halflr": ("wolfmix", 7, "occlusion70/last.pt", 1024, [512, 256], 0.7, 0.3, 0.0001, 0.0, True),
+    "tilt": ("wolfmix", 10, "halflr/last.pt", 1024, [512, 256], 0.7, 0.3, 0.0001, 25.0, True),
+    "tilt2": ("wolfmix", 9, "tilt/last.pt", 1024, [512, 256], 0.7, 0.3, 0.0001, 25.0, True),
+    "tilt3": ("wolfmix", 10, "tilt2/last.pt", 1024, [512, 256], 0.7, 0.3, 0.00005, 25.0, True),
+    "occlusion80": ("wolfmix", 9, "tilt3/last.pt", 1024, [512, 256], 0.8, 0.3, 0.000025, 25.0, True),
+    "occlusion80b": ("wolfmix", 10, "occlusion80/last.pt", 1024, [512, 256], 0.8, 0.3, 0.0000375, 25.0, True),
+}
+
+
+def test_pcea_reads_each_robust_segments_call_as_the_recipe_it_names(tmp_path, monkeypatch):
+    """Every `pcea train` call of train_robust.sh (recorded by a stand-in), read by pcea's own command
+    line in this process into the settings its run would train with. The lineage machinery that the
+    two scripts share (scripts/lineage.sh) trains end to end in the aligned lineage's test below."""
+    pcea_stub = _recorder(tmp_path, 'while [ $# -gt 0 ]; do\n'
+                                    '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
+                                    '  shift\n'
+                                    'done')
+    result = _script(tmp_path, pcea_stub, DATA="synthetic", PYTHON=_python_recorder(tmp_path))
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 16 and calls[14] == _average_call(tmp_path / "runs")
+    read: dict[str, object] = {}
+
+    def train(config, out, **options):  # what `pcea train` hands the trainer, in place of training
+        assert not options.get("resume")
+        read[Path(out).name] = config
+        return {}
+
+    monkeypatch.setattr("pcea.engine.train.train", train)
+    for call in calls[:14]:
+        assert main(shlex.split(call)) == 0, call
+    assert list(read) == list(SEGMENTS)
+    base = {name: load_config_file(ROOT / "configs" / f"modelnet40_{name}.yaml")
+            for name in ("cpu", "robust", "wolfmix")}
+    for name, (recipe, epochs, start, points, centers, occlusion, noise, lr, tilt, balanced) in \
+            ROBUST_SETTINGS.items():
+        config = read[name]
+        assert (config.data, config.epochs, config.points, config.model_options) == (
+            "synthetic", epochs, points, {"centers": centers}), name
+        assert config.init == (None if start is None else str(tmp_path / "runs" / start)), name
+        assert (config.occlusion, config.noise, config.lr, config.tilt, config.balanced) == (
+            occlusion, noise, lr, tilt, balanced), name
+        for key in ("yaw", "wolf", "rsmix", "ema", "optimizer", "weight_decay", "warmup_epochs"):
+            assert getattr(config, key) == base[recipe].get(key, getattr(TrainConfig(), key)), (name, key)
 
 
 def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
