@@ -62,6 +62,13 @@ def _recorder(tmp_path: Path, body: str = "") -> str:
     return str(stub)
 
 
+# A stand-in body that leaves a last.pt in each --out it is given, as pcea train does.
+LEAVES_LAST = ('while [ $# -gt 0 ]; do\n'
+               '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
+               '  shift\n'
+               'done')
+
+
 def _python_recorder(tmp_path: Path) -> str:
     """A stand-in for PYTHON that appends "python" and its arguments to calls.txt and leaves an OUT
     ($2, after the script's path), as average_weights.py does."""
@@ -101,11 +108,8 @@ def test_pcea_reads_each_robust_segments_call_as_the_recipe_it_names(tmp_path, m
     """Every `pcea train` call of train_robust.sh (recorded by a stand-in), read by pcea's own command
     line in this process into the settings its run would train with. The lineage machinery that the
     two scripts share (scripts/lineage.sh) trains end to end in the aligned lineage's test below."""
-    pcea_stub = _recorder(tmp_path, 'while [ $# -gt 0 ]; do\n'
-                                    '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
-                                    '  shift\n'
-                                    'done')
-    result = _script(tmp_path, pcea_stub, DATA="synthetic", PYTHON=_python_recorder(tmp_path))
+    pcea = _recorder(tmp_path, LEAVES_LAST)
+    result = _script(tmp_path, pcea, DATA="synthetic", PYTHON=_python_recorder(tmp_path))
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == 16 and calls[14] == _average_call(tmp_path / "runs")
@@ -190,11 +194,7 @@ def test_an_earlier_runs_goes_on_with_the_missing_segments_and_a_new_suite(tmp_p
     (runs / "suite").mkdir()
     (runs / "suite" / "robustness.json").write_text("{}\n")
     os.utime(runs / "suite" / "robustness.json", (time.time() - 3600,) * 2)
-    # The stand-in leaves a last.pt in each --out it is given, as pcea train does.
-    pcea = _recorder(tmp_path, 'while [ $# -gt 0 ]; do\n'
-                               '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
-                               '  shift\n'
-                               'done')
+    pcea = _recorder(tmp_path, LEAVES_LAST)
     python = _python_recorder(tmp_path)
     result = _script(tmp_path, pcea, DATA="synthetic", PYTHON=python)
     assert result.returncode == 0, result.stderr
@@ -280,10 +280,7 @@ def test_aligned_lineage_runs_six_segments_and_two_averages_in_order_then_goes_o
     runs = tmp_path / "runs"
     (runs / "aligned").mkdir(parents=True)
     (runs / "aligned" / "config.yaml").write_text("epochs: 13\n")  # stopped early
-    pcea = _recorder(tmp_path, 'while [ $# -gt 0 ]; do\n'
-                               '  if [ "$1" = --out ]; then mkdir -p "$2" && touch "$2/last.pt"; fi\n'
-                               '  shift\n'
-                               'done')
+    pcea = _recorder(tmp_path, LEAVES_LAST)
     python = _python_recorder(tmp_path)
     result = _script(tmp_path, pcea, script=ALIGNED, DATA="synthetic", EXTRA="--threads 1", PYTHON=python)
     assert result.returncode == 0, result.stderr
