@@ -66,9 +66,10 @@
 #   PYTHON    the Python that runs scripts/average_weights.py (default: the python beside PCEA,
 #             else .venv/bin/python, else python3)
 # What the shipped weights' run measured, and on which CPU, is in docs/modelnet40.md; this script
-# has been run whole on the CPU with tiny settings only. tests/test_scripts.py checks its calls and
-# their order with a stand-in pcea, reads each `pcea train` call with pcea's own command line, and
-# trains train_aligned.sh (the same scripts/lineage.sh) end to end with tiny settings.
+# has been run whole on the CPU with tiny settings only, and the suite no longer runs it whole:
+# tests/test_scripts.py checks its calls and their order with a stand-in pcea, reads each `pcea
+# train` call with pcea's own command line, and trains train_aligned.sh (the same
+# scripts/lineage.sh) end to end with tiny settings.
 set -euo pipefail
 LINEAGE=train_robust.sh
 # shellcheck source=scripts/lineage.sh
