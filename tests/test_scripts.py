@@ -124,6 +124,11 @@ def test_pcea_reads_each_robust_segments_call_as_the_recipe_it_names(tmp_path, m
     for call in calls[:14]:
         assert main(shlex.split(call)) == 0, call
     assert list(read) == list(SEGMENTS)
+    ship = (f"scripts/ship_weights.py {tmp_path / 'runs' / 'soup' / 'soup.pt'} --name modelnet40 "
+            f"--recipe configs/modelnet40_wolfmix.yaml --half "
+            f"--robustness {tmp_path / 'runs' / 'suite' / 'robustness.json'}")
+    assert ship in result.stdout and "--checkpoint" not in result.stdout
+    defaults = TrainConfig()
     base = {name: load_config_file(ROOT / "configs" / f"modelnet40_{name}.yaml")
             for name in ("cpu", "robust", "wolfmix")}
     for name, (recipe, epochs, start, points, centers, occlusion, noise, lr, tilt, balanced) in \
@@ -135,7 +140,7 @@ def test_pcea_reads_each_robust_segments_call_as_the_recipe_it_names(tmp_path, m
         assert (config.occlusion, config.noise, config.lr, config.tilt, config.balanced) == (
             occlusion, noise, lr, tilt, balanced), name
         for key in ("yaw", "wolf", "rsmix", "ema", "optimizer", "weight_decay", "warmup_epochs"):
-            assert getattr(config, key) == base[recipe].get(key, getattr(TrainConfig(), key)), (name, key)
+            assert getattr(config, key) == base[recipe].get(key, getattr(defaults, key)), (name, key)
 
 
 def test_a_started_segment_is_resumed_and_the_rest_follow(tmp_path):
@@ -358,6 +363,7 @@ def test_aligned_lineage_trains_end_to_end_each_segment_from_the_one_before(tmp_
         ("a45/a45.pt", file_sha256(runs / "a45" / "a45.pt")),
         ("a8/last.pt", file_sha256(runs / "a8" / "last.pt"))]
     suite = json.loads((runs / "suite" / "robustness.json").read_text())
+    assert list(suite["corruptions"]) == ["jitter"]  # SUITE reaches pcea eval
     assert Path(suite["checkpoint"]).resolve() == (runs / "soup" / "soup.pt").resolve()
     assert "--name modelnet40-aligned" in result.stdout
 
