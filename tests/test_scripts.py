@@ -1,6 +1,7 @@
 """scripts/train_robust.sh and scripts/train_aligned.sh (on scripts/lineage.sh): each shipped weights'
 segments and averages, one resumable command;
 scripts/average_weights.py: checkpoints of one model averaged into one;
+scripts/recompute_batchnorm.py: a checkpoint's BatchNorm statistics gathered again on its training clouds;
 scripts/ship_weights.py: a run's chosen epoch, or an average, into the shipped file and its card."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import SMALLEST, build_tiny
@@ -25,6 +27,7 @@ from pcea.data import synth
 from pcea.digest import file_sha256
 from pcea.engine.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from pcea.engine.config import TrainConfig, load_config_file
+from pcea.engine.splits import split_train_val
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_robust.sh"
@@ -500,6 +503,84 @@ def test_average_weights_refuses_with_one_line_and_writes_nothing(tmp_path, case
     assert refused.returncode == 2 and says in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
     assert not out.exists() and load_checkpoint(a)["epoch"] == 2  # nothing written, no input touched
+
+
+RECOMPUTE = ROOT / "scripts" / "recompute_batchnorm.py"
+
+
+def _poison_validation_clouds(data: Path, val_split: float, seed: int) -> None:
+    """Flatten the clouds the hold-out ``(val_split, seed)`` keeps for validation onto the x axis, in place
+    (a scale would not do: the loader normalises each cloud into the unit sphere)."""
+    import h5py
+
+    files = sorted(data.glob("ply_data_train*.h5"))
+    labels = np.concatenate([h5py.File(f, "r")["label"][:, 0] for f in files])
+    _, val_idx = split_train_val(labels, val_split, seed)
+    start = 0
+    for f in files:
+        with h5py.File(f, "r+") as h5:
+            count = len(h5["label"])
+            mine = [i - start for i in val_idx if start <= i < start + count]
+            if mine:
+                clouds = h5["data"][...]
+                clouds[mine, :, 1:] = 0
+                h5["data"][...] = clouds
+            start += count
+    assert len(val_idx) > 0
+
+
+def _bn_source(path: Path, class_names) -> Path:
+    """A tiny checkpoint whose recipe held out half of 64-point clouds (hold-out seed 3), turned any way."""
+    source = _member(path, 0, class_names=class_names)
+    payload = load_checkpoint(source)
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALLEST.items() if k != "num_points"}
+    payload["train_config"] = {"points": 64, "model_options": options, "val_split": 0.5, "split_seed": 3,
+                               "seed": 0, "yaw": 180}
+    return save_checkpoint(source, payload)
+
+
+@pytest.mark.slow
+def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weights(tmp_path):
+    clean = synth.generate(tmp_path / "clean", classes=3, per_class=10, points=64) / "h5"
+    poisoned = synth.generate(tmp_path / "poisoned", classes=3, per_class=10, points=64) / "h5"
+    _poison_validation_clouds(poisoned, 0.5, 3)  # a validation cloud read would move the statistics
+    source = _bn_source(tmp_path / "run" / "last.pt", synth._class_names(3))
+    payload = load_checkpoint(source)
+    outs = {}
+    for name, data in (("clean", clean), ("poisoned", poisoned)):
+        outs[name] = tmp_path / name / "bn.pt"
+        done = subprocess.run([sys.executable, str(RECOMPUTE), str(outs[name]), str(source),
+                               "--data", str(data), "--batch-size", "4"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # 24 training clouds, half of them held out: 12 in 3 batches of 4
+        assert "BatchNorm statistics from 3 batches of 12 training clouds" in done.stdout
+    a, b = load_checkpoint(outs["clean"]), load_checkpoint(outs["poisoned"])
+    for key, value in payload["model"].items():
+        if "running" in key:  # the training clouds' statistics, the same whatever the held-out clouds hold
+            assert torch.equal(a["model"][key], b["model"][key]), key
+            assert not torch.equal(a["model"][key], value), key
+        else:
+            assert torch.equal(a["model"][key], value), key  # weights kept
+    assert a["batchnorm"]["clouds"] == 12 and a["batchnorm"]["dropout"] == "off"
+    assert a["protocol"] == "last epoch, BatchNorm statistics recomputed on 12 training clouds"
+    assert pcea.load_model(outs["clean"]).class_names == synth._class_names(3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, says", [("missing", "nope.pt"), ("classes", "not the ones"),
+                                        ("batch", "at least 2 clouds per batch")])
+def test_recompute_batchnorm_refuses_with_one_line_and_writes_nothing(tmp_path, case, says):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
+    names = ("x", "y", "z") if case == "classes" else synth._class_names(3)
+    source = _bn_source(tmp_path / "run" / "last.pt", names)
+    out = tmp_path / "bn.pt"
+    args = [str(out), str(tmp_path / "nope.pt") if case == "missing" else str(source), "--data", str(data),
+            "--batch-size", "1" if case == "batch" else "4"]
+    refused = subprocess.run([sys.executable, str(RECOMPUTE), *args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and not out.exists()
 
 
 @pytest.mark.slow

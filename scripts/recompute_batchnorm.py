@@ -1,0 +1,83 @@
+"""Recompute a checkpoint's BatchNorm statistics on the clouds it trained on, as it is evaluated.
+
+    python scripts/recompute_batchnorm.py OUT.pt CHECKPOINT --data PATH/TO/ModelNet40
+        [--batch-size 32] [--seed 0] [--clouds N]
+
+CHECKPOINT is a run's checkpoint, an average of checkpoints (scripts/average_weights.py) or a
+shipped name (modelnet40). Its weights are kept; the running statistics of each BatchNorm layer
+are replaced by their mean over one pass through the training part of the checkpoint's own split
+(its val_split and hold-out seed: never a validation cloud), each cloud once, in the dataset's
+order, augmented as its recipe trained (its per-cloud augmentation; no batch mixing), with
+dropout off (pcea.engine.batchnorm says why). OUT records how under "batchnorm"; measure it
+(pcea eval OUT --split val) against CHECKPOINT before shipping it.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from pcea.data.modelnet import open_dataset
+from pcea.digest import file_sha256
+from pcea.engine.batchnorm import recompute_batchnorm
+from pcea.engine.checkpoint import open_checkpoint, save_checkpoint
+from pcea.engine.config import TrainConfig
+from pcea.engine.run import train_transform
+from pcea.engine.splits import AugmentedSubset, holdout_seed, split_train_val
+from pcea.errors import PceaError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the checkpoint to write")
+    parser.add_argument("checkpoint", help="a checkpoint file, run directory or shipped name")
+    parser.add_argument("--data", required=True, help="the dataset the checkpoint trained on")
+    parser.add_argument("--batch-size", type=int, default=32, help="clouds per batch (at least 2)")
+    parser.add_argument("--seed", type=int, default=0, help="the augmentation's random stream")
+    parser.add_argument("--clouds", type=int, help="only the first N training clouds (default: all)")
+    args = parser.parse_args()
+    if args.batch_size < 2:
+        parser.error("--batch-size: BatchNorm needs at least 2 clouds per batch")
+    if args.clouds is not None and args.clouds < 2:
+        parser.error("--clouds: BatchNorm needs at least 2 clouds")
+    try:
+        model, payload, path = open_checkpoint(args.checkpoint)
+        if not isinstance(payload.get("train_config"), dict):
+            raise PceaError(f"{path}: records no training config, so not which clouds it trained on")
+        config = TrainConfig.from_dict({**payload["train_config"], "data": args.data}, source=str(path))
+        base = open_dataset(args.data, split="train", num_points=config.points, normals=config.normals,
+                            seed=config.seed)
+        if [str(name) for name in base.class_names] != model.class_names:
+            raise PceaError(f"{args.data}: its classes are not the ones {path} was trained on")
+        train_idx, _ = split_train_val(np.asarray(base.labels), config.val_split,
+                                       holdout_seed(config.to_dict()))
+        if args.clouds is not None:
+            train_idx = train_idx[:args.clouds]
+        clouds = AugmentedSubset(base, train_idx, transform=train_transform(config), seed=args.seed)
+        # a last batch of one cloud has no variance to measure: left out
+        drop_last = len(clouds) % args.batch_size == 1
+        used = len(clouds) - drop_last
+        loader = DataLoader(clouds, batch_size=args.batch_size, shuffle=False, drop_last=drop_last)
+        start = time.perf_counter()
+        batches = recompute_batchnorm(model, (points for points, _ in loader))
+        seconds = time.perf_counter() - start
+        out = dict(payload)
+        out["model"] = model.state_dict()
+        out["protocol"] = (f"{payload.get('protocol', 'a checkpoint')}, BatchNorm statistics recomputed "
+                           f"on {used} training clouds")
+        out["batchnorm"] = {"source": path.name, "sha256": file_sha256(path), "clouds": used,
+                            "batches": batches, "batch_size": args.batch_size, "seed": args.seed,
+                            "augmentation": "the recipe's per-cloud training augmentation, no mixing",
+                            "dropout": "off", "seconds": round(seconds, 1)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        written = save_checkpoint(args.out, out)
+    except (PceaError, OSError, ValueError) as err:
+        parser.error(str(err))
+    print(f"wrote {written}: {path.name}'s weights with BatchNorm statistics from {batches} batches "
+          f"of {used} training clouds ({seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
