@@ -1,15 +1,16 @@
 """Recompute a checkpoint's BatchNorm statistics on the clouds it trained on, as it is evaluated.
 
     python scripts/recompute_batchnorm.py OUT.pt CHECKPOINT --data PATH/TO/ModelNet40
-        [--batch-size 32] [--seed 0] [--clouds N]
+        [--batch-size 32] [--seed 0] [--clouds N] [--no-augment]
 
 CHECKPOINT is a run's checkpoint, an average of checkpoints (scripts/average_weights.py) or a
 shipped name (modelnet40). Its weights are kept; the running statistics of each BatchNorm layer
 are replaced by their mean over one pass through the training part of the checkpoint's own split
 (its val_split and hold-out seed: never a validation cloud), each cloud once, in the dataset's
-order, augmented as its recipe trained (its per-cloud augmentation; no batch mixing), with
-dropout off (pcea.engine.batchnorm says why). OUT records how under "batchnorm"; measure it
-(pcea eval OUT --split val) against CHECKPOINT before shipping it.
+order, augmented as its recipe trained (its per-cloud augmentation, no batch mixing; with
+--no-augment, unaugmented, as evaluation feeds them), with dropout off (pcea.engine.batchnorm
+says why). OUT records how under "batchnorm"; measure it (pcea eval OUT --split val) against
+CHECKPOINT before shipping it: on both shipped files in session 35, it lost (docs/modelnet40.md).
 """
 
 import argparse
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="clouds per batch (at least 2)")
     parser.add_argument("--seed", type=int, default=0, help="the augmentation's random stream")
     parser.add_argument("--clouds", type=int, help="only the first N training clouds (default: all)")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="the clouds as evaluation feeds them (default: the recipe's augmentation)")
     args = parser.parse_args()
     if args.batch_size < 2:
         parser.error("--batch-size: BatchNorm needs at least 2 clouds per batch")
@@ -55,7 +58,8 @@ def main() -> None:
                                        holdout_seed(config.to_dict()))
         if args.clouds is not None:
             train_idx = train_idx[:args.clouds]
-        clouds = AugmentedSubset(base, train_idx, transform=train_transform(config), seed=args.seed)
+        transform = None if args.no_augment else train_transform(config)
+        clouds = AugmentedSubset(base, train_idx, transform=transform, seed=args.seed)
         # a last batch of one cloud has no variance to measure: left out
         drop_last = len(clouds) % args.batch_size == 1
         used = len(clouds) - drop_last
@@ -69,7 +73,8 @@ def main() -> None:
                            f"on {used} training clouds")
         out["batchnorm"] = {"source": path.name, "sha256": file_sha256(path), "clouds": used,
                             "batches": batches, "batch_size": args.batch_size, "seed": args.seed,
-                            "augmentation": "the recipe's per-cloud training augmentation, no mixing",
+                            "augmentation": ("none" if transform is None else
+                                             "the recipe's per-cloud training augmentation, no mixing"),
                             "dropout": "off", "seconds": round(seconds, 1)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         written = save_checkpoint(args.out, out)
