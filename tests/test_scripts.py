@@ -568,6 +568,24 @@ def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weight
 
 
 @pytest.mark.slow
+def test_recompute_batchnorm_augments_as_the_recipe_unless_told_not_to(tmp_path):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
+    source = _bn_source(tmp_path / "run" / "last.pt", synth._class_names(3))  # a recipe with yaw 180
+    stats = {}
+    for flags in ((), ("--no-augment",)):
+        for seed in ("0", "1"):
+            out = tmp_path / f"{len(flags)}-{seed}.pt"
+            subprocess.run([sys.executable, str(RECOMPUTE), str(out), str(source), "--data", str(data),
+                            "--batch-size", "4", "--seed", seed, *flags], cwd=ROOT, check=True,
+                           capture_output=True, timeout=120)
+            payload = load_checkpoint(out)
+            stats[flags, seed] = payload["model"]["embedding.0.bn.running_var"]
+            assert (payload["batchnorm"]["augmentation"] == "none") == bool(flags)
+    assert not torch.equal(stats[(), "0"], stats[(), "1"])  # the augmentation's draws differ by seed
+    assert torch.equal(stats[("--no-augment",), "0"], stats[("--no-augment",), "1"])  # nothing drawn
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case, says", [("missing", "nope.pt"), ("classes", "not the ones"),
                                         ("batch", "at least 2 clouds per batch")])
 def test_recompute_batchnorm_refuses_with_one_line_and_writes_nothing(tmp_path, case, says):
