@@ -1,7 +1,7 @@
 """Recompute a checkpoint's BatchNorm statistics on the clouds it trained on, as it is evaluated.
 
     python scripts/recompute_batchnorm.py OUT.pt CHECKPOINT --data PATH/TO/ModelNet40
-        [--batch-size 32] [--seed 0] [--clouds N] [--no-augment]
+        [--batch-size 32] [--seed 0] [--no-augment]
 
 CHECKPOINT is a run's checkpoint, an average of checkpoints (scripts/average_weights.py) or a
 shipped name (modelnet40). Its weights are kept; the running statistics of each BatchNorm layer
@@ -9,9 +9,11 @@ are replaced by their mean over one pass through the training part of the checkp
 (its val_split and hold-out seed: never a validation cloud), each cloud once, in the dataset's
 order, augmented as its recipe trained (its per-cloud augmentation, no batch mixing; with
 --no-augment, unaugmented, as evaluation feeds them), with dropout off (pcea.engine.batchnorm
-says why). OUT records how under "batchnorm"; measure it (pcea eval OUT --split val) against
-CHECKPOINT before shipping it. On both shipped files (session 35) it lowered validation OA by 5
-to 7 shapes of 985, with and without --no-augment (docs/modelnet40.md): their statistics stayed.
+says why). OUT keeps CHECKPOINT's model, recipe, metrics, epoch and average (not its optimiser
+state: it is evaluated or shipped, never resumed) and records how under "batchnorm"; measure it
+(pcea eval OUT --split val) against CHECKPOINT before shipping it. On both shipped files (session
+35) it lowered validation OA by 5 to 7 shapes of 985, with and without --no-augment
+(docs/modelnet40.md): their statistics stayed.
 """
 
 import argparse
@@ -24,12 +26,13 @@ from torch.utils.data import DataLoader
 from pcea.data.modelnet import open_dataset
 from pcea.digest import file_sha256
 from pcea.engine.batchnorm import recompute_batchnorm
-from pcea.engine.checkpoint import open_checkpoint, save_checkpoint
+from pcea.engine.checkpoint import model_payload, open_checkpoint, save_checkpoint
 from pcea.engine.config import TrainConfig
 from pcea.engine.run import train_transform
 from pcea.engine.splits import AugmentedSubset, holdout_seed, split_train_val
 from pcea.errors import PceaError
 
+KEEP = ("train_config", "metrics", "epoch", "average")  # with the model's own keys; no optimiser state
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,16 +41,15 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the dataset the checkpoint trained on")
     parser.add_argument("--batch-size", type=int, default=32, help="clouds per batch (at least 2)")
     parser.add_argument("--seed", type=int, default=0, help="the augmentation's random stream")
-    parser.add_argument("--clouds", type=int, help="only the first N training clouds (default: all)")
     parser.add_argument("--no-augment", action="store_true",
                         help="the clouds as evaluation feeds them (default: the recipe's augmentation)")
     args = parser.parse_args()
     if args.batch_size < 2:
         parser.error("--batch-size: BatchNorm needs at least 2 clouds per batch")
-    if args.clouds is not None and args.clouds < 2:
-        parser.error("--clouds: BatchNorm needs at least 2 clouds")
     try:
         model, payload, path = open_checkpoint(args.checkpoint)
+        if args.out.resolve() == path.resolve():
+            raise PceaError(f"{args.out}: is the checkpoint read; write the result to a new file")
         if not isinstance(payload.get("train_config"), dict):
             raise PceaError(f"{path}: records no training config, so not which clouds it trained on")
         config = TrainConfig.from_dict({**payload["train_config"], "data": args.data}, source=str(path))
@@ -57,8 +59,6 @@ def main() -> None:
             raise PceaError(f"{args.data}: its classes are not the ones {path} was trained on")
         train_idx, _ = split_train_val(np.asarray(base.labels), config.val_split,
                                        holdout_seed(config.to_dict()))
-        if args.clouds is not None:
-            train_idx = train_idx[:args.clouds]
         transform = None if args.no_augment else train_transform(config)
         clouds = AugmentedSubset(base, train_idx, transform=transform, seed=args.seed)
         # a last batch of one cloud has no variance to measure: left out
@@ -68,8 +68,8 @@ def main() -> None:
         start = time.perf_counter()
         batches = recompute_batchnorm(model, (points for points, _ in loader))
         seconds = time.perf_counter() - start
-        out = dict(payload)
-        out["model"] = model.state_dict()
+        out = {**{key: payload[key] for key in KEEP if key in payload},
+               **model_payload(model, model_name=payload["model_name"])}
         out["protocol"] = (f"{payload.get('protocol', 'a checkpoint')}, BatchNorm statistics recomputed "
                            f"on {used} training clouds")
         out["batchnorm"] = {"source": path.name, "sha256": file_sha256(path), "clouds": used,

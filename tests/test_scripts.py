@@ -530,12 +530,14 @@ def _poison_validation_clouds(data: Path, val_split: float, seed: int) -> None:
 
 
 def _bn_source(path: Path, class_names) -> Path:
-    """A tiny checkpoint whose recipe held out half of 64-point clouds (hold-out seed 3), turned any way."""
+    """A tiny run's checkpoint whose recipe held out half of 64-point clouds (hold-out seed 3) and
+    turned them any way."""
     source = _member(path, 0, class_names=class_names)
     payload = load_checkpoint(source)
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALLEST.items() if k != "num_points"}
     payload["train_config"] = {"points": 64, "model_options": options, "val_split": 0.5, "split_seed": 3,
                                "seed": 0, "yaw": 180}
+    payload["optimizer"] = {"state": {}, "param_groups": []}  # a run's checkpoint: resumable
     return save_checkpoint(source, payload)
 
 
@@ -563,6 +565,7 @@ def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weight
         else:
             assert torch.equal(a["model"][key], value), key  # weights kept
     assert a["batchnorm"]["clouds"] == 12 and a["batchnorm"]["dropout"] == "off"
+    assert a["epoch"] == 2 and a["train_config"] == payload["train_config"] and "optimizer" not in a
     assert a["protocol"] == "last epoch, BatchNorm statistics recomputed on 12 training clouds"
     assert pcea.load_model(outs["clean"]).class_names == synth._class_names(3)
 
@@ -587,18 +590,21 @@ def test_recompute_batchnorm_augments_as_the_recipe_unless_told_not_to(tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case, says", [("missing", "nope.pt"), ("classes", "not the ones"),
-                                        ("batch", "at least 2 clouds per batch")])
+                                        ("batch", "at least 2 clouds per batch"),
+                                        ("self", "is the checkpoint read")])
 def test_recompute_batchnorm_refuses_with_one_line_and_writes_nothing(tmp_path, case, says):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
     names = ("x", "y", "z") if case == "classes" else synth._class_names(3)
     source = _bn_source(tmp_path / "run" / "last.pt", names)
-    out = tmp_path / "bn.pt"
+    out = source if case == "self" else tmp_path / "bn.pt"
+    before = source.read_bytes()
     args = [str(out), str(tmp_path / "nope.pt") if case == "missing" else str(source), "--data", str(data),
             "--batch-size", "1" if case == "batch" else "4"]
     refused = subprocess.run([sys.executable, str(RECOMPUTE), *args], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and says in refused.stderr, refused.stderr
-    assert "Traceback" not in refused.stderr and not out.exists()
+    assert "Traceback" not in refused.stderr and source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shapes"]  # nothing written
 
 
 @pytest.mark.slow
