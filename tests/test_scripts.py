@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -541,8 +542,16 @@ def _bn_source(path: Path, class_names) -> Path:
     return save_checkpoint(source, payload)
 
 
+def _recompute_in_process(monkeypatch, *args) -> None:
+    """Run scripts/recompute_batchnorm.py with ``args`` in this process: no interpreter and torch
+    start-up per call; a refusal raises SystemExit(2), its message on stderr."""
+    monkeypatch.setattr(sys, "argv", [str(RECOMPUTE), *map(str, args)])
+    runpy.run_path(str(RECOMPUTE), run_name="__main__")
+
+
 @pytest.mark.slow
-def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weights(tmp_path):
+def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weights(tmp_path, monkeypatch,
+                                                                                   capsys):
     clean = synth.generate(tmp_path / "clean", classes=3, per_class=10, points=64) / "h5"
     poisoned = synth.generate(tmp_path / "poisoned", classes=3, per_class=10, points=64) / "h5"
     _poison_validation_clouds(poisoned, 0.5, 3)  # a validation cloud read would move the statistics
@@ -551,12 +560,9 @@ def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weight
     outs = {}
     for name, data in (("clean", clean), ("poisoned", poisoned)):
         outs[name] = tmp_path / name / "bn.pt"
-        done = subprocess.run([sys.executable, str(RECOMPUTE), str(outs[name]), str(source),
-                               "--data", str(data), "--batch-size", "4"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
+        _recompute_in_process(monkeypatch, outs[name], source, "--data", data, "--batch-size", 4)
         # 24 training clouds, half of them held out: 12 in 3 batches of 4
-        assert "BatchNorm statistics from 3 batches of 12 training clouds" in done.stdout
+        assert "BatchNorm statistics from 3 batches of 12 training clouds" in capsys.readouterr().out
     a, b = load_checkpoint(outs["clean"]), load_checkpoint(outs["poisoned"])
     for key, value in payload["model"].items():
         if "running" in key:  # the training clouds' statistics, the same whatever the held-out clouds hold
@@ -571,16 +577,15 @@ def test_recompute_batchnorm_reads_only_the_training_clouds_and_keeps_the_weight
 
 
 @pytest.mark.slow
-def test_recompute_batchnorm_augments_as_the_recipe_unless_told_not_to(tmp_path):
+def test_recompute_batchnorm_augments_as_the_recipe_unless_told_not_to(tmp_path, monkeypatch):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
     source = _bn_source(tmp_path / "run" / "last.pt", synth._class_names(3))  # a recipe with yaw 180
     stats = {}
     for flags in ((), ("--no-augment",)):
         for seed in ("0", "1"):
             out = tmp_path / f"{len(flags)}-{seed}.pt"
-            subprocess.run([sys.executable, str(RECOMPUTE), str(out), str(source), "--data", str(data),
-                            "--batch-size", "4", "--seed", seed, *flags], cwd=ROOT, check=True,
-                           capture_output=True, timeout=120)
+            _recompute_in_process(monkeypatch, out, source, "--data", data, "--batch-size", 4, "--seed", seed,
+                                  *flags)
             payload = load_checkpoint(out)
             stats[flags, seed] = payload["model"]["embedding.0.bn.running_var"]
             assert (payload["batchnorm"]["augmentation"] == "none") == bool(flags)
@@ -592,7 +597,8 @@ def test_recompute_batchnorm_augments_as_the_recipe_unless_told_not_to(tmp_path)
 @pytest.mark.parametrize("case, says", [("missing", "nope.pt"), ("classes", "not the ones"),
                                         ("batch", "at least 2 clouds per batch"),
                                         ("self", "is the checkpoint read")])
-def test_recompute_batchnorm_refuses_with_one_line_and_writes_nothing(tmp_path, case, says):
+def test_recompute_batchnorm_refuses_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
+                                                                      case, says):
     data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=64) / "h5"
     names = ("x", "y", "z") if case == "classes" else synth._class_names(3)
     source = _bn_source(tmp_path / "run" / "last.pt", names)
@@ -600,10 +606,11 @@ def test_recompute_batchnorm_refuses_with_one_line_and_writes_nothing(tmp_path, 
     before = source.read_bytes()
     args = [str(out), str(tmp_path / "nope.pt") if case == "missing" else str(source), "--data", str(data),
             "--batch-size", "1" if case == "batch" else "4"]
-    refused = subprocess.run([sys.executable, str(RECOMPUTE), *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
-    assert refused.returncode == 2 and says in refused.stderr, refused.stderr
-    assert "Traceback" not in refused.stderr and source.read_bytes() == before
+    with pytest.raises(SystemExit) as refused:  # argparse's error: any other exception fails the test
+        _recompute_in_process(monkeypatch, *args)
+    stderr = capsys.readouterr().err
+    assert refused.value.code == 2 and says in stderr.splitlines()[-1], stderr
+    assert source.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shapes"]  # nothing written
 
 
