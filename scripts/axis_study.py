@@ -24,7 +24,7 @@ import torch
 import pcea
 import pcea.weights
 from pcea.data.modelnet import mesh_classes, shape_files
-from pcea.engine.splits import holdout_seed, split_train_val
+from pcea.engine.splits import recorded_split
 from pcea.geometry import to_canonical
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "modelnet40-npy" / "ModelNet40"
@@ -41,7 +41,7 @@ def main() -> None:
     files = shape_files(args.data, "train", classes)
     config = pcea.weights.builtin_card("modelnet40")["train_config"]   # the split the weights used
     labels = np.array([label for _, label in files])
-    _, val = split_train_val(labels, config["val_split"], holdout_seed(config))
+    _, val = recorded_split(labels, config)
     taken = [0] * len(classes)
     published = []
     for index in val:

@@ -20,7 +20,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 from pcea.data.modelnet import open_dataset
@@ -29,7 +28,7 @@ from pcea.engine.batchnorm import recompute_batchnorm
 from pcea.engine.checkpoint import model_payload, open_checkpoint, save_checkpoint
 from pcea.engine.config import TrainConfig
 from pcea.engine.run import train_transform
-from pcea.engine.splits import AugmentedSubset, holdout_seed, split_train_val
+from pcea.engine.splits import AugmentedSubset, recorded_split
 from pcea.errors import PceaError
 
 KEEP = ("train_config", "metrics", "epoch", "average")  # with the model's own keys; no optimiser state
@@ -57,8 +56,7 @@ def main() -> None:
                             seed=config.seed)
         if [str(name) for name in base.class_names] != model.class_names:
             raise PceaError(f"{args.data}: its classes are not the ones {path} was trained on")
-        train_idx, _ = split_train_val(np.asarray(base.labels), config.val_split,
-                                       holdout_seed(config.to_dict()))
+        train_idx, _ = recorded_split(base.labels, config.to_dict())
         transform = None if args.no_augment else train_transform(config)
         clouds = AugmentedSubset(base, train_idx, transform=transform, seed=args.seed)
         # a last batch of one cloud has no variance to measure: left out

@@ -27,7 +27,7 @@ from pcea.data.synth import ensure_synthetic
 from pcea.data.transforms import AnisotropicScale, ScaleTranslate
 from pcea.engine.checkpoint import open_checkpoint
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy
-from pcea.engine.splits import holdout_seed, split_train_val
+from pcea.engine.splits import recorded_split
 from pcea.errors import PceaError
 from pcea.fast import accelerate
 
@@ -68,7 +68,7 @@ def main() -> None:
     labels = np.asarray(evaluated.labels)
     index = np.arange(len(labels))
     if args.split == "val":
-        _, index = split_train_val(labels, train_config["val_split"], holdout_seed(train_config))
+        _, index = recorded_split(labels, train_config)
     labels = labels[index]
     fixed = evaluated.clouds[index]  # (n, N, C) what the single pass sees
     full = stored.clouds[index]      # (n, N_stored, C)

@@ -31,7 +31,7 @@ from pcea.engine.config import MAX_SEED
 from pcea.engine.distributed import resolve_device
 from pcea.engine.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy, percent_down
 from pcea.engine.robustness import evaluate_robustness, model_predictor, write_robustness
-from pcea.engine.splits import AugmentedSubset, holdout_seed, split_train_val
+from pcea.engine.splits import AugmentedSubset, holdout_seed, recorded_split
 from pcea.errors import MAX_VOTES, PceaError, PceaFileError, check_positive_int
 from pcea.fast import accelerate
 from pcea.model import PCTClassifier
@@ -315,8 +315,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     class_names = list(model.class_names if columns is None else dataset.class_names)
     items = dataset
     if split == "val":  # the same clouds the run selected its best epoch on
-        _, val_idx = split_train_val(np.asarray(dataset.labels), train_config["val_split"],
-                                     holdout_seed(train_config))
+        _, val_idx = recorded_split(dataset.labels, train_config)
         items = AugmentedSubset(dataset, val_idx)
     if len(items) == 0:
         raise PceaError(f"{dataset.root}: the {split} split is empty")

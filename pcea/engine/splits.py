@@ -24,8 +24,8 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 from pcea.data.transforms import augment_item
 from pcea.errors import PceaError
 
-__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "holdout_seed", "split_train_val",
-           "stream_seed"]
+__all__ = ["AugmentedSubset", "BalancedSampler", "epoch_seed", "holdout_seed", "recorded_split",
+           "split_train_val", "stream_seed"]
 
 
 def holdout_seed(train_config: Mapping[str, Any]) -> Any:
@@ -120,6 +120,21 @@ def split_train_val(labels: np.ndarray, val_split: float, seed: int, *,
         raise PceaError(f"cannot hold out a stratified validation split of {val_split}: {err}; "
                         "use --val-split 0 --select-on last") from None
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def recorded_split(labels: np.ndarray, train_config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The hold-out a run drew, from its settings as its checkpoint records them: the clouds it
+    trained on and the ones it was selected on (``pcea eval --split val`` reads the second).
+
+    Args:
+        labels: (n,) class of each cloud of the train split the run read.
+        train_config: the run's ``TrainConfig.to_dict()``, with ``val_split`` and its seeds.
+
+    Returns:
+        (train indices, validation indices), each sorted: :func:`split_train_val` with the run's
+        ``val_split`` and :func:`holdout_seed`.
+    """
+    return split_train_val(labels, train_config["val_split"], holdout_seed(train_config))
 
 
 class AugmentedSubset(Dataset):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcea.engine.splits import holdout_seed, split_train_val, stream_seed
+from pcea.engine.splits import holdout_seed, recorded_split, split_train_val, stream_seed
 from pcea.errors import PceaError
 
 
@@ -49,6 +49,18 @@ def test_the_hold_out_seed_is_split_seed_when_set_else_the_runs_seed():
     assert holdout_seed({"seed": 3}) == 3                       # runs from before split_seed
     assert holdout_seed({"seed": 3, "split_seed": None}) == 3
     assert holdout_seed({"seed": 3, "split_seed": 0}) == 0
+
+
+def test_the_recorded_split_is_the_one_the_run_drew_with_its_hold_out_seed():
+    labels = np.repeat(np.arange(4), 10)
+    cases = (({"val_split": 0.25, "seed": 3}, 3), ({"val_split": 0.25, "seed": 3, "split_seed": 7}, 7))
+    for config, seed in cases:
+        train_idx, val_idx = recorded_split(labels, config)
+        expected = split_train_val(labels, 0.25, seed)
+        assert np.array_equal(train_idx, expected[0]) and np.array_equal(val_idx, expected[1])
+    assert not np.array_equal(recorded_split(labels, {"val_split": 0.25, "seed": 3})[1],
+                              recorded_split(labels, {"val_split": 0.25, "seed": 3, "split_seed": 7})[1])
+    assert len(recorded_split(labels, {"val_split": 0, "seed": 3})[1]) == 0  # a run that held out none
 
 
 def test_the_stream_seed_is_the_seed_alone_without_init_and_mixes_in_the_init_files_digest():
