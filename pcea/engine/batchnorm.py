@@ -47,8 +47,9 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
              and module.track_running_stats]
     if not norms:
         raise ValueError("the model has no BatchNorm layer with running statistics")
-    saved = [(norm.momentum, {name: buffer.clone() for name, buffer in norm.named_buffers()})
-             for norm in norms]
+    momenta = [norm.momentum for norm in norms]
+    # what a failed pass puts back
+    before = [{name: buffer.clone() for name, buffer in norm.named_buffers()} for norm in norms]
     was_training = model.training
     model.eval()  # dropout off, as when the model is evaluated
     for norm in norms:
@@ -59,17 +60,17 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
     try:
         with torch.no_grad():
             for points in batches:
-                model(points)
+                model(points)  # (B, N, C) -> (B, num_classes), unused: the pass is for the statistics
                 count += 1
         if count == 0:
             raise ValueError("no batches to gather BatchNorm statistics from")
     except BaseException:
-        for norm, (_, buffers) in zip(norms, saved, strict=True):
+        for norm, buffers in zip(norms, before, strict=True):
             for name, buffer in norm.named_buffers():
                 buffer.copy_(buffers[name])
         raise
     finally:
-        for norm, (momentum, _) in zip(norms, saved, strict=True):
+        for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
         model.train(was_training)
     return count
