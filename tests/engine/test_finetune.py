@@ -11,7 +11,6 @@ import torch
 from engine_tiny import TINY_MODEL, tiny_config
 from tiny_models import build_tiny, save_tiny_checkpoint
 
-import pcea.engine.evaluate as evaluate_module
 import pcea.engine.run as run_module
 import pcea.engine.splits as splits_module
 import pcea.engine.train as train_module
@@ -275,7 +274,7 @@ def test_another_seed_from_init_keeps_the_sources_hold_out_with_split_seed(tiny_
         return draw(labels, fraction, seed, **kwargs)
 
     monkeypatch.setattr(run_module, "split_train_val", recorded)
-    monkeypatch.setattr(evaluate_module, "split_train_val", recorded)
+    monkeypatch.setattr(splits_module, "split_train_val", recorded)  # pcea eval's, through recorded_split
     tuned = tiny_config(tiny_h5, epochs=1, seed=1, split_seed=0, init=str(tmp_path / "first"))
     train(tuned, tmp_path / "tuned", log=lambda line: None)
     report = evaluate_checkpoint(tmp_path / "tuned", split="val", write=False)
