@@ -2,6 +2,7 @@
 segments and averages, one resumable command;
 scripts/average_weights.py: checkpoints of one model averaged into one;
 scripts/recompute_batchnorm.py: a checkpoint's BatchNorm statistics gathered again on its training clouds;
+scripts/ensemble_study.py: each checkpoint's accuracy on one set of shapes, and every ensemble's;
 scripts/ship_weights.py: a run's chosen epoch, or an average, into the shipped file and its card."""
 
 from __future__ import annotations
@@ -643,3 +644,83 @@ def test_ship_weights_ships_an_average_with_the_suites_figures(tmp_path):
     assert card["train_seconds"] == 20.0 + 22.0  # its members' epochs
     assert card["robustness"]["mean_oa_by_corruption"] == {"yaw": 0.74, "partial": 0.5}
     assert "averaged" in card["val_protocol"] and card["selection"].startswith("uniform average")
+
+
+ENSEMBLE = ROOT / "scripts" / "ensemble_study.py"
+
+
+def _ensemble_member(path: Path, seed: int, class_names, split_seed: int = 3) -> Path:
+    """A tiny run's checkpoint whose recipe held out half of the clouds (hold-out seed ``split_seed``)."""
+    source = _member(path, seed, class_names=class_names)
+    payload = load_checkpoint(source)
+    payload["train_config"] = {"points": SMALLEST["num_points"], "val_split": 0.5, "split_seed": split_seed,
+                               "seed": 0}
+    return save_checkpoint(source, payload)
+
+
+def _ensemble_in_process(monkeypatch, *args) -> None:
+    monkeypatch.setattr(sys, "argv", [str(ENSEMBLE), *map(str, args)])
+    runpy.run_path(str(ENSEMBLE), run_name="__main__")
+
+
+def test_ensembles_score_the_mean_softmax_of_every_combination():
+    ensembles = runpy.run_path(str(ENSEMBLE))["ensembles"]
+    labels = np.array([0, 1, 2, 0])
+    sure, unsure = 0.9, 0.4  # the first two members: each right on two shapes, sure there, unsure elsewhere
+    first = np.array([[sure, 0.05, 0.05], [0.05, sure, 0.05], [0.3, unsure, 0.3], [0.3, unsure, 0.3]])
+    second = np.array([[0.3, 0.3, unsure], [unsure, 0.3, 0.3], [0.05, 0.05, sure], [sure, 0.05, 0.05]])
+    wrong = np.array([[0.15, 0.7, 0.15], [0.7, 0.15, 0.15], [0.7, 0.15, 0.15], [0.15, 0.15, 0.7]])
+    # the third is right nowhere. Two members right on two shapes each make an ensemble right on all four;
+    # the third pulls pairs down
+    expected = [(4, (0, 1)), (2, (0, 2)), (2, (1, 2)), (4, (0, 1, 2))]
+    assert ensembles([first, second, wrong], labels) == expected
+
+
+@pytest.mark.slow
+def test_ensemble_study_scores_each_member_and_every_ensemble_on_their_hold_out(tmp_path, monkeypatch,
+                                                                                 capsys):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=SMALLEST["num_points"]) / "h5"
+    names = synth._class_names(3)
+    members = [_ensemble_member(tmp_path / f"r{seed}" / "last.pt", seed, names) for seed in range(3)]
+    _ensemble_in_process(monkeypatch, *members, "--data", data)
+    out = capsys.readouterr().out.splitlines()
+    # what each member and each pair should get right, computed here from the models and the hold-out
+    dataset = pcea.data.open_dataset(data, split="train", num_points=SMALLEST["num_points"])
+    _, val_idx = split_train_val(dataset.labels, 0.5, 3)
+    clouds = torch.from_numpy(np.stack([dataset[i][0] for i in val_idx]))  # (n, N, 3)
+    labels = np.asarray(dataset.labels)[val_idx]
+    probs = []
+    for path in members:
+        with torch.no_grad():
+            probs.append(pcea.load_model(path)(clouds).softmax(-1).numpy())
+    right = [int((p.argmax(1) == labels).sum()) for p in probs]
+    for path, count in zip(members, right, strict=True):
+        said = f"{path}: {count} of {len(val_idx)} val shapes right"
+        assert any(line.startswith(said) for line in out), out
+    pairs = [int(((probs[a] + probs[b]).argmax(1) == labels).sum()) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert any(line.startswith(f"ensembles of 2 (3): {min(pairs)} to {max(pairs)} shapes right")
+               for line in out), out
+    three = int((sum(probs).argmax(1) == labels).sum())
+    assert any(line.startswith(f"ensembles of 3 (1): {three} to {three} shapes right") for line in out), out
+    assert out[-1].startswith(f"all 4 ensembles: {min(pairs + [three])} to {max(pairs + [three])} of "
+                              f"{len(val_idx)} shapes right")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, says", [("one", "two to 12"), ("classes", "not the ones"),
+                                        ("hold-out", "holds out other shapes"), ("missing", "nope.pt")])
+def test_ensemble_study_refuses_with_one_line(tmp_path, monkeypatch, capsys, case, says):
+    data = synth.generate(tmp_path / "shapes", classes=3, per_class=10, points=SMALLEST["num_points"]) / "h5"
+    names = synth._class_names(3)
+    a = _ensemble_member(tmp_path / "a" / "last.pt", 0, names)
+    b = {"one": None, "missing": tmp_path / "nope.pt",
+         "classes": tmp_path / "b" / "last.pt", "hold-out": tmp_path / "b" / "last.pt"}[case]
+    if case == "classes":
+        _ensemble_member(b, 1, ("x", "y", "z"))
+    elif case == "hold-out":
+        _ensemble_member(b, 1, names, split_seed=4)
+    with pytest.raises(SystemExit) as refused:  # argparse's error: any other exception fails the test
+        _ensemble_in_process(monkeypatch, a, *([b] if b else []), "--data", data)
+    stderr = capsys.readouterr().err
+    assert refused.value.code == 2 and says in stderr.splitlines()[-1], stderr
+    assert "Traceback" not in stderr
