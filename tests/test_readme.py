@@ -1,4 +1,5 @@
-"""The README's ```python examples run as written, so the README stays true.
+"""The README's ```python examples run as written, so the README stays true; and every link in
+the README and docs/ to a file or heading of the project reaches one.
 
 Every block runs, in order and in one namespace, in a temporary working directory that
 holds what the examples name: a trained-model run directory ``runs/demo``, a mesh in
@@ -70,3 +71,34 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
             pytest.fail(f"README.md python block {number} fails: {type(err).__name__}: {err}\n{code}")
     printed = capsys.readouterr().out
     assert "my_scans/chair.off" in printed and "error" not in printed
+
+
+DOCS = [README, *sorted((README.parent / "docs").glob("*.md"))]
+
+
+def _heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation but ``-`` and ``_``
+    dropped, spaces as hyphens; headings inside fenced code blocks are not headings."""
+    outside_code = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    headings = re.findall(r"^#+ +(.+?) *$", outside_code, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_heading_anchors_are_githubs():
+    text = "# The recipe: configs/x_y.yaml\n```\n# not a heading\n```\n## Fine-tuning (`--init`)\n"
+    assert _heading_anchors(text) == {"the-recipe-configsx_yyaml", "fine-tuning---init"}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_link_within_the_project_reaches_a_file_and_heading(doc):
+    text = doc.read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL))
+    local = [target for target in targets if not re.match(r"[a-z]+:", target)]  # not https:, mailto:
+    if doc == README:  # it links to its own sections and to docs/: none found means the pattern broke
+        assert local, "README.md links nowhere within the project: is the pattern still right?"
+    for target in local:
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path) if path else doc
+        assert file.exists(), f"{doc.name}: ({target}) names a file that is not there"
+        if anchor:
+            assert anchor in _heading_anchors(file.read_text()), f"{doc.name}: ({target}) names no heading"
