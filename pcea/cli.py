@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import platform
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -158,8 +159,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
     run.add_argument("--config", metavar="FILE", help="YAML file of settings (see configs/)")
     run.add_argument("--seeds", help="comma-separated seeds: one run each in OUT/seed<S>, then mean ± std")
+    run.add_argument("--max-time", type=_duration, metavar="TIME",
+                     help="stop resumably before an epoch that would end later than TIME after the start "
+                          "(5400, 90m, 1h30m), judged by the slowest of the last three epochs; exit status "
+                          "75: continue with --resume")
     _add_train_settings(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``5400``, ``5400s``, ``90m``, ``2h`` or ``1h30m`` (each part a decimal number)."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?", text.strip())
+    seconds = sum(float(part) * unit for part, unit in zip(match.groups(), (3600, 60, 1), strict=True)
+                  if part) if match else 0.0
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive time such as 5400, 90m or 1h30m")
+    return seconds
 
 
 def _add_train_settings(p: argparse.ArgumentParser) -> None:
@@ -214,7 +229,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Merge the defaults, the config file and the flags, then train, resume, or sweep --seeds.
 
     Returns:
-        The exit status: 0 when finished, 130/143 when stopped by SIGINT/SIGTERM.
+        The exit status: 0 when finished, 130/143 when stopped by SIGINT/SIGTERM, 75 by --max-time.
     """
     from pcea.engine.config import TrainConfig, load_config_file, parse_model_options
     from pcea.engine.seeds import train_seeds
@@ -233,13 +248,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out, resume = args.out, args.resume
     if resume and out and Path(out) != Path(resume):
         raise PceaError("give either --out for a new run or --resume RUN_DIR, not both")
+    if seeds and args.max_time is not None:
+        raise PceaError("--max-time stops one run; a --seeds sweep takes none (stop it with SIGTERM "
+                        "and rerun the command to continue)")
     if resume and (seeds or args.config):
         raise PceaError("--resume takes its settings from the run; drop --config/--seeds "
                         "(rerun the --seeds command itself to continue a sweep)")
     if not resume and not out:
         raise PceaError("--out RUN_DIR is required (or --resume RUN_DIR)")
     if resume:
-        result = train(None, resume, resume=True, overrides=overrides)
+        result = train(None, resume, resume=True, overrides=overrides, max_time=args.max_time)
     else:
         values = load_config_file(args.config) if args.config else {}
         values.update(overrides)
@@ -247,7 +265,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if seeds:
             train_seeds(config, out, seeds, force=args.force)
             return 0
-        result = train(config, out, force=args.force)
+        result = train(config, out, force=args.force, max_time=args.max_time)
+    if result.get("out_of_time"):
+        return 75  # EX_TEMPFAIL: not done, run it again (with --resume) to go on
     if result.get("interrupted"):
         return {"SIGINT": 130, "SIGTERM": 143}.get(result.get("signal"), 1)
     return 0

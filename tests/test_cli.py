@@ -151,7 +151,9 @@ def test_bad_config_file_values_are_one_line_naming_the_file(tmp_path, capsys, t
 
 # -- issue 24 item 1: pcea train's flags are made from TrainConfig's fields -----------------------
 
-HAND_WRITTEN = {"-h", "--help", "--out", "--resume", "--force", "--config", "--seeds", "--model-opt"}
+# --max-time is a limit of one process, not a setting of the recipe: config.yaml does not keep it
+HAND_WRITTEN = {"-h", "--help", "--out", "--resume", "--force", "--config", "--seeds", "--max-time",
+                "--model-opt"}
 # A flag text out of each checked setting's range (with the other settings it needs).
 OUT_OF_RANGE = {
     "model": {"model": "pointnet"}, "points": {"points": "0"}, "epochs": {"epochs": "0"},
@@ -174,7 +176,7 @@ def _train_flags() -> dict[str, argparse.Action]:
     return {option: action for action in train._actions for option in action.option_strings}
 
 
-def test_every_setting_has_a_flag_with_its_help_and_only_six_are_hand_written():
+def test_every_setting_has_a_flag_with_its_help_and_only_seven_are_hand_written():
     flags = _train_flags()
     for setting in settings():
         flag = "--model-opt" if setting.name == "model_options" else setting.flag

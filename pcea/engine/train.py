@@ -353,16 +353,25 @@ class Trainer:
         log: where progress lines go (rank 0 only).
         stop_after: stop (as if interrupted) after this many completed epochs;
             used by the resume tests.
+        max_time: seconds this process may train: before each epoch, the run stops resumably
+            when one more epoch, as long as the slowest of the last three recorded (:func:`out_of_time`),
+            would end past it; a run with no epoch recorded yet trains its first epoch regardless.
     """
 
     def __init__(self, config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False,
                  force: bool = False, overrides: dict | None = None,
-                 log: Callable[[str], None] = print, stop_after: int | None = None):
+                 log: Callable[[str], None] = print, stop_after: int | None = None,
+                 max_time: float | None = None):
+        if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, int | float)
+                                     or not 0 < max_time < math.inf):
+            raise PceaError(f"max_time={max_time!r}: expected a positive number of seconds")
         self.env = DistEnv.from_env()
         self.out = Path(out)
         self.resume = resume
         self.force = force
         self.stop_after = stop_after
+        self.max_time = max_time
+        self.began = time.monotonic()
         self.log: Callable[[str], None] = log if self.env.is_main else (lambda message: None)
         self.resume_payload: dict | None = None
         self.resume_path: Path | None = None
@@ -389,8 +398,10 @@ class Trainer:
 
         Returns:
             The results dict (also written to ``results.json``); with
-            ``"interrupted": True`` when a signal or ``stop_after`` ended it early.
+            ``"interrupted": True`` when a signal, ``stop_after`` or ``max_time`` ended it early
+            (``"out_of_time": True`` for the last).
         """
+        self.began = time.monotonic()  # what max_time counts from
         try:
             return self._run()
         finally:
@@ -432,6 +443,10 @@ class Trainer:
         started = run.curves_written = time.time()
         with _StopRequest() as stop:
             for epoch in range(run.start_epoch + 1, config.epochs + 1):
+                elapsed = time.monotonic() - self.began
+                # one decision for every rank: their clocks differ by a little
+                if env.broadcast_object(out_of_time(run.history, elapsed, self.max_time)):
+                    return _interrupted(run, epoch - 1, None, finished=True, out_of_time=self.max_time)
                 t0 = time.time()
                 lr = run.optimizer.param_groups[0]["lr"]
                 train_metrics = train_one_epoch(run, epoch, stop)
@@ -500,15 +515,28 @@ class Trainer:
         return results
 
 
-def _interrupted(run: Run, epoch: int, signum: int | None, *, finished: bool) -> dict:
+def out_of_time(history: list[dict], elapsed: float, max_time: float | None) -> bool:
+    """Whether one more epoch, as long as the slowest of the last three in ``history`` (their
+    ``time_s``, training and validation), would end more than ``max_time`` seconds after the start;
+    False without a limit or a recorded epoch."""
+    if max_time is None or not history:
+        return False
+    return elapsed + max(row["time_s"] for row in history[-3:]) > max_time
+
+
+def _interrupted(run: Run, epoch: int, signum: int | None, *, finished: bool,
+                 out_of_time: float | None = None) -> dict:
     done = epoch if finished else epoch - 1
     _write_curves(run)
     why = f"stopped by {signal.Signals(signum).name}" if signum else "stopped"
+    if out_of_time is not None:
+        why = f"stopped by --max-time {out_of_time:g} s (the next epoch would end past it)"
     when = f"after epoch {epoch}" if finished else f"during epoch {epoch}"
     run.log(f"{why} {when}; {run.out / 'last.pt'} holds epoch {done}. "
             f"Continue with: pcea train --resume {run.out}")
-    return {"interrupted": True, "signal": signal.Signals(signum).name if signum else None,
-            "epochs_completed": done}
+    result = {"interrupted": True, "signal": signal.Signals(signum).name if signum else None,
+              "epochs_completed": done}
+    return result | ({"out_of_time": True} if out_of_time is not None else {})
 
 
 def _finish(run: Run, seconds: float) -> dict:
@@ -560,7 +588,7 @@ def _finish(run: Run, seconds: float) -> dict:
 
 def train(config: TrainConfig | None, out: str | os.PathLike, *, resume: bool = False, force: bool = False,
           overrides: dict | None = None, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, max_time: float | None = None) -> dict:
     """Run one training (see :class:`Trainer`); returns the results dict."""
     return Trainer(config, out, resume=resume, force=force, overrides=overrides, log=log,
-                   stop_after=stop_after).run()
+                   stop_after=stop_after, max_time=max_time).run()

@@ -21,7 +21,7 @@ from pcea.cli import main
 from pcea.data.mixing import mix_batch
 from pcea.engine.checkpoint import FORMAT, load_checkpoint, previous_path, save_checkpoint
 from pcea.engine.config import TrainConfig, load_config_file
-from pcea.engine.train import Trainer, train
+from pcea.engine.train import Trainer, out_of_time, train
 from pcea.errors import PceaError, PceaFileError
 
 pytestmark = pytest.mark.slow  # each test trains the tiny model for an epoch or more (seconds each)
@@ -124,6 +124,52 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tiny_h5, tmp_path, worke
     other_weights = _weights(tmp_path / "other" / "last.pt")
     assert not torch.equal(other_weights["head.4.weight"], straight["head.4.weight"])
     assert (0 < sum(mixed) < len(mixed)) if "rsmix" in recipe else not mixed      # some batches were mixed
+
+
+def test_out_of_time_judges_the_next_epoch_by_the_slowest_of_the_last_three():
+    history = [{"time_s": 90.0}, {"time_s": 10.0}, {"time_s": 30.0}, {"time_s": 20.0}]  # the first is too old
+    assert not out_of_time(history, 70.0, 100.0)  # 70 + 30 = 100 ends at the limit: one more fits
+    assert out_of_time(history, 70.5, 100.0)
+    assert not out_of_time([], 1e9, 100.0)  # nothing to judge by: the first epoch runs
+    assert not out_of_time(history, 1e9, None)
+
+
+def test_max_time_stops_between_epochs_and_the_run_goes_on_as_one_that_never_stopped(tiny_h5, tmp_path,
+                                                                                       capsys):
+    config = tiny_config(tiny_h5, epochs=3)
+    quiet = {"log": lambda line: None}
+    train(config, tmp_path / "straight", **quiet)
+    # any recorded epoch outlasts a microsecond: the run stops after its first, which always runs
+    stopped = train(config, tmp_path / "limited", max_time=1e-6, **quiet)
+    assert stopped == {"interrupted": True, "signal": None, "epochs_completed": 1, "out_of_time": True}
+    last = tmp_path / "limited" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    before = last.read_bytes()
+    # resumed under the same limit, the recorded epoch's time says the next would not fit: nothing trains
+    assert train(None, tmp_path / "limited", resume=True, max_time=1e-6, **quiet)["epochs_completed"] == 1
+    assert last.read_bytes() == before
+    assert main(["train", "--resume", str(tmp_path / "limited"), "--max-time", "0.000001"]) == 75
+    said = "stopped by --max-time 1e-06 s (the next epoch would end past it) after epoch 1"
+    assert said in capsys.readouterr().out
+    assert train(None, tmp_path / "limited", resume=True, max_time=3600, **quiet)["epochs"] == 3
+    straight, limited = _weights(tmp_path / "straight" / "last.pt"), _weights(last)
+    assert all(torch.equal(straight[key], limited[key]) for key in straight)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--max-time", "0"], "expected a positive time"),
+    (["--max-time", "90x"], "expected a positive time"),
+    (["--max-time", "1h", "--seeds", "0,1"], "--max-time stops one run"),
+])
+def test_max_time_is_checked_before_anything_runs(tmp_path, capsys, args, says):
+    try:
+        code = main(["train", "--data", "synthetic", "--out", str(tmp_path / "r"), *args])
+    except SystemExit as usage:  # argparse's refusal of the value
+        code = usage.code
+    assert code in (1, 2) and says in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(PceaError, match="max_time=0"):
+        Trainer(None, tmp_path / "r", max_time=0)
 
 
 def test_resume_falls_back_to_the_previous_checkpoint_when_last_is_corrupt(tiny_h5, tmp_path):
