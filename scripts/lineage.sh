@@ -76,21 +76,25 @@ run_pcea() {
     timed "$PCEA" "$@"
 }
 
-# segment NAME CONFIG EPOCHS INIT [FLAG...]: train RUNS/NAME, or continue it, or skip it when done
+# segment NAME CONFIG EPOCHS INIT [FLAG...]: train RUNS/NAME, or continue it, or skip it when done;
+# before DEADLINE, pcea train stops itself between epochs (--max-time, status 75) and timed's
+# SIGTERM is the backstop for an epoch that outlasts the estimate
 segment() {
     local name=$1 config=$2 epochs=$3 init=$4
     shift 4
-    local out=$RUNS/$name
+    local out=$RUNS/$name limit=()
+    local left=$((${DEADLINE:-0} - (SECONDS - LINEAGE_START)))
+    if [ -n "$DEADLINE" ] && [ "$left" -gt 0 ]; then limit=(--max-time "$left"); fi
     if [ -f "$out/config.yaml" ] || [ -f "$out/last.pt" ]; then  # started: continue it
         echo "== $name: continuing $out (pcea train --resume; nothing to do when it is complete)"
         # shellcheck disable=SC2086
-        run_pcea train --resume "$out" $EXTRA
+        run_pcea train --resume "$out" ${limit[@]+"${limit[@]}"} $EXTRA
     else
         echo "== $name: $config, $epochs epochs, from ${init:-random weights}"
         local args=(train --config "$config" --data "$DATA" --out "$out" --epochs "$epochs")
         [ -n "$init" ] && args+=(--init "$init")
         # shellcheck disable=SC2086
-        run_pcea "${args[@]}" "$@" $EXTRA
+        run_pcea "${args[@]}" "$@" ${limit[@]+"${limit[@]}"} $EXTRA
     fi
 }
 

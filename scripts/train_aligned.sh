@@ -36,8 +36,11 @@
 #   DATA      ModelNet40 in any layout pcea reads (default: $PCEA_DATA or datasets/, downloaded if absent)
 #   RUNS      where the segments' run directories, the averages and the suite go (default: runs/aligned)
 #   EPOCHS    the six segments' epochs, in order (default: "13 13 12 24 12 12", the shipped lineage's)
-#   DEADLINE  seconds from now after which the running segment (or the averaging) is sent SIGTERM:
-#             a segment keeps its last finished epoch in last.pt; the script exits 143 (default: none)
+#   DEADLINE  seconds from now by which the script stops, resumably: a segment is given the time
+#             left as `pcea train --max-time` and stops between epochs before one that would end
+#             past it (the script exits 75); whatever still runs at the deadline (a segment's first
+#             epoch, the averaging) is sent SIGTERM, a segment keeping its last finished epoch in
+#             last.pt (the script exits 143) (default: none)
 #   SUITE     corruptions for the closing evaluation, comma-separated, or "all" (default: all)
 #   EXTRA     more flags for every `pcea train`, e.g. "--amp --threads 8" on a GPU machine
 #   PCEA      the pcea command (default: pcea on PATH, else .venv/bin/pcea)

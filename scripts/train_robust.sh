@@ -58,8 +58,11 @@
 #   RUNS      where the segments' run directories, the average and the suite go (default: runs/robust)
 #   EPOCHS    the fourteen segments' epochs, in order (default: "13 2 10 20 18 18 15 13 7 10 9 10 9 10",
 #             the shipped lineage's)
-#   DEADLINE  seconds from now after which the running segment (or the averaging) is sent SIGTERM:
-#             a segment keeps its last finished epoch in last.pt; the script exits 143 (default: none)
+#   DEADLINE  seconds from now by which the script stops, resumably: a segment is given the time
+#             left as `pcea train --max-time` and stops between epochs before one that would end
+#             past it (the script exits 75); whatever still runs at the deadline (a segment's first
+#             epoch, the averaging) is sent SIGTERM, a segment keeping its last finished epoch in
+#             last.pt (the script exits 143) (default: none)
 #   SUITE     corruptions for the closing evaluation, comma-separated, or "all" (default: all)
 #   EXTRA     more flags for every `pcea train`, e.g. "--amp --threads 8" on a GPU machine
 #   PCEA      the pcea command (default: pcea on PATH, else .venv/bin/pcea)

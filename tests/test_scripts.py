@@ -262,6 +262,21 @@ def test_the_deadline_stops_the_running_segment_with_sigterm(tmp_path):
     assert calls[0].startswith("train --config configs/modelnet40_cpu.yaml") and calls[1:] == ["stopped"]
 
 
+@pytest.mark.parametrize("deadline", ["100", None])
+def test_the_deadline_is_pcea_trains_max_time_and_its_stop_ends_the_script(tmp_path, deadline):
+    pcea = _recorder(tmp_path, "exit 75")  # as pcea train stopped between epochs by --max-time
+    env = {"DEADLINE": deadline} if deadline else {}
+    result = _script(tmp_path, pcea, timeout=30, DATA="synthetic", **env)
+    assert result.returncode == 75  # the script stops where the segment did, for a rerun to go on
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 1 and calls[0].startswith("train --config configs/modelnet40_cpu.yaml")
+    words = calls[0].split()
+    if deadline:  # the seconds left, counted from the script's start
+        assert 90 <= int(words[words.index("--max-time") + 1]) <= 100
+    else:
+        assert "--max-time" not in words
+
+
 @pytest.mark.parametrize("script, env, message", [
     (SCRIPT, dict(EPOCHS="13 2 10 20 18 18 15 13 7"), "EPOCHS must be 14 whole numbers"),  # nine segments
     (SCRIPT, dict(EPOCHS="13 2 10 20 18 18 15 13 7 10 9 10"), "EPOCHS must be 14 whole numbers"),  # twelve
