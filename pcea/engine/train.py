@@ -371,7 +371,6 @@ class Trainer:
         self.force = force
         self.stop_after = stop_after
         self.max_time = max_time
-        self.began = time.monotonic()
         self.log: Callable[[str], None] = log if self.env.is_main else (lambda message: None)
         self.resume_payload: dict | None = None
         self.resume_path: Path | None = None
@@ -446,7 +445,7 @@ class Trainer:
                 elapsed = time.monotonic() - self.began
                 # one decision for every rank: their clocks differ by a little
                 if env.broadcast_object(out_of_time(run.history, elapsed, self.max_time)):
-                    return _interrupted(run, epoch - 1, None, finished=True, out_of_time=self.max_time)
+                    return _interrupted(run, epoch - 1, None, finished=True, max_time=self.max_time)
                 t0 = time.time()
                 lr = run.optimizer.param_groups[0]["lr"]
                 train_metrics = train_one_epoch(run, epoch, stop)
@@ -525,18 +524,20 @@ def out_of_time(history: list[dict], elapsed: float, max_time: float | None) -> 
 
 
 def _interrupted(run: Run, epoch: int, signum: int | None, *, finished: bool,
-                 out_of_time: float | None = None) -> dict:
+                 max_time: float | None = None) -> dict:
+    """Log how the run stopped and how to go on; the result :meth:`Trainer.run` returns for it
+    (``max_time``: the limit that stopped it, if that is what did)."""
     done = epoch if finished else epoch - 1
     _write_curves(run)
     why = f"stopped by {signal.Signals(signum).name}" if signum else "stopped"
-    if out_of_time is not None:
-        why = f"stopped by --max-time {out_of_time:g} s (the next epoch would end past it)"
+    if max_time is not None:
+        why = f"stopped by --max-time {max_time:g} s (the next epoch would end past it)"
     when = f"after epoch {epoch}" if finished else f"during epoch {epoch}"
     run.log(f"{why} {when}; {run.out / 'last.pt'} holds epoch {done}. "
             f"Continue with: pcea train --resume {run.out}")
     result = {"interrupted": True, "signal": signal.Signals(signum).name if signum else None,
               "epochs_completed": done}
-    return result | ({"out_of_time": True} if out_of_time is not None else {})
+    return result | ({"out_of_time": True} if max_time is not None else {})
 
 
 def _finish(run: Run, seconds: float) -> dict:
